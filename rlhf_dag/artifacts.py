@@ -1,0 +1,71 @@
+"""Run-scoped, atomically written model directories and the handles assets return.
+
+A model directory appears under its final name only when complete: it is
+written to a hidden temporary name beside it and renamed at the end, so a
+killed run leaves at most a `.tmp-*` folder that nothing loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ArtifactHandle:
+    """What a model or dataset asset returns: where it is and where it came from."""
+
+    asset: str
+    path: str
+    config_hash: str
+    mlflow_run_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_dir(root: Path, asset: str, run_id: str) -> Path:
+    """`<artifacts>/<asset>/<run_id>/`: one folder per materialization, never reused."""
+    return Path(root) / asset / run_id
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary folder; rename it to `final` only if the block completes."""
+    final = Path(final)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists: artifacts are written once per run")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_card(path: Path, title: str, description: str, lineage: dict, metrics: dict) -> None:
+    """A short README.md beside the weights: what the model is, where it came from, how it scored."""
+    lines = [f"# {title}", "", description, "", "## Lineage", ""]
+    lines += [f"- **{k}**: `{v}`" for k, v in lineage.items()]
+    lines += ["", "## Metrics", ""]
+    lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items()]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoTokenizer, AutoModelForCausalLM",
+        "tok = AutoTokenizer.from_pretrained(path)",
+        "model = AutoModelForCausalLM.from_pretrained(path)",
+        'ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, return_tensors="pt")',
+        "```",
+        "",
+    ]
+    (Path(path) / "README.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,178 @@
+"""One config class per RLHF step, the size profiles, and where a run writes.
+
+Each class's defaults are the `default` profile (minutes on a 2-core CPU, real
+learning). `PROFILES` overrides fields for `smoke` (the whole graph in seconds)
+and `gpu` (a larger model for a CUDA machine). The profile comes from
+`RLHF_DAG_PROFILE`; any field can still be set by Dagster run config, which
+wins over the profile (see `resolve`). This module never imports dagster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def config_hash(self) -> str:
+        """sha256 of the resolved config: a model's identity together with its inputs' versions."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class CorpusConfig(StepConfig):
+    """`pretraining_corpus`: the built-in internet-like generator, or the user's own text."""
+
+    source: str = Field("synthetic", description="'synthetic', or a path to a .txt/.parquet file or a folder of them (Parquet needs a 'text' column)")
+    n_documents: int = Field(6000, description="documents the synthetic generator writes")
+    seed: int = Field(0, description="seed of the synthetic generator")
+
+
+class PretrainConfig(StepConfig):
+    """`base_model`: a BPE tokenizer and a small Llama-style causal LM trained from scratch, or a pretrained model."""
+
+    pretrained: str | None = Field(None, description="Hugging Face model id or local path to load instead of pretraining (safetensors only)")
+    vocab_size: int = Field(1024, description="BPE vocabulary size, special tokens included")
+    hidden_size: int = Field(128, description="transformer width")
+    num_layers: int = Field(4, description="transformer blocks")
+    num_heads: int = Field(4, description="attention heads")
+    intermediate_size: int = Field(384, description="MLP width")
+    max_length: int = Field(160, description="context length in tokens")
+    epochs: float = Field(1.0, description="passes over the corpus")
+    batch_size: int = Field(32, description="documents per optimizer step")
+    learning_rate: float = Field(2e-3, description="peak AdamW learning rate (cosine decay)")
+    seed: int = Field(0, description="initialization and data-order seed")
+
+
+class DatasetConfig(StepConfig):
+    """`sft_dataset` and `comparison_dataset`: validation and the fixed train/validation split."""
+
+    validation_fraction: float = Field(0.1, description="share of records held out for validation")
+    split_salt: str = Field("rlhf-dag", description="salt of the prompt hash that assigns each prompt to a split (fixed, so validation never moves)")
+
+
+class SFTConfig(StepConfig):
+    """`sft_model`: TRL SFTTrainer on demonstrations, loss on response tokens only."""
+
+    epochs: float = Field(6.0, description="passes over the demonstrations")
+    batch_size: int = Field(32, description="examples per optimizer step")
+    learning_rate: float = Field(1e-3, description="peak AdamW learning rate")
+    max_length: int = Field(160, description="prompt+response tokens")
+    n_samples: int = Field(4, description="sample generations shown as metadata (the source's prompts)")
+    seed: int = Field(0, description="data-order seed")
+
+
+class RewardConfig(StepConfig):
+    """`reward_model`: TRL RewardTrainer, initialized from the SFT model, one scalar head."""
+
+    epochs: float = Field(2.0, description="passes over the comparisons")
+    batch_size: int = Field(32, description="pairs per optimizer step")
+    learning_rate: float = Field(5e-4, description="peak AdamW learning rate")
+    max_length: int = Field(160, description="prompt+response tokens")
+    accuracy_floor: float = Field(0.75, description="blocking check: held-out pairwise accuracy must reach this")
+    seed: int = Field(0, description="data-order and head-initialization seed")
+
+
+class PPOConfig(StepConfig):
+    """`ppo_policy`: our PPO (training/ppo.py), policy and reference from SFT, critic from the RM."""
+
+    iterations: int = Field(40, description="rollout -> optimize iterations")
+    rollout_batch_size: int = Field(64, description="prompts sampled per iteration")
+    minibatch_size: int = Field(16, description="rollouts per gradient step")
+    ppo_epochs: int = Field(4, description="optimization passes over each rollout batch")
+    max_new_tokens: int = Field(48, description="response length cap during rollout")
+    temperature: float = Field(1.0, description="sampling temperature during rollout")
+    learning_rate: float = Field(1e-4, description="AdamW learning rate of policy and value model")
+    kl_coef: float = Field(0.05, description="initial coefficient of the per-token KL penalty to the SFT reference")
+    adaptive_kl: bool = Field(False, description="adapt kl_coef toward target_kl (Ziegler et al. 2019)")
+    target_kl: float = Field(6.0, description="target sequence KL for the adaptive controller")
+    gamma: float = Field(1.0, description="discount (1: the reward is for the whole response)")
+    lam: float = Field(0.95, description="GAE lambda")
+    clip_range: float = Field(0.2, description="policy ratio clip")
+    clip_range_value: float = Field(0.2, description="value prediction clip")
+    vf_coef: float = Field(0.1, description="weight of the value loss")
+    missing_eos_penalty: float = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS")
+    kl_budget: float = Field(12.0, description="blocking check: mean sequence KL to the reference must stay under this")
+    eos_rate_floor: float = Field(0.8, description="blocking check: share of final rollouts that end with EOS")
+    seed: int = Field(0, description="sampling and data-order seed")
+
+
+class EvalConfig(StepConfig):
+    """`policy_evaluation`: base vs SFT vs PPO on held-out prompts, judged by the gold labeler."""
+
+    temperature: float = Field(0.7, description="sampling temperature of every model under evaluation")
+    max_new_tokens: int = Field(64, description="response length cap")
+    samples_per_prompt: int = Field(2, description="responses per held-out prompt and model")
+    seed: int = Field(0, description="sampling seed")
+
+
+STEP_CONFIGS: dict[str, type[StepConfig]] = {
+    "pretraining_corpus": CorpusConfig,
+    "base_model": PretrainConfig,
+    "sft_dataset": DatasetConfig,
+    "sft_model": SFTConfig,
+    "comparison_dataset": DatasetConfig,
+    "reward_model": RewardConfig,
+    "ppo_policy": PPOConfig,
+    "policy_evaluation": EvalConfig,
+}
+
+# Overrides of the defaults above, per profile and asset.
+PROFILES: dict[str, dict[str, dict]] = {
+    "default": {},
+    "smoke": {
+        "pretraining_corpus": {"n_documents": 200},
+        "base_model": {"vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "epochs": 1.0, "max_length": 128},
+        "sft_model": {"epochs": 1.0, "max_length": 128},
+        "reward_model": {"epochs": 1.0, "max_length": 128, "accuracy_floor": 0.0},
+        "ppo_policy": {"iterations": 2, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 12, "kl_budget": 1e6, "eos_rate_floor": 0.0},
+        "policy_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1},
+    },
+    "gpu": {
+        "pretraining_corpus": {"n_documents": 50000},
+        "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 64, "learning_rate": 6e-4},
+        "sft_model": {"max_length": 256, "learning_rate": 2e-4},
+        "reward_model": {"max_length": 256, "learning_rate": 1e-4},
+        "ppo_policy": {"iterations": 100, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5},
+        "policy_evaluation": {"samples_per_prompt": 4},
+    },
+}
+
+
+def active_profile() -> str:
+    profile = os.environ.get("RLHF_DAG_PROFILE", "default")
+    if profile not in PROFILES:
+        raise ValueError(f"RLHF_DAG_PROFILE={profile!r} is not a profile; choose one of {', '.join(PROFILES)}")
+    return profile
+
+
+def resolve(asset: str, overrides: dict | None = None, profile: str | None = None) -> StepConfig:
+    """The asset's config: class defaults, then the profile's values, then run-config overrides."""
+    profile = profile or active_profile()
+    values = {**PROFILES[profile].get(asset, {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return STEP_CONFIGS[asset](**values)
+
+
+def home_dir() -> Path:
+    """RLHF_DAG_HOME: everything a run writes (artifacts, MLflow store, Dagster instance)."""
+    return Path(os.environ.get("RLHF_DAG_HOME") or REPO_ROOT / ".rlhf_dag").resolve()
+
+
+def labels_dir() -> Path:
+    """RLHF_DAG_LABELS_DIR: the labeled files observed by the labels/* source assets."""
+    return Path(os.environ.get("RLHF_DAG_LABELS_DIR") or REPO_ROOT / "assets").resolve()
+
+
+def artifacts_dir() -> Path:
+    return home_dir() / "artifacts"
+
+
+def mlflow_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else a SQLite store inside RLHF_DAG_HOME."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_dir() / 'mlflow.db'}"

@@ -1,0 +1,102 @@
+"""Produce the shipped labeled files with the synthetic domain and the gold labeler.
+
+`rlhf-dag make-labels --seed 0` runs `make_label_files`; its output is committed
+under `assets/` and reviewed like code. Prompts in `eval_prompts.jsonl` (which
+include the source's four prompts verbatim) never appear in a training file.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from .domain import KINDS, RESPONSE_STYLES, SOURCE_PROMPTS, parse_task, sample_task
+from .gold import gold_score
+from .labels import write_jsonl
+
+# (better style, worse style) pairs shown to the labeler, and how often.
+PAIR_STYLES = (
+    (("ideal", "mediocre"), 5),
+    (("mediocre", "continuation"), 2),
+    (("ideal", "continuation"), 1),
+    (("ideal", "degraded"), 2),
+    (("mediocre", "degraded"), 1),
+)
+
+
+def _eval_prompts(rng: random.Random, per_kind: int) -> list[str]:
+    prompts = list(SOURCE_PROMPTS)
+    for kind in KINDS:
+        have = sum(parse_task(p).kind == kind for p in prompts)
+        while have < per_kind:
+            prompt = sample_task(rng, kind).prompt
+            if prompt not in prompts:
+                prompts.append(prompt)
+                have += 1
+    return prompts
+
+
+def _training_task(rng: random.Random, held_out: set[str]):
+    while True:
+        task = sample_task(rng)
+        if task.prompt not in held_out:
+            return task
+
+
+def _unique_records(n: int, make) -> list[dict]:
+    """Call `make()` until it has produced `n` records with distinct content (None means skip)."""
+    records, seen = [], set()
+    while len(records) < n:
+        record = make()
+        key = record and tuple(sorted(record.items()))
+        if record and key not in seen:
+            seen.add(key)
+            records.append(record)
+    return records
+
+
+def make_label_files(
+    out_dir: Path | str,
+    seed: int = 0,
+    n_prompts: int = 512,
+    n_demonstrations: int = 768,
+    n_comparisons: int = 1536,
+    eval_per_kind: int = 20,
+    mediocre_fraction: float = 0.3,
+) -> dict[str, int]:
+    """Write prompts, demonstrations, comparisons and eval_prompts .jsonl files; return their record counts."""
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    eval_prompts = _eval_prompts(rng, eval_per_kind)
+    held_out = set(eval_prompts)
+
+    def prompt():
+        return {"prompt": _training_task(rng, held_out).prompt}
+
+    def demonstration():
+        task = _training_task(rng, held_out)
+        quality = "mediocre" if rng.random() < mediocre_fraction else "ideal"
+        return {"prompt": task.prompt, "response": RESPONSE_STYLES[quality](task, rng), "quality": quality}
+
+    styles = [s for s, _ in PAIR_STYLES]
+    weights = [w for _, w in PAIR_STYLES]
+
+    def comparison():
+        task = _training_task(rng, held_out)
+        pair = [RESPONSE_STYLES[style](task, rng) for style in rng.choices(styles, weights)[0]]
+        scores = [gold_score(task.prompt, r).score for r in pair]
+        if scores[0] == scores[1] or pair[0].strip() == pair[1].strip():
+            return None  # the labeler cannot rank a tie
+        chosen, rejected = (pair[0], pair[1]) if scores[0] > scores[1] else (pair[1], pair[0])
+        return {"prompt": task.prompt, "chosen": chosen, "rejected": rejected}
+
+    files = {
+        "prompts": ("p", _unique_records(n_prompts, prompt)),
+        "demonstrations": ("d", _unique_records(n_demonstrations, demonstration)),
+        "comparisons": ("c", _unique_records(n_comparisons, comparison)),
+        "eval_prompts": ("e", [{"prompt": p} for p in eval_prompts]),
+    }
+    for name, (prefix, records) in files.items():
+        records = [{"id": f"{prefix}{i:04d}", **r} for i, r in enumerate(records)]
+        write_jsonl(out_dir / f"{name}.jsonl", records)
+    return {name: len(records) for name, (_, records) in files.items()}

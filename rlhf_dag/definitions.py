@@ -1,0 +1,40 @@
+"""The one place that wires assets, checks, jobs, schedules and resources into Definitions.
+
+`dagster dev` (via workspace.yaml), `dagster asset materialize -m rlhf_dag.definitions`
+and the tests all load `defs` from here.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .config import home_dir
+from .pipeline import assets
+from .pipeline.checks import ASSET_CHECKS
+from .pipeline.labels import LABEL_SOURCES
+from .pipeline.resources import MlflowTracking
+
+MODEL_ASSETS = [
+    assets.pretraining_corpus,
+    assets.base_model,
+    assets.sft_dataset,
+    assets.sft_model,
+]
+
+
+def build_definitions() -> dg.Definitions:
+    """Definitions for the current environment (RLHF_DAG_HOME decides where the IO manager writes)."""
+    return dg.Definitions(
+        assets=[*LABEL_SOURCES, *MODEL_ASSETS],
+        asset_checks=ASSET_CHECKS,
+        resources={
+            "mlflow": MlflowTracking(),
+            "io_manager": dg.FilesystemIOManager(base_dir=str(home_dir() / "handles")),
+        },
+        # Steps run one after another in one process: the graph is a chain of
+        # CPU-bound trainings, and a process per step would re-import torch each time.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,54 @@
+"""`labels/*`: observable source assets for the human-feedback files in RLHF_DAG_LABELS_DIR.
+
+Each file's data version is the sha256 of its bytes, so editing one file makes
+exactly the assets downstream of it stale.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ..config import labels_dir
+from ..data.labels import LABEL_FILES, LabelFile, file_sha256, leaked_prompts, load_labels
+
+DESCRIPTIONS = {
+    "prompts": "Prompts the PPO policy is trained on (one request a line).",
+    "demonstrations": "<prompt, ideal response> pairs written by demonstrators, for SFT.",
+    "comparisons": "Pairs of machine-written responses to a prompt, ranked by labelers (chosen > rejected).",
+    "eval_prompts": "Held-out prompts for policy evaluation (never in a training file).",
+}
+
+
+def _label_source(name: str):
+    @dg.observable_source_asset(
+        key=["labels", name],
+        group_name="labels",
+        description=f"`{name}.jsonl` in RLHF_DAG_LABELS_DIR. {DESCRIPTIONS[name]} Data version: sha256 of the file.",
+    )
+    def _observe(context) -> dg.DataVersion:
+        path = labels_dir() / f"{name}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: run `rlhf-dag make-labels` or set RLHF_DAG_LABELS_DIR")
+        return dg.DataVersion(file_sha256(path))
+
+    return _observe
+
+
+LABEL_SOURCES = [_label_source(name) for name in LABEL_FILES]
+
+
+def read_labels(context, name: str) -> tuple[LabelFile, str]:
+    """Load and validate a labeled file (failing the asset on a bad line) and return it with its sha256."""
+    path = labels_dir() / f"{name}.jsonl"
+    sha = file_sha256(path) if path.is_file() else ""
+    labels = load_labels(path, name)
+    for warning in labels.warnings:
+        context.log.warning(warning)
+    if name != "eval_prompts":
+        eval_path = labels_dir() / "eval_prompts.jsonl"
+        if eval_path.is_file():
+            leaked = leaked_prompts(labels, load_labels(eval_path))
+            if leaked:
+                context.log.warning(f"{path}: {leaked} prompt(s) also appear in {eval_path}; evaluation is no longer held out")
+    context.log.info(f"{path}: {len(labels.records)} valid records, sha256 {sha[:12]}")
+    return labels, sha

@@ -1,0 +1,32 @@
+"""The prompt format every instruction-following model in the graph is trained and scored with.
+
+A prompt is `<|user|>{prompt}<|assistant|>`; a response ends with `<|endoftext|>`.
+The special assistant token makes the response boundary unambiguous, and the
+chat template saved with each tokenizer reproduces exactly this string, so
+`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` works for
+anyone who loads a model with plain transformers.
+"""
+
+USER = "<|user|>"
+ASSISTANT = "<|assistant|>"
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+SPECIAL_TOKENS = (PAD, EOS, USER, ASSISTANT)
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}" + EOS + "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+
+
+def format_prompt(prompt: str) -> str:
+    """The text a policy is conditioned on; generation continues after the assistant token."""
+    return f"{USER}{prompt.strip()}{ASSISTANT}"
+
+
+def raw_prompt(prompt: str) -> str:
+    """How a base model is asked, as in the source: the bare request, then a new line."""
+    return prompt.strip() + "\n"

@@ -1,0 +1,84 @@
+"""Sampling and scoring helpers shared by SFT, PPO and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    response: str
+    ended_with_eos: bool
+    n_tokens: int
+
+
+@torch.no_grad()
+def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, generator_seed: int | None = None):
+    """Batched sampling with the KV cache (`model.generate`), left-padded.
+
+    Returns (query ids [B, Q], response ids [B, R]); response positions after
+    the first EOS are pad.
+    """
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    tokenizer.padding_side = "right"
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    out = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
+        **sampling,
+    )
+    return batch["input_ids"], out[:, batch["input_ids"].shape[1] :]
+
+
+def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad every token after the first EOS; return (responses, ended_with_eos [B] bool)."""
+    is_eos = responses == eos_id
+    ended = is_eos.any(dim=1)
+    after = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return responses.masked_fill(after, pad_id), ended
+
+
+def sample(model, tokenizer, prompts: list[str], texts: list[str], max_new_tokens: int, temperature: float, batch_size: int = 32, seed: int = 0) -> list[Sample]:
+    """Sample one response per text; `prompts` are the plain requests the texts were built from."""
+    model.eval()
+    samples = []
+    for start in range(0, len(texts), batch_size):
+        _, responses = generate_tokens(model, tokenizer, texts[start : start + batch_size], max_new_tokens, temperature, seed + start)
+        responses, ended = truncate_after_eos(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        for i, row in enumerate(responses):
+            ids = [t for t in row.tolist() if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
+            samples.append(Sample(prompts[start + i], tokenizer.decode(ids, skip_special_tokens=True), bool(ended[i]), len(ids)))
+    return samples
+
+
+@torch.no_grad()
+def response_loss(model, tokenizer, prompt_texts: list[str], responses: list[str], batch_size: int = 32) -> float:
+    """Mean cross-entropy per response token (response + EOS), given the prompt text."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(responses), batch_size):
+        p_ids = tokenizer(prompt_texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer([r + tokenizer.eos_token for r in responses[start : start + batch_size]], add_special_tokens=False)["input_ids"]
+        rows = [p + r for p, r in zip(p_ids, r_ids)]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        labels = torch.full((len(rows), width), -100)
+        for i, (p, r) in enumerate(zip(p_ids, r_ids)):
+            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            labels[i, len(p) : len(p) + len(r)] = torch.tensor(r)
+        ids, labels = ids.to(model.device), labels.to(model.device)
+        logits = model(input_ids=ids, attention_mask=(labels != -100) | (ids != tokenizer.pad_token_id)).logits
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum", ignore_index=-100)
+        total += loss.item()
+        count += int((labels[:, 1:] != -100).sum())
+    return total / count

@@ -1,0 +1,129 @@
+"""Step 1: a base model that only continues text.
+
+Trains a byte-level BPE tokenizer on the corpus and a small Llama-style causal
+LM from scratch with TRL's SFTTrainer in language-modelling mode (plain text,
+no prompt/response split). Or loads a user's pretrained model with
+`from_pretrained` (safetensors only, never remote code) and adds our special
+tokens to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from ..config import PretrainConfig
+from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
+from .models import require_safetensors, set_special_token_ids
+from .trainer_args import loss_curve, trainer_kwargs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training function hands back to its asset: the trained objects and figures to log."""
+
+    model: object
+    tokenizer: PreTrainedTokenizerFast
+    metrics: dict
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with single-digit number tokens (so sums are learnable) and our special tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS, USER, ASSISTANT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(PreTrainedTokenizerFast(tokenizer_object=tokenizer))
+
+
+def wrap_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
+    """Give any tokenizer our special tokens (pad distinct from EOS) and chat template."""
+    tokenizer.add_special_tokens({"pad_token": PAD, "eos_token": EOS, "additional_special_tokens": [USER, ASSISTANT]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def build_model(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_length * 2,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    set_special_token_ids(model, tokenizer)
+    return model
+
+
+def load_pretrained(source: str) -> tuple[object, PreTrainedTokenizerFast]:
+    """A user's model from the Hugging Face cache or a local path: safetensors only, no remote code."""
+    if Path(source).expanduser().exists():
+        source = str(require_safetensors(Path(source)))
+    tokenizer = wrap_tokenizer(AutoTokenizer.from_pretrained(source, trust_remote_code=False))
+    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
+    model.resize_token_embeddings(len(tokenizer))
+    set_special_token_ids(model, tokenizer)
+    return model, tokenizer
+
+
+def pretrain(texts: list[str], cfg: PretrainConfig) -> TrainResult:
+    """Train tokenizer and causal LM on `texts`; report the loss before and after."""
+    from trl import SFTConfig, SFTTrainer
+
+    start = time.perf_counter()
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    model = build_model(cfg, tokenizer)
+    logger.info("base model: %d parameters, vocabulary %d", model.num_parameters(), len(tokenizer))
+    dataset = Dataset.from_dict({"text": texts})
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts)),
+            max_length=cfg.max_length,
+            dataset_text_field="text",
+            packing=False,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        initial_loss = trainer.evaluate(dataset.select(range(min(256, len(texts)))))["eval_loss"]
+        result = trainer.train()
+        final_loss = trainer.evaluate(dataset.select(range(min(256, len(texts)))))["eval_loss"]
+    curve = loss_curve(trainer.state.log_history)
+    n_tokens = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
+    seconds = time.perf_counter() - start
+    metrics = {
+        "initial_loss": initial_loss,
+        "final_loss": final_loss,
+        "training_loss": result.training_loss,
+        "parameters": model.num_parameters(),
+        "corpus_tokens": n_tokens,
+        "train_seconds": seconds,
+        "tokens_per_second": n_tokens * cfg.epochs / seconds,
+    }
+    return TrainResult(model, tokenizer, metrics, {"pretrain/loss": curve})

@@ -1,0 +1,54 @@
+"""Step 2: supervised fine-tuning on <prompt, ideal response> demonstrations.
+
+TRL's SFTTrainer on a prompt/completion dataset: the prompt is our chat format
+(ending with the assistant token), the completion the demonstrator's response;
+TRL appends EOS and computes the loss on completion tokens only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+
+import pandas as pd
+from datasets import Dataset
+
+from ..config import SFTConfig as SFTStepConfig
+from .chat import format_prompt
+from .generate import response_loss
+from .pretrain import TrainResult
+from .trainer_args import loss_curve, trainer_kwargs
+
+logger = logging.getLogger(__name__)
+
+
+def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: SFTStepConfig) -> TrainResult:
+    """Fine-tune a copy of `base_model`; report validation loss on responses before and after."""
+    from trl import SFTConfig, SFTTrainer
+
+    start = time.perf_counter()
+    model = copy.deepcopy(base_model)
+    val_prompts = [format_prompt(p) for p in validation["prompt"]]
+    base_val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
+    dataset = Dataset.from_dict({"prompt": [format_prompt(p) for p in train["prompt"]], "completion": list(train["response"])})
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset)),
+            max_length=cfg.max_length,
+            completion_only_loss=True,
+            packing=False,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        result = trainer.train()
+    val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
+    logger.info("SFT validation loss on responses: base %.3f -> sft %.3f", base_val_loss, val_loss)
+    metrics = {
+        "base_validation_loss": base_val_loss,
+        "validation_loss": val_loss,
+        "training_loss": result.training_loss,
+        "train_examples": len(dataset),
+        "train_seconds": time.perf_counter() - start,
+    }
+    return TrainResult(model, tokenizer, metrics, {"sft/loss": loss_curve(trainer.state.log_history)})

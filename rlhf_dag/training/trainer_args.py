@@ -1,0 +1,46 @@
+"""Arguments shared by every TRL trainer in the graph, safe on a CPU-only machine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rate: float, seed: int, n_examples: int) -> dict:
+    """Keyword arguments for `trl.SFTConfig` / `trl.RewardConfig`.
+
+    bf16, gradient checkpointing and checkpoint saving are off: on CPU they cost
+    time and the asset saves the final model itself. A loss is logged about 20
+    times per run so MLflow gets a curve even from short runs.
+    """
+    steps = max(1, math.ceil(n_examples / batch_size) * epochs)
+    return dict(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, int(0.05 * steps)),
+        weight_decay=0.0,
+        logging_steps=max(1, int(steps // 20)),
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        bf16=False,
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+
+
+def loss_curve(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) pairs of a metric from a trainer's log history."""
+    return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]
