@@ -23,6 +23,7 @@ class ArtifactHandle:
     config_hash: str
     mlflow_run_id: str | None = None
     metrics: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -19,6 +19,10 @@ MODEL_ASSETS = [
     assets.base_model,
     assets.sft_dataset,
     assets.sft_model,
+    assets.comparison_dataset,
+    assets.reward_model,
+    assets.ppo_policy,
+    assets.policy_evaluation,
 ]
 
 

@@ -1,8 +1,12 @@
 """The RLHF steps as software-defined assets. Each body is thin: resolve config,
 call one training function, log to MLflow, save atomically, return a handle."""
 
+import json
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
+from transformers import AutoTokenizer
 
 from ..artifacts import ArtifactHandle, run_dir
 from ..config import artifacts_dir
@@ -10,8 +14,11 @@ from ..data.corpus import load_corpus
 from ..data.datasets import build_dataset, splits, write_parquet
 from ..data.domain import SOURCE_PROMPTS
 from ..training.chat import format_prompt, raw_prompt
-from ..training.generate import sample
-from ..training.models import load_causal_lm
+from ..training.evaluate import evaluate_policies, gold_scores, reward_hacking_figure, sequence_kl, win_rate
+from ..training.generate import Sample, sample
+from ..training.models import load_causal_lm, load_reward_model
+from ..training.ppo import ppo_train
+from ..training.reward import train_reward_model
 from ..training.pretrain import load_pretrained, pretrain
 from ..training.sft import supervised_finetune
 from .labels import read_labels
@@ -24,6 +31,10 @@ PretrainingCorpusConfig = asset_config_class("pretraining_corpus")
 BaseModelConfig = asset_config_class("base_model")
 SftDatasetConfig = asset_config_class("sft_dataset")
 SftModelConfig = asset_config_class("sft_model")
+ComparisonDatasetConfig = asset_config_class("comparison_dataset")
+RewardModelConfig = asset_config_class("reward_model")
+PpoPolicyConfig = asset_config_class("ppo_policy")
+PolicyEvaluationConfig = asset_config_class("policy_evaluation")
 
 
 def _source_prompt_samples(model, tokenizer, instruct: bool, seed: int):
@@ -139,3 +150,138 @@ def sft_model(context: dg.AssetExecutionContext, config: SftModelConfig, mlflow:
             "source_prompt_samples": dg.MetadataValue.md(table),
         },
     )
+
+
+@dg.asset(group_name="reward", kinds={"parquet"}, deps=[dg.AssetKey(["labels", "comparisons"])], description="Validated (prompt, chosen, rejected) comparisons with a fixed held-out split.")
+def comparison_dataset(context: dg.AssetExecutionContext, config: ComparisonDatasetConfig, mlflow: MlflowTracking) -> dg.Output[ArtifactHandle]:
+    return _dataset_asset(context, config, mlflow, "comparisons", "comparison_dataset")
+
+
+@dg.asset(group_name="reward", kinds={"pytorch"}, description="Scores <prompt, response>; trained with TRL RewardTrainer from the SFT model (RLHF step 3).")
+def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, mlflow: MlflowTracking, sft_model: ArtifactHandle, comparison_dataset: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    cfg = resolve_config(context, config)
+    train, validation = splits(comparison_dataset.path)
+    if validation.empty:
+        raise ValueError(f"comparison_dataset has no validation pairs ({comparison_dataset.path}); raise validation_fraction")
+    tokenizer = AutoTokenizer.from_pretrained(sft_model.path)
+    with mlflow.start_run(context, cfg.model_dump(), lineage_tags(sft_model=sft_model, comparison_dataset=comparison_dataset)) as run, training_logs(context):
+        result = train_reward_model(sft_model.path, tokenizer, train, validation, cfg)
+        metrics = {**result.metrics, "accuracy_floor": cfg.accuracy_floor}
+        mlflow.log_metrics(metrics)
+        mlflow.log_curves(result.curves)
+        path = save_model(
+            context, result.model, tokenizer,
+            title="rlhf-dag reward model",
+            description="Scores a <prompt, response> pair (AutoModelForSequenceClassification, one label). Read the score at the EOS that closes `apply_chat_template([user, assistant])`.",
+            lineage={"sft_model (init)": sft_model.path, "comparison_dataset": comparison_dataset.path, "comparisons_sha256": comparison_dataset.metrics.get("labels_sha256", ""), "mlflow_run_id": run.info.run_id},
+            metrics=metrics,
+        )
+    handle = ArtifactHandle("reward_model", path, cfg.config_hash(), run.info.run_id, metrics, {"sft_model": sft_model.path})
+    return dg.Output(handle, metadata=headline_metadata(handle, mlflow.run_url(run), ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss"]))
+
+
+@dg.asset(group_name="rl", kinds={"pytorch"}, deps=[dg.AssetKey(["labels", "prompts"])], description="The SFT model optimized with PPO against the reward model, KL-penalized to the SFT model (RLHF step 4).")
+def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflow: MlflowTracking, sft_model: ArtifactHandle, reward_model: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    cfg = resolve_config(context, config)
+    labels, sha = read_labels(context, "prompts")
+    prompts = [r["prompt"] for r in labels.records]
+    policy, tokenizer = load_causal_lm(sft_model.path)
+    reference, _ = load_causal_lm(sft_model.path)
+    scorer, _ = load_reward_model(reward_model.path)
+    critic, _ = load_reward_model(reward_model.path)  # [PPO-11] the value model starts as the reward model
+
+    def gold_monitor(batch_prompts, responses, ended):
+        scores = gold_scores([Sample(p, r, e, 0) for p, r, e in zip(batch_prompts, responses, ended)])
+        return sum(scores) / len(scores)
+
+    tags = {**lineage_tags(sft_model=sft_model, reward_model=reward_model), "labels.prompts.sha256": sha}
+    with mlflow.start_run(context, cfg.model_dump(), tags) as run, training_logs(context):
+        result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg, monitor=gold_monitor)
+        for row in result.history:
+            mlflow.log_metrics({f"ppo/{k}": v for k, v in row.items() if k != "iteration"}, step=row["iteration"])
+        metrics = {**result.metrics, "kl_budget": cfg.kl_budget, "eos_rate_floor": cfg.eos_rate_floor, "prompts": len(prompts)}
+        mlflow.log_metrics(metrics)
+        samples = _source_prompt_samples(result.policy, tokenizer, instruct=True, seed=cfg.seed)
+        table = samples_markdown(samples, "answer (PPO policy)")
+        mlflow.log_text(table, "source_prompt_samples.md")
+
+        def save_value_model_and_history(tmp):
+            result.value_model.save_pretrained(tmp / "value_model", safe_serialization=True)
+            (tmp / "ppo_history.json").write_text(json.dumps(result.history, indent=1))
+
+        path = save_model(
+            context, result.policy, tokenizer,
+            title="rlhf-dag PPO policy",
+            description="The SFT model optimized with PPO to maximize the reward model's score minus a KL penalty to the SFT model. The critic is kept in value_model/.",
+            lineage={"sft_model (policy init and reference)": sft_model.path, "reward_model": reward_model.path, "prompts_sha256": sha, "mlflow_run_id": run.info.run_id},
+            metrics=metrics,
+            extra=save_value_model_and_history,
+        )
+    handle = ArtifactHandle("ppo_policy", path, cfg.config_hash(), run.info.run_id, metrics, {"sft_model": sft_model.path, "reward_model": reward_model.path})
+    return dg.Output(
+        handle,
+        metadata={
+            **headline_metadata(handle, mlflow.run_url(run), ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds"]),
+            "source_prompt_samples": dg.MetadataValue.md(table),
+        },
+    )
+
+
+@dg.asset(group_name="evaluation", kinds={"pytorch"}, deps=[dg.AssetKey(["labels", "eval_prompts"])], description="Base vs SFT vs PPO on held-out prompts: gold win rates, RM and gold scores, KL, length, EOS rate.")
+def policy_evaluation(context: dg.AssetExecutionContext, config: PolicyEvaluationConfig, mlflow: MlflowTracking, base_model: ArtifactHandle, sft_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    cfg = resolve_config(context, config)
+    labels, sha = read_labels(context, "eval_prompts")
+    prompts = [r["prompt"] for r in labels.records]
+    base, tokenizer = load_causal_lm(base_model.path)
+    sft, _ = load_causal_lm(sft_model.path)
+    ppo, _ = load_causal_lm(ppo_policy.path)
+    scorer, _ = load_reward_model(ppo_policy.lineage["reward_model"])
+    tags = {**lineage_tags(base_model=base_model, sft_model=sft_model, ppo_policy=ppo_policy), "labels.eval_prompts.sha256": sha}
+    with mlflow.start_run(context, cfg.model_dump(), tags) as run, training_logs(context):
+        results = evaluate_policies({"base": (base, False), "sft": (sft, True), "ppo": (ppo, True)}, tokenizer, scorer, prompts, cfg)
+        metrics = {}
+        for (a, b) in (("ppo", "sft"), ("sft", "base"), ("ppo", "base")):
+            rate, low, high = win_rate(results[a]["gold"], results[b]["gold"])
+            metrics.update({f"win_rate_{a}_vs_{b}": rate, f"win_rate_{a}_vs_{b}_ci_low": low, f"win_rate_{a}_vs_{b}_ci_high": high})
+        for name, r in results.items():
+            metrics.update({f"{name}_gold_mean": r["gold_mean"], f"{name}_rm_mean": r["rm_mean"], f"{name}_eos_rate": r["eos_rate"], f"{name}_response_tokens": r["response_tokens"]})
+        metrics["ppo_kl_to_sft"] = sequence_kl(ppo, sft, tokenizer, results["ppo"]["samples"])
+        metrics["samples"] = len(results["ppo"]["samples"])
+        table = side_by_side(results, prompts)
+        history = json.loads((Path(ppo_policy.path) / "ppo_history.json").read_text())
+        figure = reward_hacking_figure(history)
+        out = run_dir(artifacts_dir(), "policy_evaluation", context.run_id)
+        out.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out / "rm_vs_gold.png", dpi=100)
+        (out / "side_by_side.md").write_text(table)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        mlflow.log_metrics(metrics)
+        mlflow.log_figure(figure, "rm_vs_gold.png")
+        mlflow.log_text(table, "side_by_side.md")
+        mlflow.log_json({n: [s.__dict__ for s in r["samples"]] for n, r in results.items()}, "samples.json")
+    handle = ArtifactHandle("policy_evaluation", str(out), cfg.config_hash(), run.info.run_id, metrics)
+    keys = ["win_rate_ppo_vs_sft", "win_rate_ppo_vs_sft_ci_low", "win_rate_ppo_vs_sft_ci_high", "win_rate_sft_vs_base", "base_gold_mean", "sft_gold_mean", "ppo_gold_mean", "sft_rm_mean", "ppo_rm_mean", "ppo_kl_to_sft", "ppo_eos_rate", "ppo_response_tokens"]
+    return dg.Output(
+        handle,
+        metadata={
+            **headline_metadata(handle, mlflow.run_url(run), keys),
+            "side_by_side": dg.MetadataValue.md(table),
+            "rm_vs_gold_plot": dg.MetadataValue.path(str(out / "rm_vs_gold.png")),
+        },
+    )
+
+
+def side_by_side(results: dict, prompts: list[str]) -> str:
+    """The three models' first answer to each of the source's four prompts, with gold scores."""
+    rows = ["| prompt | base | SFT | PPO |", "|---|---|---|---|"]
+    for prompt in SOURCE_PROMPTS:
+        if prompt not in prompts:
+            continue
+        cells = []
+        for name in ("base", "sft", "ppo"):
+            i = next(i for i, s in enumerate(results[name]["samples"]) if s.prompt == prompt)
+            s = results[name]["samples"][i]
+            text = s.response.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+            cells.append(f"{text} <br>*gold {results[name]['gold'][i]:.2f}{'' if s.ended_with_eos else ', no EOS'}*")
+        rows.append(f"| {prompt} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

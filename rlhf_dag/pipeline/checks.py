@@ -37,4 +37,44 @@ def sft_beats_base(sft_model: ArtifactHandle) -> dg.AssetCheckResult:
     )
 
 
-ASSET_CHECKS = [base_model_learned, sft_beats_base]
+@dg.asset_check(asset="reward_model", blocking=True, description="The reward model ranks held-out comparisons correctly at least accuracy_floor of the time.")
+def reward_model_accuracy(reward_model: ArtifactHandle) -> dg.AssetCheckResult:
+    m = reward_model.metrics
+    passed = m["validation_accuracy"] >= m["accuracy_floor"]
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={"validation_accuracy": m["validation_accuracy"], "accuracy_floor": m["accuracy_floor"]},
+        description=None if passed else f"held-out pairwise accuracy {m['validation_accuracy']:.3f} is below the floor {m['accuracy_floor']}; add comparisons or train longer",
+    )
+
+
+@dg.asset_check(asset="ppo_policy", blocking=True, description="PPO stayed within its KL budget to the SFT model.")
+def ppo_within_kl_budget(ppo_policy: ArtifactHandle) -> dg.AssetCheckResult:
+    m = ppo_policy.metrics
+    passed = m["final_kl"] <= m["kl_budget"]
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={"final_kl": m["final_kl"], "kl_budget": m["kl_budget"]},
+        description=None if passed else f"mean sequence KL {m['final_kl']:.2f} exceeds the budget {m['kl_budget']}; raise kl_coef or lower learning_rate",
+    )
+
+
+@dg.asset_check(asset="ppo_policy", blocking=True, description="The PPO policy still ends its responses with EOS.")
+def ppo_emits_eos(ppo_policy: ArtifactHandle) -> dg.AssetCheckResult:
+    m = ppo_policy.metrics
+    passed = m["final_eos_rate"] >= m["eos_rate_floor"]
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={"final_eos_rate": m["final_eos_rate"], "eos_rate_floor": m["eos_rate_floor"]},
+        description=None if passed else f"only {m['final_eos_rate']:.0%} of rollouts end with EOS (floor {m['eos_rate_floor']:.0%}); make missing_eos_penalty more negative",
+    )
+
+
+@dg.asset_check(asset="ppo_policy", blocking=True, description="No NaN or inf in PPO's losses, rewards or statistics.")
+def ppo_finite(ppo_policy: ArtifactHandle) -> dg.AssetCheckResult:
+    finite = all(math.isfinite(v) for v in ppo_policy.metrics.values() if isinstance(v, float))
+    passed = finite and ppo_policy.metrics["finite"] == 1.0
+    return dg.AssetCheckResult(passed=passed, description=None if passed else "PPO statistics contain NaN or inf")
+
+
+ASSET_CHECKS = [base_model_learned, sft_beats_base, reward_model_accuracy, ppo_within_kl_budget, ppo_emits_eos, ppo_finite]

@@ -1,0 +1,96 @@
+"""Judging policies on held-out prompts with the gold labeler (and the RM, the proxy it stands in for)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import EvalConfig
+from ..data.gold import gold_score
+from .chat import format_prompt, raw_prompt
+from .generate import Sample, sample
+from .reward import score_texts
+
+
+def gold_scores(samples: list[Sample]) -> list[float]:
+    return [gold_score(s.prompt, s.response, s.ended_with_eos).score for s in samples]
+
+
+def win_rate(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Share of paired samples where `a` beats `b` (ties count half), with a 95% normal-approximation interval."""
+    outcomes = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)]
+    n = len(outcomes)
+    mean = sum(outcomes) / n
+    sd = math.sqrt(sum((o - mean) ** 2 for o in outcomes) / max(1, n - 1))
+    half = 1.96 * sd / math.sqrt(n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, tokenizer, samples: list[Sample], batch_size: int = 32) -> float:
+    """Mean over samples of sum_t [log pi(y_t) - log pi_ref(y_t)] on the policy's own responses: a Monte-Carlo KL(pi || ref)."""
+    total = 0.0
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        p_ids = tokenizer([format_prompt(s.prompt) for s in chunk], add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer([s.response + (tokenizer.eos_token if s.ended_with_eos else "") for s in chunk], add_special_tokens=False)["input_ids"]
+        width = max(len(p) + len(r) for p, r in zip(p_ids, r_ids))
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for i, (p, r) in enumerate(zip(p_ids, r_ids)):
+            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            mask[i, len(p) : len(p) + len(r)] = True
+        ids, mask = ids.to(policy.device), mask.to(policy.device)
+        attention = ids != tokenizer.pad_token_id
+        logp = torch.log_softmax(policy(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
+        ref_logp = torch.log_softmax(reference(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
+        target = ids[:, 1:].unsqueeze(-1)
+        diff = (logp.gather(-1, target) - ref_logp.gather(-1, target)).squeeze(-1) * mask[:, 1:]
+        total += diff.sum().item()
+    return total / len(samples)
+
+
+def evaluate_policies(policies: dict[str, tuple[object, bool]], tokenizer, reward_model, prompts: list[str], cfg: EvalConfig) -> dict:
+    """Sample every policy on every prompt (`samples_per_prompt` times) and score with gold and RM.
+
+    `policies` maps a name to (model, instruct); an instruct model is asked in
+    chat format, a base model with the bare request, as in the source.
+    """
+    repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    results = {}
+    for name, (model, instruct) in policies.items():
+        texts = [format_prompt(p) if instruct else raw_prompt(p) for p in repeated]
+        samples = sample(model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
+        gold = gold_scores(samples)
+        rm = score_texts(reward_model, tokenizer, repeated, [s.response for s in samples])
+        results[name] = {
+            "samples": samples,
+            "gold": gold,
+            "rm": rm,
+            "gold_mean": sum(gold) / len(gold),
+            "rm_mean": sum(rm) / len(rm),
+            "eos_rate": sum(s.ended_with_eos for s in samples) / len(samples),
+            "response_tokens": sum(s.n_tokens for s in samples) / len(samples),
+        }
+    return results
+
+
+def reward_hacking_figure(history: list[dict]):
+    """RM score (the proxy) and gold score over PPO iterations: the proxy rising while gold falls is reward hacking."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iterations = [r["iteration"] for r in history]
+    fig, rm_axis = plt.subplots(figsize=(6, 3.5))
+    rm_axis.plot(iterations, [r["rm_score"] for r in history], color="tab:blue", label="RM score (proxy)")
+    rm_axis.set_xlabel("PPO iteration")
+    rm_axis.set_ylabel("mean RM score", color="tab:blue")
+    gold_axis = rm_axis.twinx()
+    gold_axis.plot(iterations, [r.get("gold_score", float("nan")) for r in history], color="tab:orange", label="gold score")
+    gold_axis.set_ylabel("mean gold score", color="tab:orange")
+    fig.suptitle("PPO rollouts: proxy reward vs gold")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,108 @@
+"""Step 3: a reward model that scores <prompt, response> so that preferred responses score higher.
+
+TRL's RewardTrainer (pairwise loss `-log sigmoid(r_chosen - r_rejected)`) on a
+sequence-classification copy of the SFT model with one new score head. TRL
+appends EOS to chosen and rejected; `score_texts` and PPO score exactly that
+form, prompt + response + EOS, read at the EOS position.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification
+
+from ..config import RewardConfig as RewardStepConfig
+from .chat import format_prompt
+from .models import require_safetensors, set_special_token_ids
+from .pretrain import TrainResult
+from .trainer_args import device, loss_curve, trainer_kwargs
+
+logger = logging.getLogger(__name__)
+
+
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """The Bradley-Terry loss of InstructGPT's reward model: mean of -log sigmoid(r_chosen - r_rejected)."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The score head applied at every position [B, T]: the reward at the last token, or a critic's values.
+
+    Positions are counted from each row's first real token, so left-padded
+    rollouts are scored as the right-padded training batches were.
+    """
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
+    return model.score(hidden).squeeze(-1)
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
+    """Reward of each (prompt, response): the score at the EOS closing prompt + response."""
+    model.eval()
+    scores: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [format_prompt(p) + r + tokenizer.eos_token for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        all_scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
+        last = batch["attention_mask"].sum(dim=1) - 1
+        scores += all_scores[torch.arange(len(texts)), last].tolist()
+    return scores
+
+
+def pairwise_accuracy(model, tokenizer, frame: pd.DataFrame) -> tuple[float, float]:
+    """(share of pairs where chosen outscores rejected, mean margin) on a comparison frame."""
+    chosen = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["chosen"])))
+    rejected = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["rejected"])))
+    return float((chosen > rejected).float().mean()), float((chosen - rejected).mean())
+
+
+def reward_model_from_sft(sft_path: str, tokenizer):
+    """The SFT model's backbone with a fresh scalar head (num_labels=1), as InstructGPT initialises its RM."""
+    model = AutoModelForSequenceClassification.from_pretrained(require_safetensors(sft_path), num_labels=1, trust_remote_code=False, use_safetensors=True)
+    set_special_token_ids(model, tokenizer)
+    return model.to(device())
+
+
+def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: RewardStepConfig) -> TrainResult:
+    """Train the RM; report held-out pairwise accuracy and margin before and after."""
+    from trl import RewardConfig, RewardTrainer
+
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = reward_model_from_sft(sft_path, tokenizer)
+    initial_accuracy, _ = pairwise_accuracy(model, tokenizer, validation)
+    dataset = Dataset.from_dict(
+        {"prompt": [format_prompt(p) for p in train["prompt"]], "chosen": list(train["chosen"]), "rejected": list(train["rejected"])}
+    )
+    with tempfile.TemporaryDirectory() as out:
+        args = RewardConfig(
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset)),
+            max_length=cfg.max_length,
+            center_rewards_coefficient=0.01,
+        )
+        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        result = trainer.train()
+    accuracy, margin = pairwise_accuracy(model, tokenizer, validation)
+    train_accuracy, _ = pairwise_accuracy(model, tokenizer, train.head(256))
+    logger.info("reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f", accuracy, initial_accuracy, margin)
+    metrics = {
+        "validation_accuracy": accuracy,
+        "validation_margin": margin,
+        "initial_validation_accuracy": initial_accuracy,
+        "train_accuracy": train_accuracy,
+        "training_loss": result.training_loss,
+        "train_pairs": len(dataset),
+        "validation_pairs": len(validation),
+        "train_seconds": time.perf_counter() - start,
+    }
+    curves = {"reward/loss": loss_curve(trainer.state.log_history), "reward/train_accuracy": loss_curve(trainer.state.log_history, "accuracy")}
+    return TrainResult(model, tokenizer, metrics, curves)
