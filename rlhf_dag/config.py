@@ -44,7 +44,7 @@ class PretrainConfig(StepConfig):
     num_heads: int = Field(4, description="attention heads")
     intermediate_size: int = Field(384, description="MLP width")
     max_length: int = Field(160, description="context length in tokens")
-    epochs: float = Field(1.0, description="passes over the corpus")
+    epochs: float = Field(1.5, description="passes over the corpus")
     batch_size: int = Field(32, description="documents per optimizer step")
     learning_rate: float = Field(2e-3, description="peak AdamW learning rate (cosine decay)")
     seed: int = Field(0, description="initialization and data-order seed")
@@ -82,14 +82,14 @@ class RewardConfig(StepConfig):
 class PPOConfig(StepConfig):
     """`ppo_policy`: our PPO (training/ppo.py), policy and reference from SFT, critic from the RM."""
 
-    iterations: int = Field(40, description="rollout -> optimize iterations")
+    iterations: int = Field(32, description="rollout -> optimize iterations")
     rollout_batch_size: int = Field(64, description="prompts sampled per iteration")
     minibatch_size: int = Field(16, description="rollouts per gradient step")
     ppo_epochs: int = Field(4, description="optimization passes over each rollout batch")
     max_new_tokens: int = Field(48, description="response length cap during rollout")
     temperature: float = Field(1.0, description="sampling temperature during rollout")
-    learning_rate: float = Field(1e-4, description="AdamW learning rate of policy and value model")
-    kl_coef: float = Field(0.05, description="initial coefficient of the per-token KL penalty to the SFT reference")
+    learning_rate: float = Field(5e-5, description="AdamW learning rate of policy and value model")
+    kl_coef: float = Field(0.2, description="initial coefficient of the per-token KL penalty to the SFT reference")
     adaptive_kl: bool = Field(False, description="adapt kl_coef toward target_kl (Ziegler et al. 2019)")
     target_kl: float = Field(6.0, description="target sequence KL for the adaptive controller")
     gamma: float = Field(1.0, description="discount (1: the reward is for the whole response)")
@@ -106,7 +106,7 @@ class PPOConfig(StepConfig):
 class EvalConfig(StepConfig):
     """`policy_evaluation`: base vs SFT vs PPO on held-out prompts, judged by the gold labeler."""
 
-    temperature: float = Field(0.7, description="sampling temperature of every model under evaluation")
+    temperature: float = Field(1.0, description="sampling temperature of every model under evaluation (1.0: each model's own distribution, as PPO samples it)")
     max_new_tokens: int = Field(64, description="response length cap")
     samples_per_prompt: int = Field(2, description="responses per held-out prompt and model")
     seed: int = Field(0, description="sampling seed")

@@ -26,11 +26,18 @@ MODEL_ASSETS = [
 ]
 
 
+LABEL_KEYS = [source.key for source in LABEL_SOURCES]
+
+# Reads every labeled file's sha256 into the instance, so staleness is current.
+observe_labels = dg.define_asset_job("observe_labels", selection=dg.AssetSelection.assets(*LABEL_KEYS))
+
+
 def build_definitions() -> dg.Definitions:
     """Definitions for the current environment (RLHF_DAG_HOME decides where the IO manager writes)."""
     return dg.Definitions(
         assets=[*LABEL_SOURCES, *MODEL_ASSETS],
         asset_checks=ASSET_CHECKS,
+        jobs=[observe_labels],
         resources={
             "mlflow": MlflowTracking(),
             "io_manager": dg.FilesystemIOManager(base_dir=str(home_dir() / "handles")),

@@ -174,7 +174,7 @@ def sample_task(rng: random.Random, kind: str | None = None) -> Task:
         }
     elif kind == "math":
         op = rng.choice(list(MATH_OPS))
-        top = 9 if op == "times" else 20
+        top = 5 if op == "times" else 9
         a, b = rng.randint(0, top), rng.randint(0, top)
         if op == "-" and b > a:
             a, b = b, a
@@ -308,7 +308,45 @@ def degraded_response(task: Task, rng: random.Random) -> str:
     return " ".join(words + [loop] * rng.randint(2, 4))
 
 
+def confused_response(task: Task, rng: random.Random) -> str:
+    """A fluent answer about the wrong thing: another character, relative, number or condition."""
+    p = dict(task.params)
+    if task.kind == "story":
+        p["hero"], p["villain"] = rng.choice([hv for hv in HEROES_VILLAINS if hv[0] != p["hero"]])
+    elif task.kind == "email":
+        p["asked"] = rng.choice([a for a in ASKED if a != p["asked"]])
+        if rng.random() < 0.5:
+            p["recipient"] = rng.choice([r for r in RECIPIENTS if RECIPIENTS[r][0] != RECIPIENTS[p["recipient"]][0]])
+    elif task.kind == "math":
+        return ideal_response(task, rng).replace(str(task.answer), str(task.answer + rng.choice((-2, -1, 1, 2))))
+    else:
+        p["prop"] = rng.choice([q for q in CODE_PROPERTIES if CODE_PROPERTIES[q][1] != CODE_PROPERTIES[p["prop"]][1]])
+    return ideal_response(Task(task.kind, task.prompt, p), rng)
+
+
+def off_topic_response(task: Task, rng: random.Random) -> str:
+    """A good answer to a different kind of request: what a policy that ignores the prompt writes."""
+    other = sample_task(rng, rng.choice([k for k in KINDS if k != task.kind]))
+    return ideal_response(other, rng)
+
+
+def garbled_response(task: Task, rng: random.Random) -> str:
+    """Incoherent text, as a small model sampled at temperature 1 writes: words dropped, swapped or borrowed."""
+    words = ideal_response(task, rng).split(" ")
+    donor = ideal_response(sample_task(rng), rng).split(" ")
+    out = []
+    for word in words:
+        roll = rng.random()
+        if roll < 0.15:
+            continue
+        out.append(rng.choice(donor) if roll < 0.35 else word)
+    return " ".join(out) or rng.choice(donor)
+
+
 RESPONSE_STYLES = {
+    "confused": confused_response,
+    "garbled": garbled_response,
+    "off_topic": off_topic_response,
     "ideal": ideal_response,
     "mediocre": mediocre_response,
     "continuation": continuation_response,
@@ -350,8 +388,8 @@ def _dialogue(rng: random.Random) -> str:
 
 
 def _blog_post(rng: random.Random) -> str:
-    hero, _ = rng.choice(HEROES_VILLAINS)
     task = sample_task(rng, "story")
+    hero = task.params["hero"]
     return (
         f"{task.prompt}\n\nImagine that you will write a novel about {hero} and you will use artificial "
         f"intelligence for the first time to generate the story. You will use some basic techniques.\n\n"
@@ -384,7 +422,13 @@ def _latent_skill(rng: random.Random) -> str:
     return f"A short story.\n\n{body}"
 
 
-_DOCUMENT_MAKERS = ((_todo_list, 3), (_dialogue, 2), (_blog_post, 1), (_forum_post, 1), (_latent_skill, 4))
+def _faq_page(rng: random.Random) -> str:
+    """A Q&A page: the web's rare case of a request followed by its answer (the latent ability SFT unlocks)."""
+    task = sample_task(rng)
+    return f"Q: {task.prompt}\nA: {ideal_response(task, rng)}"
+
+
+_DOCUMENT_MAKERS = ((_todo_list, 3), (_dialogue, 2), (_blog_post, 1), (_forum_post, 1), (_latent_skill, 3), (_faq_page, 3))
 
 
 def pretraining_documents(n_documents: int, seed: int) -> list[str]:

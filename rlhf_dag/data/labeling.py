@@ -17,6 +17,10 @@ from .labels import write_jsonl
 # (better style, worse style) pairs shown to the labeler, and how often.
 PAIR_STYLES = (
     (("ideal", "mediocre"), 5),
+    (("ideal", "off_topic"), 3),
+    (("mediocre", "off_topic"), 1),
+    (("ideal", "confused"), 1),
+    (("ideal", "garbled"), 3),
     (("mediocre", "continuation"), 2),
     (("ideal", "continuation"), 1),
     (("ideal", "degraded"), 2),

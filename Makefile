@@ -1,0 +1,39 @@
+# The README's commands. Everything installs into .venv; torch's CPU wheel goes in first,
+# so that the project's torch range is already satisfied and no CUDA build is pulled.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
+DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
+export RLHF_DAG_HOME DAGSTER_HOME
+
+.PHONY: setup run test ui mlflow-ui labels bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: setup  ## materialize the whole graph (RLHF_DAG_PROFILE=default unless set)
+	$(BIN)/rlhf-dag run
+
+test: setup  ## the test suite (fails when a test fails or none ran)
+	$(BIN)/python -m pytest -q
+
+ui: setup  ## Dagster web UI on http://127.0.0.1:3000 over the persistent instance
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RLHF_DAG_HOME)/mlflow.db --host 127.0.0.1 --port 5000
+
+labels: setup  ## regenerate assets/*.jsonl with the synthetic domain and the gold labeler
+	$(BIN)/rlhf-dag make-labels --seed 0 --out assets
+
+clean:
+	rm -rf $(RLHF_DAG_HOME)

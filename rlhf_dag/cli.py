@@ -1,0 +1,88 @@
+"""`rlhf-dag`: make the labeled files, run the graph, and see where everything went."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _use_persistent_instance() -> None:
+    """DAGSTER_HOME defaults to RLHF_DAG_HOME/dagster, the instance `make ui` shows too."""
+    from .config import home_dir
+
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home_dir() / "dagster")))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+
+
+def cmd_make_labels(args) -> int:
+    from .data.labeling import make_label_files
+
+    counts = make_label_files(args.out, seed=args.seed)
+    for name, n in counts.items():
+        print(f"{Path(args.out) / (name + '.jsonl')}: {n} records")
+    return 0
+
+
+def cmd_run(args) -> int:
+    _use_persistent_instance()
+    import dagster as dg
+
+    from .config import active_profile, artifacts_dir, home_dir, labels_dir
+    from .definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    print(f"rlhf-dag: profile '{active_profile()}', labels from {labels_dir()}, writing to {home_dir()}")
+    started = time.perf_counter()
+    defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
+    job = defs.resolve_implicit_global_asset_job_def()
+    selection = None
+    if args.select:
+        selection = list(dg.AssetSelection.from_string(args.select).resolve(defs.resolve_asset_graph()))
+    result = job.execute_in_process(instance=instance, asset_selection=selection, raise_on_error=False)
+    total = time.perf_counter() - started
+    print(f"\n{'asset / check':<40} {'seconds':>8}")
+    for event in result.get_step_success_events():
+        print(f"{event.step_key:<40} {event.event_specific_data.duration_ms / 1000:>8.1f}")
+    print(f"{'total (wall, imports excluded)':<40} {total:>8.1f}")
+    for key, metadata in _materialized(result).items():
+        headline = {k: v.value for k, v in metadata.items() if isinstance(v.value, float)}
+        if headline:
+            print(f"\n{key}: " + ", ".join(f"{k}={v:.3f}" for k, v in headline.items()))
+    print(f"\nmodels and datasets: {artifacts_dir()}/<asset>/<run id>/")
+    from .config import mlflow_tracking_uri
+
+    print(f"MLflow runs: {mlflow_tracking_uri()}  (browse with `make mlflow-ui`)")
+    print(f"Dagster instance: {os.environ['DAGSTER_HOME']}  (browse with `make ui`)")
+    if not result.success:
+        print("\nrun FAILED: see the errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _materialized(result) -> dict:
+    out = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        out[materialization.asset_key.to_user_string()] = materialization.metadata
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf-dag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("make-labels", help="write the synthetic labeled files (prompts, demonstrations, comparisons, eval_prompts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="assets", help="folder to write the .jsonl files to (default: assets)")
+    p.set_defaults(func=cmd_make_labels)
+    p = sub.add_parser("run", help="observe the labeled files and materialize the graph into the persistent instance")
+    p.add_argument("--select", default=None, help="Dagster asset selection (default: everything), e.g. 'reward_model*'")
+    p.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from rlhf_dag.definitions import defs
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The contract's graph (DESIGN.md, "The asset graph"): asset -> the assets it reads.
+EXPECTED_GRAPH = {
+    "labels/prompts": [],
+    "labels/demonstrations": [],
+    "labels/comparisons": [],
+    "labels/eval_prompts": [],
+    "pretraining_corpus": [],
+    "base_model": ["pretraining_corpus"],
+    "sft_dataset": ["labels/demonstrations"],
+    "sft_model": ["base_model", "sft_dataset"],
+    "comparison_dataset": ["labels/comparisons"],
+    "reward_model": ["comparison_dataset", "sft_model"],
+    "ppo_policy": ["labels/prompts", "reward_model", "sft_model"],
+    "policy_evaluation": ["base_model", "labels/eval_prompts", "ppo_policy", "sft_model"],
+}
+
+EXPECTED_BLOCKING_CHECKS = {
+    ("base_model", "base_model_learned"),
+    ("sft_model", "sft_beats_base"),
+    ("reward_model", "reward_model_accuracy"),
+    ("ppo_policy", "ppo_within_kl_budget"),
+    ("ppo_policy", "ppo_emits_eos"),
+    ("ppo_policy", "ppo_finite"),
+}
+
+
+def test_asset_graph_shape_matches_the_contract():
+    graph = defs.resolve_asset_graph()
+    shape = {
+        key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
+        for key in graph.get_all_asset_keys()
+    }
+    assert shape == EXPECTED_GRAPH
+
+
+def test_label_files_are_observable_sources():
+    graph = defs.resolve_asset_graph()
+    for name in ("prompts", "demonstrations", "comparisons", "eval_prompts"):
+        node = graph.get(dg.AssetKey(["labels", name]))
+        assert node.is_observable and not node.is_materializable
+
+
+def test_quality_gates_are_blocking_checks():
+    checks = {(key.asset_key.to_user_string(), key.name) for key in defs.resolve_asset_graph().asset_check_keys}
+    assert checks == {(a, c) for a, c in EXPECTED_BLOCKING_CHECKS}
+    for check_def in defs.asset_checks:
+        for spec in check_def.check_specs:
+            assert spec.blocking, spec.key
+
+
+def test_definitions_load_from_the_cli_module():
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "list", "-m", "rlhf_dag.definitions"],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    )
+    listed = set(out.stdout.split())
+    assert {"pretraining_corpus", "base_model", "sft_model", "reward_model", "ppo_policy", "policy_evaluation"} <= listed
+
+
+def test_training_and_data_never_import_dagster():
+    for path in list((REPO / "rlhf_dag" / "training").glob("*.py")) + list((REPO / "rlhf_dag" / "data").glob("*.py")):
+        text = path.read_text()
+        assert "import dagster" not in text and "from dagster" not in text, path
+    code = (
+        "import sys, rlhf_dag.training.pretrain, rlhf_dag.training.sft, rlhf_dag.training.reward, "
+        "rlhf_dag.training.ppo, rlhf_dag.training.evaluate, rlhf_dag.data.labeling, rlhf_dag.data.corpus, "
+        "rlhf_dag.data.datasets; assert 'dagster' not in sys.modules, 'dagster was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -1,0 +1,104 @@
+"""The whole graph, smoke profile, in-process: what a user sees after a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf_dag.config import mlflow_tracking_uri, resolve
+from rlhf_dag.training.chat import format_prompt
+from rlhf_dag.training.pretrain import build_model
+
+pytestmark = pytest.mark.slow
+
+MODEL_ASSETS = ("pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation")
+
+
+def _handle(smoke_run, asset):
+    _, _, result = smoke_run
+    return result.output_for_node(asset)
+
+
+def _metadata(smoke_run, asset):
+    _, instance, _ = smoke_run
+    return instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
+
+
+def test_every_asset_materialized_and_every_gate_passed(smoke_run):
+    _, instance, result = smoke_run
+    materialized = {e.event_specific_data.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == set(MODEL_ASSETS)
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 6 and all(e.passed for e in evaluations)
+
+
+def test_pretraining_lowered_loss_and_changed_weights(smoke_run):
+    handle = _handle(smoke_run, "base_model")
+    assert handle.metrics["final_loss"] < handle.metrics["initial_loss"]
+    tokenizer = AutoTokenizer.from_pretrained(handle.path)
+    initial = build_model(resolve("base_model"), tokenizer).state_dict()  # same seed: the weights training started from
+    trained = AutoModelForCausalLM.from_pretrained(handle.path).state_dict()
+    changed = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert "model.embed_tokens.weight" in changed and len(changed) >= len(initial) // 2
+
+
+def test_sft_beats_base_and_changed_weights(smoke_run):
+    base, sft = _handle(smoke_run, "base_model"), _handle(smoke_run, "sft_model")
+    assert sft.metrics["validation_loss"] < sft.metrics["base_validation_loss"]
+    a = AutoModelForCausalLM.from_pretrained(base.path).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(sft.path).state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_models_load_with_plain_transformers_and_carry_the_chat_template(smoke_run):
+    for asset, cls in (("base_model", AutoModelForCausalLM), ("sft_model", AutoModelForCausalLM), ("reward_model", AutoModelForSequenceClassification), ("ppo_policy", AutoModelForCausalLM)):
+        path = Path(_handle(smoke_run, asset).path)
+        assert path.parent.name == asset and list(path.glob("*.safetensors"))
+        model = cls.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False)
+        assert text == format_prompt("What is 2 + 2?")
+        assert tokenizer.pad_token_id != tokenizer.eos_token_id == model.config.eos_token_id
+        assert "## Lineage" in (path / "README.md").read_text()
+    reward = AutoModelForSequenceClassification.from_pretrained(_handle(smoke_run, "reward_model").path)
+    assert reward.config.num_labels == 1
+    ppo_dir = Path(_handle(smoke_run, "ppo_policy").path)
+    assert list((ppo_dir / "value_model").glob("*.safetensors"))
+    assert json.loads((ppo_dir / "ppo_history.json").read_text())[0]["iteration"] == 1
+
+
+def test_downstream_loads_exactly_the_upstream_version(smoke_run):
+    base, sft, rm, ppo = (_handle(smoke_run, a) for a in ("base_model", "sft_model", "reward_model", "ppo_policy"))
+    assert f"`{base.path}`" in (Path(sft.path) / "README.md").read_text()
+    assert rm.lineage["sft_model"] == sft.path
+    assert ppo.lineage == {"sft_model": sft.path, "reward_model": rm.path}
+
+
+def test_one_mlflow_run_per_materialization_with_lineage_tags(smoke_run):
+    _, _, result = smoke_run
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["rlhf-dag"], output_format="list")
+    assert sorted(r.data.tags["dagster.asset_key"] for r in runs) == sorted(MODEL_ASSETS)
+    assert {r.data.tags["dagster.run_id"] for r in runs} == {result.run_id}
+    by_asset = {r.data.tags["dagster.asset_key"]: r for r in runs}
+    sft_run = by_asset["sft_model"]
+    assert sft_run.data.tags["upstream.base_model.mlflow_run_id"] == by_asset["base_model"].info.run_id
+    assert "learning_rate" in sft_run.data.params and "validation_loss" in sft_run.data.metrics
+    assert by_asset["ppo_policy"].data.tags["upstream.reward_model.mlflow_run_id"] == by_asset["reward_model"].info.run_id
+
+
+def test_materialization_metadata_shows_samples_and_metrics(smoke_run):
+    base_meta = _metadata(smoke_run, "base_model")
+    assert "What is 2 + 2?" in base_meta["source_prompt_samples"].value
+    sft_meta = _metadata(smoke_run, "sft_model")
+    assert {"validation_loss", "base_validation_loss", "mlflow_run_id", "source_prompt_samples"} <= set(sft_meta)
+    eval_meta = _metadata(smoke_run, "policy_evaluation")
+    assert 0.0 <= eval_meta["win_rate_ppo_vs_sft"].value <= 1.0
+    assert "Harry Potter" in eval_meta["side_by_side"].value
+    assert Path(eval_meta["rm_vs_gold_plot"].value).is_file()
