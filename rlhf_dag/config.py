@@ -30,7 +30,7 @@ class CorpusConfig(StepConfig):
     """`pretraining_corpus`: the built-in internet-like generator, or the user's own text."""
 
     source: str = Field("synthetic", description="'synthetic', or a path to a .txt/.parquet file or a folder of them (Parquet needs a 'text' column)")
-    n_documents: int = Field(6000, description="documents the synthetic generator writes")
+    n_documents: int = Field(5000, description="documents the synthetic generator writes")
     seed: int = Field(0, description="seed of the synthetic generator")
 
 
@@ -97,7 +97,7 @@ class PPOConfig(StepConfig):
     clip_range: float = Field(0.2, description="policy ratio clip")
     clip_range_value: float = Field(0.2, description="value prediction clip")
     vf_coef: float = Field(0.1, description="weight of the value loss")
-    missing_eos_penalty: float = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS")
+    missing_eos_penalty: float | None = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)")
     kl_budget: float = Field(12.0, description="blocking check: mean sequence KL to the reference must stay under this")
     eos_rate_floor: float = Field(0.8, description="blocking check: share of final rollouts that end with EOS")
     seed: int = Field(0, description="sampling and data-order seed")

@@ -10,6 +10,7 @@ import dagster as dg
 
 from ..config import labels_dir
 from ..data.labels import LABEL_FILES, LabelFile, file_sha256, leaked_prompts, load_labels
+from .automation import label_observation
 
 DESCRIPTIONS = {
     "prompts": "Prompts the PPO policy is trained on (one request a line).",
@@ -23,6 +24,7 @@ def _label_source(name: str):
     @dg.observable_source_asset(
         key=["labels", name],
         group_name="labels",
+        automation_condition=label_observation,
         description=f"`{name}.jsonl` in RLHF_DAG_LABELS_DIR. {DESCRIPTIONS[name]} Data version: sha256 of the file.",
     )
     def _observe(context) -> dg.DataVersion:

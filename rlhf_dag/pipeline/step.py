@@ -30,6 +30,15 @@ def asset_config_class(asset: str) -> type[dg.Config]:
     return create_model(name, __base__=dg.Config, __doc__=step_cls.__doc__, **fields)
 
 
+def profile_version(asset: str) -> str:
+    """The asset's code version: a hash of its config under the active profile.
+
+    Changing a default in config.py or switching RLHF_DAG_PROFILE changes it, so
+    Dagster marks the asset stale ("code version changed") like an edited input.
+    """
+    return resolve(asset).config_hash()
+
+
 def resolve_config(context: dg.AssetExecutionContext, config: dg.Config) -> StepConfig:
     asset = context.asset_key.path[-1]
     resolved = resolve(asset, config.model_dump())

@@ -109,7 +109,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
 
     for iteration in range(1, cfg.iterations + 1):
         # ---- rollout: sample responses from the current policy
-        if len(order) < cfg.rollout_batch_size:
+        while len(order) < cfg.rollout_batch_size:
             order += rng.sample(range(len(prompts)), len(prompts))
         batch_prompts = [prompts[order.pop()] for _ in range(cfg.rollout_batch_size)]
         policy.eval()
@@ -128,7 +128,8 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
             last = n_query + mask.sum(dim=1).long() - 1
             score = per_token_scores(reward_model, query_response, attention_mask)[torch.arange(len(last)), last]
             rm_score = score.clone()
-            score = torch.where(ended, score, torch.full_like(score, cfg.missing_eos_penalty))  # [PPO-5] no EOS, no RM score
+            if cfg.missing_eos_penalty is not None:  # [PPO-5] no EOS, no RM score
+                score = torch.where(ended, score, torch.full_like(score, cfg.missing_eos_penalty))
             rewards, kl = kl_penalized_rewards(score, logprobs, ref_logprobs, mask, kl_coef)  # [PPO-1] per-token KL penalty
             # ---- advantages
             advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)  # [PPO-4] GAE, gamma=1, lambda=0.95

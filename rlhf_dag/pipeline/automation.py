@@ -1,0 +1,29 @@
+"""When assets update on their own (with `dagster dev` or the daemon running).
+
+- Label files are observed every few minutes, so a saved edit becomes a new data version.
+- Datasets follow their labels eagerly: validating and splitting is cheap.
+- Models retrain on a cron tick (default nightly, RLHF_DAG_RETRAIN_CRON), and only
+  if an upstream data version changed since they were last materialized.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+OBSERVE_CRON = os.environ.get("RLHF_DAG_OBSERVE_CRON", "*/5 * * * *")
+RETRAIN_CRON = os.environ.get("RLHF_DAG_RETRAIN_CRON", "0 3 * * *")
+
+label_observation = dg.AutomationCondition.cron_tick_passed(OBSERVE_CRON).with_label(f"observe every tick of {OBSERVE_CRON}")
+
+dataset_automation = dg.AutomationCondition.eager()
+
+model_automation = (
+    dg.AutomationCondition.in_latest_time_window()
+    & dg.AutomationCondition.cron_tick_passed(RETRAIN_CRON).since_last_handled()
+    & (dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.missing()).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label(f"retrain at {RETRAIN_CRON} if an upstream changed")
