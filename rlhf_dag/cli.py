@@ -62,6 +62,41 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    _use_persistent_instance()
+    import dagster as dg
+
+    from .definitions import defs
+    from .pipeline.lineage import asset_statuses, observe_labels
+
+    instance = dg.DagsterInstance.get()
+    observe_labels(defs, instance)
+    print(f"{'asset':<22} {'status':<8} why")
+    for s in asset_statuses(defs, instance):
+        print(f"{s.key:<22} {s.status:<8} {'; '.join(s.causes)}")
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    """Observe the label files, then materialize only what is stale or missing."""
+    _use_persistent_instance()
+    import dagster as dg
+
+    from .definitions import defs
+    from .pipeline.lineage import retrain
+
+    started = time.perf_counter()
+    plan, result = retrain(defs, dg.DagsterInstance.get(), dry_run=args.dry_run)
+    if not plan:
+        print("rlhf-dag retrain: everything is fresh; nothing to do")
+        return 0
+    print(("rlhf-dag retrain --dry-run: would materialize " if args.dry_run else "rlhf-dag retrain: materializing ") + ", ".join(plan))
+    if result is None:
+        return 0
+    print(f"materialized {', '.join(sorted(_materialized(result)))} in {time.perf_counter() - started:.1f}s")
+    return 0 if result.success else 1
+
+
 def _materialized(result) -> dict:
     out = {}
     for event in result.get_asset_materialization_events():
@@ -80,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="observe the labeled files and materialize the graph into the persistent instance")
     p.add_argument("--select", default=None, help="Dagster asset selection (default: everything), e.g. 'reward_model*'")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="every asset: fresh / stale / missing, and why")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("retrain", help="observe the label files, then materialize only stale and missing assets")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
+    p.set_defaults(func=cmd_retrain)
     args = parser.parse_args(argv)
     return args.func(args)
 

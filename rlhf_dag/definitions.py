@@ -14,18 +14,6 @@ from .pipeline.checks import ASSET_CHECKS
 from .pipeline.labels import LABEL_SOURCES
 from .pipeline.resources import MlflowTracking
 
-MODEL_ASSETS = [
-    assets.pretraining_corpus,
-    assets.base_model,
-    assets.sft_dataset,
-    assets.sft_model,
-    assets.comparison_dataset,
-    assets.reward_model,
-    assets.ppo_policy,
-    assets.policy_evaluation,
-]
-
-
 LABEL_KEYS = [source.key for source in LABEL_SOURCES]
 
 # Reads every labeled file's sha256 into the instance, so staleness is current.
@@ -35,7 +23,17 @@ observe_labels = dg.define_asset_job("observe_labels", selection=dg.AssetSelecti
 def build_definitions() -> dg.Definitions:
     """Definitions for the current environment (RLHF_DAG_HOME decides where the IO manager writes)."""
     return dg.Definitions(
-        assets=[*LABEL_SOURCES, *MODEL_ASSETS],
+        assets=[
+            *LABEL_SOURCES,
+            assets.pretraining_corpus,
+            assets.base_model,
+            assets.sft_dataset,
+            assets.sft_model,
+            assets.comparison_dataset,
+            assets.reward_model,
+            assets.ppo_policy,
+            assets.policy_evaluation,
+        ],
         asset_checks=ASSET_CHECKS,
         jobs=[observe_labels],
         resources={
