@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup run test ui mlflow-ui labels bench clean
+.PHONY: setup run test ui mlflow-ui labels ui-test-deps clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:5000
 
 labels: setup  ## regenerate assets/*.jsonl with the synthetic domain and the gold labeler
 	$(BIN)/rlhf-dag make-labels --seed 0 --out assets
+
+ui-test-deps:  ## Debian's Chromium, for the web-UI test (needs root or sudo)
+	command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 clean:
 	rm -rf $(RLHF_DAG_HOME)

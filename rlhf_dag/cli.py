@@ -20,7 +20,22 @@ def _use_persistent_instance() -> None:
 def cmd_make_labels(args) -> int:
     from .data.labeling import make_label_files
 
-    counts = make_label_files(args.out, seed=args.seed)
+    sampler = None
+    if args.policy:
+        from .training.chat import format_prompt
+        from .training.generate import sample
+        from .training.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(args.policy)
+
+        def sampler(prompts: list[str]) -> list[list[str]]:
+            repeated = [p for p in prompts for _ in range(args.samples_per_prompt)]
+            samples = sample(model, tokenizer, repeated, [format_prompt(p) for p in repeated], 48, 1.0, batch_size=64, seed=args.seed)
+            # only responses that ended: the reward model always sees prompt + response + EOS
+            texts = [s.response if s.ended_with_eos else "" for s in samples]
+            return [texts[i : i + args.samples_per_prompt] for i in range(0, len(texts), args.samples_per_prompt)]
+
+    counts = make_label_files(args.out, seed=args.seed, policy_sampler=sampler)
     for name, n in counts.items():
         print(f"{Path(args.out) / (name + '.jsonl')}: {n} records")
     return 0
@@ -111,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("make-labels", help="write the synthetic labeled files (prompts, demonstrations, comparisons, eval_prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="assets", help="folder to write the .jsonl files to (default: assets)")
+    p.add_argument("--policy", default=None, help="a model directory (e.g. an sft_model materialization) whose own samples labelers rank for part of comparisons.jsonl")
+    p.add_argument("--samples-per-prompt", type=int, default=4, help="with --policy: samples drawn per prompt")
     p.set_defaults(func=cmd_make_labels)
     p = sub.add_parser("run", help="observe the labeled files and materialize the graph into the persistent instance")
     p.add_argument("--select", default=None, help="Dagster asset selection (default: everything), e.g. 'reward_model*'")

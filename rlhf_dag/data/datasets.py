@@ -2,6 +2,8 @@
 
 A prompt's split is decided by a hash of the prompt text, so it never moves
 when other records are added or edited, and a prompt never sits in both splits.
+(One exception, for files so small that no prompt hashes into validation: the
+prompt with the lowest hash is moved there, and adding records can change which.)
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from .labels import LabelFile
 COLUMNS = {"demonstrations": ["id", "prompt", "response"], "comparisons": ["id", "prompt", "chosen", "rejected"]}
 
 
+def _position(prompt: str, salt: str) -> float:
+    """The prompt's place in [0, 1), fixed by a salted hash of its text."""
+    return int.from_bytes(hashlib.sha256(f"{salt}:{prompt.strip()}".encode()).digest()[:8], "big") / 2**64
+
+
 def split_of(prompt: str, validation_fraction: float, salt: str) -> str:
-    digest = hashlib.sha256(f"{salt}:{prompt.strip()}".encode()).digest()
-    return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < validation_fraction else "train"
+    return "validation" if _position(prompt, salt) < validation_fraction else "train"
 
 
 def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> pd.DataFrame:
@@ -28,7 +34,9 @@ def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> p
     frame = pd.DataFrame(labels.records)[COLUMNS[labels.kind]]
     frame["split"] = [split_of(p, validation_fraction, salt) for p in frame["prompt"]]
     if validation_fraction and not (frame["split"] == "validation").any():
-        frame.loc[frame.index[-1], "split"] = "validation"  # tiny files still get a validation row
+        # A tiny file still gets validation rows: every row of the prompt with the lowest hash position.
+        first = min(frame["prompt"], key=lambda p: _position(p, salt))
+        frame.loc[frame["prompt"].str.strip() == first.strip(), "split"] = "validation"
     return frame
 
 

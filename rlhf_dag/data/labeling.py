@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 from .domain import KINDS, RESPONSE_STYLES, SOURCE_PROMPTS, parse_task, sample_task
 from .gold import gold_score
@@ -59,6 +60,24 @@ def _unique_records(n: int, make) -> list[dict]:
     return records
 
 
+def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int) -> list[dict]:
+    """Best vs worst of a model's samples for a prompt, by gold score; prompts whose samples all tie are skipped."""
+    pairs, seen = [], set()
+    while len(pairs) < n:
+        prompts = [_training_task(rng, held_out).prompt for _ in range(n)]
+        for prompt, responses in zip(prompts, sampler(prompts)):
+            unique = list(dict.fromkeys(r.strip() for r in responses if r.strip()))  # keeps sampling order: ties stay reproducible
+            ranked = sorted(unique, key=lambda r: gold_score(prompt, r).score)
+            if len(ranked) < 2 or gold_score(prompt, ranked[0]).score == gold_score(prompt, ranked[-1]).score:
+                continue
+            record = {"prompt": prompt, "chosen": ranked[-1], "rejected": ranked[0]}
+            key = tuple(record.values())
+            if key not in seen and len(pairs) < n:
+                seen.add(key)
+                pairs.append(record)
+    return pairs
+
+
 def make_label_files(
     out_dir: Path | str,
     seed: int = 0,
@@ -67,8 +86,16 @@ def make_label_files(
     n_comparisons: int = 1536,
     eval_per_kind: int = 20,
     mediocre_fraction: float = 0.3,
+    policy_sampler: Callable[[list[str]], list[list[str]]] | None = None,
+    n_policy_comparisons: int = 512,
 ) -> dict[str, int]:
-    """Write prompts, demonstrations, comparisons and eval_prompts .jsonl files; return their record counts."""
+    """Write prompts, demonstrations, comparisons and eval_prompts .jsonl files; return their record counts.
+
+    With `policy_sampler` (prompts -> several sampled responses each, e.g. from an
+    SFT model), `n_policy_comparisons` of the comparisons rank the model's own
+    samples, as InstructGPT's labelers ranked outputs of their SFT model; the rest
+    rank the synthetic response styles.
+    """
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     eval_prompts = _eval_prompts(rng, eval_per_kind)
@@ -97,9 +124,11 @@ def make_label_files(
     files = {
         "prompts": ("p", _unique_records(n_prompts, prompt)),
         "demonstrations": ("d", _unique_records(n_demonstrations, demonstration)),
-        "comparisons": ("c", _unique_records(n_comparisons, comparison)),
+        "comparisons": ("c", _unique_records(n_comparisons - (n_policy_comparisons if policy_sampler else 0), comparison)),
         "eval_prompts": ("e", [{"prompt": p} for p in eval_prompts]),
     }
+    if policy_sampler is not None:
+        files["comparisons"][1].extend(_policy_comparisons(policy_sampler, random.Random(seed + 1), held_out, n_policy_comparisons))
     for name, (prefix, records) in files.items():
         records = [{"id": f"{prefix}{i:04d}", **r} for i, r in enumerate(records)]
         write_jsonl(out_dir / f"{name}.jsonl", records)

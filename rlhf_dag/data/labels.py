@@ -100,6 +100,8 @@ def load_labels(path: Path | str, kind: str | None = None) -> LabelFile:
             record = json.loads(text)
         except json.JSONDecodeError as err:
             raise LabelFileError(path, line_no, f"invalid JSON: {err.msg} at column {err.colno}") from None
+        except RecursionError:
+            raise LabelFileError(path, line_no, "invalid JSON: nested too deeply") from None
         record = _check_record(path, line_no, record, kind)
         content = tuple(sorted((k, v) for k, v in record.items() if k != "id"))
         if content in seen:

@@ -103,19 +103,22 @@ def pretrain(texts: list[str], cfg: PretrainConfig) -> TrainResult:
     model = build_model(cfg, tokenizer)
     logger.info("base model: %d parameters, vocabulary %d", model.num_parameters(), len(tokenizer))
     dataset = Dataset.from_dict({"text": texts})
+    n_tokens = sum(len(ids) + 1 for ids in tokenizer(texts)["input_ids"])  # +1: the EOS between documents
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts)),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, max(1, n_tokens // cfg.max_length)),
             max_length=cfg.max_length,
             dataset_text_field="text",
-            packing=False,
+            # GPT-style: documents joined with EOS and cut into full windows, so no step is spent on padding.
+            packing=True,
+            packing_strategy="wrapped",
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        initial_loss = trainer.evaluate(dataset.select(range(min(256, len(texts)))))["eval_loss"]
+        held_out = dataset.select(range(min(256, len(texts))))
+        initial_loss = trainer.evaluate(held_out)["eval_loss"]
         result = trainer.train()
-        final_loss = trainer.evaluate(dataset.select(range(min(256, len(texts)))))["eval_loss"]
+        final_loss = trainer.evaluate(held_out)["eval_loss"]
     curve = loss_curve(trainer.state.log_history)
-    n_tokens = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
     seconds = time.perf_counter() - start
     metrics = {
         "initial_loss": initial_loss,

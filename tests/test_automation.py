@@ -1,0 +1,54 @@
+"""Scheduled retraining: datasets follow labels at once, models wait for the cron tick and retrain only if an input changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import dagster as dg
+import pytest
+
+from rlhf_dag.pipeline.lineage import observe_labels
+
+pytestmark = pytest.mark.slow
+
+MODELS = {"base_model", "sft_model", "reward_model", "ppo_policy", "policy_evaluation"}
+
+
+def _requested(result) -> set[str]:
+    return {key.to_user_string() for key in result.get_requested_asset_keys()} if hasattr(result, "get_requested_asset_keys") else {
+        r.key.to_user_string() for r in result.results if r.true_subset.size
+    }
+
+
+def test_models_retrain_at_the_cron_tick_only_after_a_label_edit(smoke_run, isolated_env):
+    defs, instance, _ = smoke_run
+    today = dt.datetime.now(dt.timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0)
+    # Nothing changed: neither the first evaluation nor the next nightly tick requests anything.
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today)
+    nightly = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today + dt.timedelta(hours=15, minutes=5), cursor=first.cursor)
+    assert _requested(nightly) & (MODELS | {"comparison_dataset", "sft_dataset"}) == set()
+
+    path = isolated_env / "labels" / "comparisons.jsonl"
+    original = path.read_bytes()
+    path.write_bytes(original + (json.dumps({"id": "auto", "prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."}) + "\n").encode())
+    try:
+        observe_labels(defs, instance)
+        # Right after the edit, before the next tick: the dataset follows eagerly, no model retrains.
+        after_edit = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today + dt.timedelta(hours=16), cursor=nightly.cursor)
+        assert "comparison_dataset" in _requested(after_edit)
+        assert _requested(after_edit) & MODELS == set()
+        assert _materialize(defs, instance, "comparison_dataset")
+        # At the next nightly tick the reward model retrains; the models upstream of the edit do not.
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today + dt.timedelta(days=1, hours=15, minutes=5), cursor=after_edit.cursor)
+        assert "reward_model" in _requested(tick)
+        assert _requested(tick) & {"base_model", "sft_model"} == set()
+    finally:
+        path.write_bytes(original)
+        observe_labels(defs, instance)
+        assert _materialize(defs, instance, "comparison_dataset")  # back to the shipped file's data version
+
+
+def _materialize(defs, instance, asset: str) -> bool:
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)]).success

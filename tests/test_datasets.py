@@ -1,0 +1,90 @@
+"""build_dataset's split is a fixed function of the prompt; write_parquet never leaves a partial file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlhf_dag.data.datasets import build_dataset, split_of, splits, write_parquet
+from rlhf_dag.data.labels import LabelFile
+
+SALT = "salt"
+
+
+def demos(prompts: list[str], start: int = 0) -> list[dict]:
+    return [{"id": f"d{start + i:04d}", "prompt": p, "response": f"answer {start + i}"} for i, p in enumerate(prompts)]
+
+
+def labels(records: list[dict]) -> LabelFile:
+    return LabelFile(Path("demonstrations.jsonl"), "demonstrations", records)
+
+
+def many_prompts(n: int, offset: int = 0) -> list[str]:
+    return [f"What is {offset + i} + {i % 7}?" for i in range(n)]
+
+
+def test_the_same_prompt_always_lands_in_the_same_split():
+    prompts = many_prompts(30)
+    records = demos(prompts * 3)  # every prompt three times, with different responses
+    frame = build_dataset(labels(records), 0.5, SALT)
+    assert set(frame["split"]) == {"train", "validation"}  # both splits occur: the hash alone decided
+    per_prompt = frame.groupby("prompt")["split"].nunique()
+    assert (per_prompt == 1).all()  # a prompt never sits in both splits
+    for prompt, split in zip(frame["prompt"], frame["split"]):
+        assert split == split_of(prompt, 0.5, SALT)
+    # whitespace around a prompt does not change its split
+    assert split_of("  " + prompts[0] + "\n", 0.5, SALT) == split_of(prompts[0], 0.5, SALT)
+
+
+def test_adding_and_reordering_records_does_not_move_existing_ones():
+    before = build_dataset(labels(demos(many_prompts(30))), 0.5, SALT)
+    grown = demos(many_prompts(30)) + demos(many_prompts(20, offset=100), start=30)
+    after = build_dataset(labels(list(reversed(grown))), 0.5, SALT)
+    after_split = dict(zip(after["id"], after["split"]))
+    assert {i: after_split[i] for i in before["id"]} == dict(zip(before["id"], before["split"]))
+
+
+def test_columns_and_validation_fraction_bounds():
+    frame = build_dataset(labels(demos(many_prompts(5))), 0.0, SALT)
+    assert list(frame.columns) == ["id", "prompt", "response", "split"]
+    assert set(frame["split"]) == {"train"}  # fraction 0: everything trains
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\), got 1"):
+        build_dataset(labels(demos(many_prompts(5))), 1.0, SALT)
+
+
+def test_a_tiny_file_still_gets_a_validation_row():
+    prompts = ["What is 1 + 1?", "What is 2 + 3?"]
+    assert [split_of(p, 0.05, SALT) for p in prompts] == ["train", "train"]  # the hash alone gives no validation row
+    frame = build_dataset(labels(demos(prompts)), 0.05, SALT)
+    assert list(frame["split"]) == ["train", "validation"]
+
+
+def test_tiny_file_fallback_keeps_a_prompt_in_one_split():
+    prompt = "What is 1 + 1?"
+    assert split_of(prompt, 0.05, SALT) == "train"
+    frame = build_dataset(labels(demos([prompt] * 3)), 0.05, SALT)
+    assert frame["split"].nunique() == 1
+
+
+def test_write_parquet_round_trips_and_leaves_no_temp_file(tmp_path):
+    frame = build_dataset(labels(demos(many_prompts(30))), 0.5, SALT)
+    path = tmp_path / "data" / "demonstrations.parquet"
+    write_parquet(frame.head(3), path)
+    write_parquet(frame, path)  # overwrite in place
+    assert [p.name for p in path.parent.iterdir()] == ["demonstrations.parquet"]
+    pd.testing.assert_frame_equal(pd.read_parquet(path), frame)
+    train, validation = splits(path)
+    assert len(train) + len(validation) == 30
+    assert set(train["split"]) == {"train"} and set(validation["split"]) == {"validation"}
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "demonstrations.parquet"
+    good = pd.DataFrame({"id": ["d0"], "prompt": ["What is 1 + 1?"]})
+    write_parquet(good, path)
+    with pytest.raises(Exception):
+        write_parquet(pd.DataFrame({"id": ["d1"], "prompt": [object()]}), path)  # not serializable
+    pd.testing.assert_frame_equal(pd.read_parquet(path), good)
+    assert [p.name for p in tmp_path.iterdir()] == ["demonstrations.parquet"]

@@ -1,0 +1,58 @@
+"""The reward model's pairwise loss and the evaluation's win rate, with hand numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_dag.training.evaluate import win_rate
+from rlhf_dag.training.reward import pairwise_loss
+
+
+def test_pairwise_loss_two_pairs():
+    loss = pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
+    # -log sigmoid(1) = log(1 + e^-1) = 0.313262; -log sigmoid(0) = log 2 = 0.693147
+    # mean = (0.313262 + 0.693147) / 2 = 0.503204
+    assert loss.item() == pytest.approx(0.503204, abs=1e-6)
+
+
+def test_pairwise_loss_penalises_the_wrong_order_more():
+    # chosen scored below rejected by 1: -log sigmoid(-1) = log(1 + e) = 1.313262
+    assert pairwise_loss(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(1.313262, abs=1e-6)
+
+
+def test_pairwise_loss_is_finite_at_large_margins():
+    # margin +200: -log sigmoid(200) = log(1 + e^-200) ~ 0; margin -200: log(1 + e^200) ~ 200
+    assert pairwise_loss(torch.tensor([100.0]), torch.tensor([-100.0])).item() == pytest.approx(0.0, abs=1e-6)
+    assert pairwise_loss(torch.tensor([-100.0]), torch.tensor([100.0])).item() == pytest.approx(200.0)
+
+
+def test_pairwise_loss_gradient_pushes_chosen_up_and_rejected_down():
+    chosen = torch.tensor([0.0], requires_grad=True)
+    rejected = torch.tensor([0.0], requires_grad=True)
+    pairwise_loss(chosen, rejected).backward()
+    # d/dc [-log sigmoid(c - r)] = -(1 - sigmoid(0)) = -0.5; d/dr = +0.5
+    assert chosen.grad.item() == pytest.approx(-0.5)
+    assert rejected.grad.item() == pytest.approx(0.5)
+
+
+def test_win_rate_counts_ties_half():
+    a = [1.0, 0.5, 0.2, 0.9]
+    b = [0.0, 0.5, 0.7, 0.1]
+    mean, low, high = win_rate(a, b)
+    # outcomes: win, tie, loss, win = 1, 0.5, 0, 1 -> mean 2.5/4 = 0.625
+    # deviations 0.375, -0.125, -0.625, 0.375; squares sum 0.6875; sample var 0.6875/3 = 0.229167
+    # sd 0.478714; half width 1.96 * 0.478714 / sqrt(4) = 0.469140
+    # interval 0.625 - 0.469140 = 0.155860, and 1.094140 capped at 1.0
+    assert mean == pytest.approx(0.625)
+    assert low == pytest.approx(0.155860, abs=1e-6)
+    assert high == 1.0
+
+
+def test_win_rate_all_ties_is_one_half_with_no_spread():
+    assert win_rate([0.3, 0.3], [0.3, 0.3]) == (0.5, 0.5, 0.5)
+
+
+def test_win_rate_rejects_unpaired_lists():
+    with pytest.raises(ValueError):
+        win_rate([1.0, 2.0], [1.0])
