@@ -20,6 +20,10 @@ LABEL_KEYS = [source.key for source in LABEL_SOURCES]
 observe_labels = dg.define_asset_job("observe_labels", selection=dg.AssetSelection.assets(*LABEL_KEYS))
 
 
+# The whole graph as one job: what the launchpad, the CI command and the UI's graph page show.
+rlhf_graph = dg.define_asset_job("rlhf_graph", selection=dg.AssetSelection.all(), description="pretraining -> SFT -> reward model -> PPO -> evaluation")
+
+
 def build_definitions() -> dg.Definitions:
     """Definitions for the current environment (RLHF_DAG_HOME decides where the IO manager writes)."""
     return dg.Definitions(
@@ -35,7 +39,7 @@ def build_definitions() -> dg.Definitions:
             assets.policy_evaluation,
         ],
         asset_checks=ASSET_CHECKS,
-        jobs=[observe_labels],
+        jobs=[observe_labels, rlhf_graph],
         resources={
             "mlflow": MlflowTracking(),
             "io_manager": dg.FilesystemIOManager(base_dir=str(home_dir() / "handles")),

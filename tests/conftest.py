@@ -1,44 +1,47 @@
-"""Every test runs against a throwaway RLHF_DAG_HOME; the smoke graph is materialized once per session."""
+"""Every test runs against a throwaway RLHF_DAG_HOME; the smoke graph is materialized once per session.
+
+The environment is set when this file is imported, before any test module
+imports rlhf_dag: asset code versions are computed from the active profile at
+import time, exactly as `dagster dev` or the CLI would see them.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+ROOT = Path(tempfile.mkdtemp(prefix="rlhf_dag_tests_"))
+shutil.copytree(REPO / "assets", ROOT / "labels")
+(ROOT / "dagster").mkdir()
+os.environ.update(
+    {
+        "RLHF_DAG_HOME": str(ROOT / "home"),
+        "DAGSTER_HOME": str(ROOT / "dagster"),
+        "RLHF_DAG_LABELS_DIR": str(ROOT / "labels"),
+        "RLHF_DAG_PROFILE": "smoke",
+    }
+)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def isolated_env(tmp_path_factory):
-    """RLHF_DAG_HOME, DAGSTER_HOME and the labels dir in a temp dir, smoke profile; restored afterwards."""
-    root = tmp_path_factory.mktemp("rlhf_dag")
-    labels = root / "labels"
-    shutil.copytree(REPO / "assets", labels)
-    env = {
-        "RLHF_DAG_HOME": str(root / "home"),
-        "DAGSTER_HOME": str(root / "dagster"),
-        "RLHF_DAG_LABELS_DIR": str(labels),
-        "RLHF_DAG_PROFILE": "smoke",
-        "MLFLOW_TRACKING_URI": "",
-    }
-    Path(env["DAGSTER_HOME"]).mkdir(parents=True)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.environ.pop("MLFLOW_TRACKING_URI")
-    yield root
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+def isolated_env():
+    """The session's temp root: home/, dagster/ and a copy of assets/ in labels/."""
+    return ROOT
 
 
 @pytest.fixture(scope="session")
 def smoke_run(isolated_env):
-    """The whole graph, smoke profile, materialized in-process into a persistent test instance."""
+    """The whole graph, smoke profile, materialized in-process into the session's persistent instance."""
     import dagster as dg
 
     from rlhf_dag.definitions import build_definitions

@@ -41,7 +41,7 @@ def test_models_retrain_at_the_cron_tick_only_after_a_label_edit(smoke_run, isol
         assert _materialize(defs, instance, "comparison_dataset")
         # At the next nightly tick the reward model retrains; the models upstream of the edit do not.
         tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today + dt.timedelta(days=1, hours=15, minutes=5), cursor=after_edit.cursor)
-        assert "reward_model" in _requested(tick)
+        assert {"reward_model", "ppo_policy", "policy_evaluation"} <= _requested(tick)
         assert _requested(tick) & {"base_model", "sft_model"} == set()
     finally:
         path.write_bytes(original)

@@ -41,7 +41,7 @@ def _wait_for(url: str, timeout: float) -> None:
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--window-size=1600,1000", "--virtual-time-budget=20000"]
+             "--disable-component-update", "--disable-sync", "--window-size=1800,1000", "--virtual-time-budget=20000"]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -87,9 +87,12 @@ def test_launch_a_run_over_graphql_and_see_the_graph_in_chromium(dagster_dev):
     assert status == DagsterRunStatus.SUCCESS, (tmp_path / "dagster_dev.log").read_text()[-3000:]
     assert list((tmp_path / "home" / "artifacts" / "ppo_policy").glob(f"{run_id}/*.safetensors"))
 
-    url = f"http://127.0.0.1:{port}/asset-groups"
+    # The first visit shows a community sign-up dialog; mark it seen as a user's click would.
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=b'{"query": "mutation { setNuxSeen }"}', headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()
+    url = f"http://127.0.0.1:{port}/locations/rlhf_dag/asset-groups/rlhf"
     dom = _chromium("--dump-dom", url).stdout
-    for asset in ("sft_model", "reward_model", "ppo_policy"):
+    for asset in ASSETS:
         assert asset in dom, dom[-2000:]
     screenshot = tmp_path / "asset_graph.png"
     _chromium(f"--screenshot={screenshot}", url)

@@ -43,7 +43,7 @@ def _source_prompt_samples(model, tokenizer, instruct: bool, seed: int):
     return sample(model, tokenizer, list(SOURCE_PROMPTS), texts, max_new_tokens=48, temperature=SAMPLE_TEMPERATURE, seed=seed)
 
 
-@dg.asset(code_version=profile_version("pretraining_corpus"), automation_condition=dataset_automation, group_name="pretraining", kinds={"parquet"}, description="Internet-like documents the base model is pretrained on.")
+@dg.asset(code_version=profile_version("pretraining_corpus"), automation_condition=dataset_automation, group_name="rlhf", kinds={"parquet"}, description="Internet-like documents the base model is pretrained on.")
 def pretraining_corpus(context: dg.AssetExecutionContext, config: PretrainingCorpusConfig, mlflow: MlflowTracking) -> dg.Output[ArtifactHandle]:
     cfg = resolve_config(context, config)
     documents = load_corpus(cfg.source, cfg.n_documents, cfg.seed)
@@ -60,7 +60,7 @@ def pretraining_corpus(context: dg.AssetExecutionContext, config: PretrainingCor
     )
 
 
-@dg.asset(code_version=profile_version("base_model"), automation_condition=model_automation, group_name="pretraining", kinds={"pytorch"}, description="Tokenizer + causal LM that only continues text (RLHF step 1).")
+@dg.asset(code_version=profile_version("base_model"), automation_condition=model_automation, group_name="rlhf", kinds={"pytorch"}, description="Tokenizer + causal LM that only continues text (RLHF step 1).")
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, mlflow: MlflowTracking, pretraining_corpus: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     cfg = resolve_config(context, config)
     with mlflow.start_run(context, cfg.model_dump(), lineage_tags(pretraining_corpus=pretraining_corpus)) as run, training_logs(context):
@@ -114,12 +114,12 @@ def _dataset_asset(context, config, mlflow: MlflowTracking, labels_name: str, as
     )
 
 
-@dg.asset(code_version=profile_version("sft_dataset"), automation_condition=dataset_automation, group_name="sft", kinds={"parquet"}, deps=[dg.AssetKey(["labels", "demonstrations"])], description="Validated, de-duplicated demonstrations with a fixed train/validation split.")
+@dg.asset(code_version=profile_version("sft_dataset"), automation_condition=dataset_automation, group_name="rlhf", kinds={"parquet"}, deps=[dg.AssetKey(["labels", "demonstrations"])], description="Validated, de-duplicated demonstrations with a fixed train/validation split.")
 def sft_dataset(context: dg.AssetExecutionContext, config: SftDatasetConfig, mlflow: MlflowTracking) -> dg.Output[ArtifactHandle]:
     return _dataset_asset(context, config, mlflow, "demonstrations", "sft_dataset")
 
 
-@dg.asset(code_version=profile_version("sft_model"), automation_condition=model_automation, group_name="sft", kinds={"pytorch"}, description="The base model fine-tuned on demonstrations with TRL SFTTrainer (RLHF step 2).")
+@dg.asset(code_version=profile_version("sft_model"), automation_condition=model_automation, group_name="rlhf", kinds={"pytorch"}, description="The base model fine-tuned on demonstrations with TRL SFTTrainer (RLHF step 2).")
 def sft_model(context: dg.AssetExecutionContext, config: SftModelConfig, mlflow: MlflowTracking, base_model: ArtifactHandle, sft_dataset: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     cfg = resolve_config(context, config)
     train, validation = splits(sft_dataset.path)
@@ -153,12 +153,12 @@ def sft_model(context: dg.AssetExecutionContext, config: SftModelConfig, mlflow:
     )
 
 
-@dg.asset(code_version=profile_version("comparison_dataset"), automation_condition=dataset_automation, group_name="reward", kinds={"parquet"}, deps=[dg.AssetKey(["labels", "comparisons"])], description="Validated (prompt, chosen, rejected) comparisons with a fixed held-out split.")
+@dg.asset(code_version=profile_version("comparison_dataset"), automation_condition=dataset_automation, group_name="rlhf", kinds={"parquet"}, deps=[dg.AssetKey(["labels", "comparisons"])], description="Validated (prompt, chosen, rejected) comparisons with a fixed held-out split.")
 def comparison_dataset(context: dg.AssetExecutionContext, config: ComparisonDatasetConfig, mlflow: MlflowTracking) -> dg.Output[ArtifactHandle]:
     return _dataset_asset(context, config, mlflow, "comparisons", "comparison_dataset")
 
 
-@dg.asset(code_version=profile_version("reward_model"), automation_condition=model_automation, group_name="reward", kinds={"pytorch"}, description="Scores <prompt, response>; trained with TRL RewardTrainer from the SFT model (RLHF step 3).")
+@dg.asset(code_version=profile_version("reward_model"), automation_condition=model_automation, group_name="rlhf", kinds={"pytorch"}, description="Scores <prompt, response>; trained with TRL RewardTrainer from the SFT model (RLHF step 3).")
 def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, mlflow: MlflowTracking, sft_model: ArtifactHandle, comparison_dataset: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     cfg = resolve_config(context, config)
     train, validation = splits(comparison_dataset.path)
@@ -181,7 +181,7 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, m
     return dg.Output(handle, metadata=headline_metadata(handle, mlflow.run_url(run), ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss"]))
 
 
-@dg.asset(code_version=profile_version("ppo_policy"), automation_condition=model_automation, group_name="rl", kinds={"pytorch"}, deps=[dg.AssetKey(["labels", "prompts"])], description="The SFT model optimized with PPO against the reward model, KL-penalized to the SFT model (RLHF step 4).")
+@dg.asset(code_version=profile_version("ppo_policy"), automation_condition=model_automation, group_name="rlhf", kinds={"pytorch"}, deps=[dg.AssetKey(["labels", "prompts"])], description="The SFT model optimized with PPO against the reward model, KL-penalized to the SFT model (RLHF step 4).")
 def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflow: MlflowTracking, sft_model: ArtifactHandle, reward_model: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     cfg = resolve_config(context, config)
     labels, sha = read_labels(context, "prompts")
@@ -228,7 +228,7 @@ def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflo
     )
 
 
-@dg.asset(code_version=profile_version("policy_evaluation"), automation_condition=model_automation, group_name="evaluation", kinds={"pytorch"}, deps=[dg.AssetKey(["labels", "eval_prompts"])], description="Base vs SFT vs PPO on held-out prompts: gold win rates, RM and gold scores, KL, length, EOS rate.")
+@dg.asset(code_version=profile_version("policy_evaluation"), automation_condition=model_automation, group_name="rlhf", kinds={"pytorch"}, deps=[dg.AssetKey(["labels", "eval_prompts"])], description="Base vs SFT vs PPO on held-out prompts: gold win rates, RM and gold scores, KL, length, EOS rate.")
 def policy_evaluation(context: dg.AssetExecutionContext, config: PolicyEvaluationConfig, mlflow: MlflowTracking, base_model: ArtifactHandle, sft_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     cfg = resolve_config(context, config)
     labels, sha = read_labels(context, "eval_prompts")

@@ -19,10 +19,16 @@ label_observation = dg.AutomationCondition.cron_tick_passed(OBSERVE_CRON).with_l
 
 dataset_automation = dg.AutomationCondition.eager()
 
+# At a tick: retrain if an input was updated since this model was last requested,
+# or if an input is being retrained in the same tick (so a chain runs in one go).
 model_automation = (
     dg.AutomationCondition.in_latest_time_window()
-    & dg.AutomationCondition.cron_tick_passed(RETRAIN_CRON).since_last_handled()
-    & (dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.missing()).since_last_handled()
+    & dg.AutomationCondition.cron_tick_passed(RETRAIN_CRON)
+    & (
+        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        | dg.AutomationCondition.missing()
+        | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
+    )
     & ~dg.AutomationCondition.any_deps_missing()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
