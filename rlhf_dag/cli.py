@@ -15,6 +15,7 @@ def _use_persistent_instance() -> None:
 
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home_dir() / "dagster")))
     dagster_home.mkdir(parents=True, exist_ok=True)
+    (dagster_home / "dagster.yaml").touch()  # an empty config: Dagster's defaults, without its warning
 
 
 def cmd_make_labels(args) -> int:
