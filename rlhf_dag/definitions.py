@@ -10,6 +10,7 @@ import dagster as dg
 
 from .config import home_dir
 from .pipeline import assets
+from .pipeline.automation import automation_sensor
 from .pipeline.checks import ASSET_CHECKS
 from .pipeline.labels import LABEL_SOURCES
 from .pipeline.resources import MlflowTracking
@@ -40,6 +41,7 @@ def build_definitions() -> dg.Definitions:
         ],
         asset_checks=ASSET_CHECKS,
         jobs=[observe_labels, rlhf_graph],
+        sensors=[automation_sensor],
         resources={
             "mlflow": MlflowTracking(),
             "io_manager": dg.FilesystemIOManager(base_dir=str(home_dir() / "handles")),

@@ -51,7 +51,8 @@ def dagster_dev(tmp_path):
     labels = tmp_path / "labels"
     shutil.copytree(REPO / "assets", labels)
     env = {**os.environ, "RLHF_DAG_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
-           "RLHF_DAG_LABELS_DIR": str(labels), "RLHF_DAG_PROFILE": "smoke"}
+           "RLHF_DAG_LABELS_DIR": str(labels), "RLHF_DAG_PROFILE": "smoke",
+           "RLHF_DAG_AUTOMATION": "off"}  # no automation run racing the one this test launches
     env.pop("MLFLOW_TRACKING_URI", None)
     Path(env["DAGSTER_HOME"]).mkdir()
     log = (tmp_path / "dagster_dev.log").open("w")

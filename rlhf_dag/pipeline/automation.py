@@ -33,3 +33,12 @@ model_automation = (
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label(f"retrain at {RETRAIN_CRON} if an upstream changed")
+
+# The daemon (`make ui` runs one) evaluates these conditions; the sensor is on by
+# default so that saving a label file is enough. RLHF_DAG_AUTOMATION=off starts it stopped.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "rlhf_automation",
+    target=dg.AssetSelection.all(include_sources=True),
+    default_status=dg.DefaultSensorStatus.STOPPED if os.environ.get("RLHF_DAG_AUTOMATION", "on") == "off" else dg.DefaultSensorStatus.RUNNING,
+    description="Observes the label files, refreshes datasets eagerly and retrains stale models at the nightly tick.",
+)
