@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -24,9 +24,6 @@ class ArtifactHandle:
     mlflow_run_id: str | None = None
     metrics: dict = field(default_factory=dict)
     lineage: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def run_dir(root: Path, asset: str, run_id: str) -> Path:

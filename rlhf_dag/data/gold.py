@@ -10,7 +10,7 @@ visible. `docs/gold_labeler.md` documents every term below.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .domain import CODE_PROPERTIES, RECIPIENTS, Task, parse_task
 
@@ -48,9 +48,6 @@ class GoldScore:
     stopped: bool
     continuation: bool
     repetition: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _fraction(checks: list[bool]) -> float:
