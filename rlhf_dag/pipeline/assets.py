@@ -14,7 +14,7 @@ from ..data.corpus import load_corpus
 from ..data.datasets import build_dataset, splits, write_parquet
 from ..data.domain import SOURCE_PROMPTS
 from ..training.chat import format_prompt, raw_prompt
-from ..training.evaluate import evaluate_policies, gold_scores, reward_hacking_figure, sequence_kl, win_rate
+from ..training.evaluate import evaluate_policies, mean_gold, reward_hacking_figure, sequence_kl, win_rate
 from ..training.generate import Sample, sample
 from ..training.models import load_causal_lm, load_reward_model
 from ..training.ppo import ppo_train
@@ -24,7 +24,7 @@ from ..training.sft import supervised_finetune
 from .automation import dataset_automation, model_automation
 from .labels import read_labels
 from .resources import MlflowTracking
-from .step import asset_config_class, profile_version, headline_metadata, lineage_tags, mean_gold, resolve_config, samples_markdown, save_model, training_logs
+from .step import asset_config_class, profile_version, headline_metadata, lineage_tags, resolve_config, samples_markdown, save_model, training_logs
 
 SAMPLE_TEMPERATURE = 0.7
 
@@ -192,8 +192,7 @@ def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflo
     critic, _ = load_reward_model(reward_model.path)  # [PPO-11] the value model starts as the reward model
 
     def gold_monitor(batch_prompts, responses, ended):
-        scores = gold_scores([Sample(p, r, e, 0) for p, r, e in zip(batch_prompts, responses, ended)])
-        return sum(scores) / len(scores)
+        return mean_gold([Sample(p, r, e, 0) for p, r, e in zip(batch_prompts, responses, ended)])
 
     tags = {**lineage_tags(sft_model=sft_model, reward_model=reward_model), "labels.prompts.sha256": sha}
     with mlflow.start_run(context, cfg.model_dump(), tags) as run, training_logs(context):

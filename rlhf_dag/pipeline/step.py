@@ -106,11 +106,6 @@ def samples_markdown(samples: list[Sample], title: str = "response") -> str:
     return "\n".join(rows)
 
 
-def mean_gold(samples: list[Sample]) -> float:
-    scores = [g.score for s in samples if (g := gold_score(s.prompt, s.response, s.ended_with_eos))]
-    return sum(scores) / len(scores) if scores else float("nan")
-
-
 def headline_metadata(handle: ArtifactHandle, mlflow_link: str, keys: list[str]) -> dict:
     meta = {"path": dg.MetadataValue.path(handle.path), "mlflow_run_id": handle.mlflow_run_id, "mlflow": mlflow_link, "config_hash": handle.config_hash}
     meta.update({k: float(handle.metrics[k]) for k in keys if k in handle.metrics})

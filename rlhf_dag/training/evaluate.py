@@ -17,6 +17,12 @@ def gold_scores(samples: list[Sample]) -> list[float]:
     return [gold_score(s.prompt, s.response, s.ended_with_eos).score for s in samples]
 
 
+def mean_gold(samples: list[Sample]) -> float:
+    """Mean gold score over the samples whose prompt is of the task family (NaN if none is)."""
+    scores = [g.score for s in samples if (g := gold_score(s.prompt, s.response, s.ended_with_eos))]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
 def win_rate(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """Share of paired samples where `a` beats `b` (ties count half), with a 95% normal-approximation interval."""
     outcomes = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)]
