@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
-from .trainer_args import loss_curve, trainer_kwargs
+from .trainer_args import loss_curve, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -128,5 +128,8 @@ def pretrain(texts: list[str], cfg: PretrainConfig) -> TrainResult:
         "corpus_tokens": n_tokens,
         "train_seconds": seconds,
         "tokens_per_second": n_tokens * cfg.epochs / seconds,
+        # the optimizer loop alone (no tokenizer training, no evaluation): what bench/pipeline.py reports
+        "train_tokens": trained_tokens(trainer) * cfg.epochs,
+        "train_runtime": result.metrics["train_runtime"],
     }
     return TrainResult(model, tokenizer, metrics, {"pretrain/loss": curve})

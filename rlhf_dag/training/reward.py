@@ -22,7 +22,7 @@ from ..config import RewardConfig as RewardStepConfig
 from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
 from .pretrain import TrainResult
-from .trainer_args import device, loss_curve, trainer_kwargs
+from .trainer_args import device, loss_curve, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         "train_accuracy": train_accuracy,
         "training_loss": result.training_loss,
         "train_pairs": len(dataset),
+        "train_tokens": trained_tokens(trainer, ("chosen_ids", "rejected_ids")) * cfg.epochs,
+        "train_runtime": result.metrics["train_runtime"],
         "validation_pairs": len(validation),
         "train_seconds": time.perf_counter() - start,
     }

@@ -19,7 +19,7 @@ from ..config import SFTConfig as SFTStepConfig
 from .chat import format_prompt
 from .generate import response_loss
 from .pretrain import TrainResult
-from .trainer_args import loss_curve, trainer_kwargs
+from .trainer_args import loss_curve, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
         "validation_loss": val_loss,
         "training_loss": result.training_loss,
         "train_examples": len(dataset),
+        "train_tokens": trained_tokens(trainer) * cfg.epochs,
+        "train_runtime": result.metrics["train_runtime"],
         "train_seconds": time.perf_counter() - start,
     }
     return TrainResult(model, tokenizer, metrics, {"sft/loss": loss_curve(trainer.state.log_history)})

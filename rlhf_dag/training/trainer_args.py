@@ -41,6 +41,11 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
     )
 
 
+def trained_tokens(trainer, columns: tuple[str, ...] = ("input_ids",)) -> int:
+    """Tokens one pass over the trainer's prepared (tokenized, truncated or packed) dataset feeds the model, padding excluded."""
+    return sum(len(ids) for column in columns for ids in trainer.train_dataset[column])
+
+
 def loss_curve(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
     """(step, value) pairs of a metric from a trainer's log history."""
     return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]

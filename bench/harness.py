@@ -1,0 +1,148 @@
+"""What every benchmark script shares: an isolated run folder, timed child processes, the machine, the results.
+
+Each script runs every measured thing in a child process of its own, so that one
+measurement's imports, caches and peak memory never leak into the next: the
+child's wall time and peak RSS come from `os.wait4`, what it measured inside
+itself from a JSON file it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results"
+SCRATCH = RESULTS / "tmp"  # gitignored: isolated RLHF_DAG_HOMEs, kept after a run for inspection and reuse
+
+
+def isolated_env(name: str, profile: str) -> tuple[Path, dict]:
+    """A fresh `bench/results/tmp/<name>-<profile>/` with home/, dagster/ and a copy of assets/ in labels/, and its environment.
+
+    As in tests/conftest.py and .ci/run: RLHF_DAG_HOME, DAGSTER_HOME and the labels point into the folder,
+    so a benchmark never touches the user's `.rlhf_dag/` or `assets/`.
+    """
+    root = SCRATCH / f"{name}-{profile}"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(REPO / "assets", root / "labels")
+    (root / "dagster").mkdir(parents=True)
+    (root / "dagster" / "dagster.yaml").touch()  # Dagster's defaults, without its warning about a missing file
+    env = {
+        **os.environ,
+        "RLHF_DAG_HOME": str(root / "home"),
+        "DAGSTER_HOME": str(root / "dagster"),
+        "RLHF_DAG_LABELS_DIR": str(root / "labels"),
+        "RLHF_DAG_PROFILE": profile,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")])),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return root, env
+
+
+@dataclass
+class Child:
+    """A finished child process: its wall time, peak resident memory and what it wrote."""
+
+    wall_seconds: float
+    peak_rss_mb: float
+    returncode: int
+    log: Path
+    report: dict
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_child(cmd: list[str], env: dict, log: Path, report: Path | None = None, check: bool = True) -> Child:
+    """Run `cmd` to completion with its output in `log`; wall time, peak RSS (ru_maxrss of this child alone) and its JSON report."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if report is not None:
+        report.unlink(missing_ok=True)
+    with open(log, "w") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    child = Child(wall, usage.ru_maxrss / 1024, process.returncode, log, json.loads(report.read_text()) if report is not None and report.is_file() else {})
+    if check and child.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited with {child.returncode}; last lines of {log}:\n{child.tail()}")
+    return child
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def write_report(path: str | Path, report: dict) -> None:
+    """What a worker hands back to the script that started it."""
+    Path(path).write_text(json.dumps(report, indent=1, default=str))
+
+
+def machine() -> dict:
+    """The machine a figure was measured on, and how busy it was when the script started."""
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    return {
+        "cpu": cpu,
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def warn_if_busy(info: dict) -> None:
+    """Other work on the 2 cores makes every timing here meaningless: say so next to the figures."""
+    if info["load_average_1min"] > 0.5:
+        print(f"WARNING: load average {info['load_average_1min']:.2f} before the benchmark started: "
+              "something else is using the CPU, so these timings are not trustworthy", file=sys.stderr)
+
+
+def results_stem(name: str, profile: str) -> Path:
+    """`bench/results/<name>` for the default profile, `<name>-<profile>` for the others (smoke runs never overwrite the reference)."""
+    return RESULTS / (name if profile == "default" else f"{name}-{profile}")
+
+
+def save_results(name: str, profile: str, payload: dict, table: str) -> None:
+    """Write `<stem>.json` and `<stem>.md`, and print the table."""
+    stem = results_stem(name, profile)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+    stem.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"\n(written to {stem.relative_to(REPO)}.json and .md)")
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(info: dict) -> str:
+    return (f"{info['cpu']}, {info['cores_usable']} cores usable, {info['memory_gib']} GiB; Python {info['python']}, "
+            f"torch {info['torch']} ({info['torch_threads']} threads); load average at start {info['load_average_1min']:.2f}")
