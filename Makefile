@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup run test ui mlflow-ui labels ui-test-deps clean
+.PHONY: setup run test bench ui mlflow-ui labels ui-test-deps clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,17 @@ run: setup  ## materialize the whole graph (RLHF_DAG_PROFILE=default unless set)
 
 test: setup  ## the test suite (fails when a test fails or none ran)
 	$(BIN)/python -m pytest -q
+
+# The benchmarks of docs/benchmarks.md: about 40 minutes on the 2-core CPU at the default profile
+# (BENCH_PROFILE=smoke: a few minutes, to check that they run). Run them on a quiet machine.
+BENCH_PROFILE ?= default
+BENCH_STEM := $(if $(filter default,$(BENCH_PROFILE)),,-$(BENCH_PROFILE))
+bench: setup  ## figures: per-asset time/RSS/throughput, Dagster overhead, incremental re-runs, our PPO vs TRL 1.12
+	$(BIN)/python bench/pipeline.py --profile $(BENCH_PROFILE)
+	$(BIN)/python bench/ppo.py --profile $(BENCH_PROFILE)
+	$(BIN)/python bench/incremental.py --profile $(BENCH_PROFILE)
+	$(BIN)/python bench/overhead.py --profile smoke,$(BENCH_PROFILE)
+	@echo; for name in pipeline ppo incremental overhead; do cat bench/results/$$name$(BENCH_STEM).md; echo; done
 
 ui: setup  ## Dagster web UI on http://127.0.0.1:3000 over the persistent instance
 	mkdir -p $(DAGSTER_HOME)

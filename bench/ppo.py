@@ -1,0 +1,296 @@
+"""Our PPO against TRL 1.12's PPOTrainer at matched settings, and our sampling against plain `model.generate`.
+
+    .venv/bin/python bench/ppo.py [--profile default] [--iterations 5]
+
+Both implementations start from the same SFT model (policy and reference) and
+the same reward model (reward and critic), with the profile's rollout batch,
+minibatch, PPO epochs, response length and temperature, for the same number of
+iterations, each in a process of its own. The models come from
+bench/results/tmp/pipeline-<profile>/ when bench/pipeline.py left them there,
+else this script trains them first (`rlhf-dag run --select '*reward_model'`).
+
+The reference runs in bench/.venv-trl112, which this script creates on first
+use: torch 2.13.0 (the CPU wheel) first, then trl 1.12.* with the same
+transformers, accelerate and datasets as .venv, so that both run the same Llama
+and the same `generate`. If it cannot be installed or fails, the script says
+why and still prints our figures.
+
+Per iteration: rollout generation, scoring (log-probs of policy and reference,
+values, reward, advantages), optimization (ppo_epochs passes over minibatches),
+their wall times, rollout tokens/s (response tokens up to and including EOS over
+generation time), optimizer samples/s (rollout_batch_size x ppo_epochs over
+optimization time) and peak RSS. The first iteration is reported apart (warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from harness import BENCH, SCRATCH, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, run_child, save_results, warn_if_busy, write_report
+
+REFERENCE_VENV = BENCH / ".venv-trl112"
+REFERENCE_TRL = "trl==1.12.*"
+
+
+def reference_requirements() -> list[str]:
+    """TRL 1.12 on the same transformers/accelerate/datasets as ours: the comparison is of the PPO loops, not of two Llamas."""
+    return [REFERENCE_TRL] + [f"{p}=={metadata.version(p)}" for p in ("transformers", "accelerate", "datasets")]
+
+
+def reference_python() -> tuple[Path | None, str]:
+    """bench/.venv-trl112/bin/python, created on first use; (None, why) when it cannot be made."""
+    python = REFERENCE_VENV / "bin" / "python"
+    stamp = REFERENCE_VENV / ".installed"
+    wanted = " ".join(["torch==2.13.0", *reference_requirements()])
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return python, "ready"
+    print(f"bench/ppo.py: creating {REFERENCE_VENV.relative_to(BENCH.parent)} ({wanted}); this takes a few minutes once", flush=True)
+    log = SCRATCH / "venv-trl112.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    steps = [
+        [sys._base_executable, "-m", "venv", "--clear", str(REFERENCE_VENV)],
+        [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+        # the CPU wheel first, so nothing below pulls a multi-GB CUDA build of torch
+        [str(python), "-m", "pip", "install", "--quiet", "torch==2.13.0"],
+        [str(python), "-m", "pip", "install", "--quiet", *reference_requirements()],
+    ]
+    with open(log, "w") as out:
+        for cmd in steps:
+            if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                return None, f"`{' '.join(cmd[2:] if cmd[1] == '-m' else cmd)}` failed (see {log.relative_to(BENCH.parent)})"
+    stamp.write_text(wanted)
+    return python, "created"
+
+
+def find_models(profile: str, env_for_training: tuple[Path, dict] | None = None) -> tuple[Path, Path]:
+    """(sft_model dir, reward_model dir): bench/pipeline.py's, else trained here into bench/results/tmp/ppo-<profile>/."""
+    for home in (SCRATCH / f"pipeline-{profile}" / "home", SCRATCH / f"ppo-{profile}" / "home"):
+        found = [sorted(d for d in (home / "artifacts" / a).glob("*") if not d.name.startswith(".")) if (home / "artifacts" / a).is_dir() else [] for a in ("sft_model", "reward_model")]
+        if all(len(dirs) == 1 for dirs in found):
+            return found[0][0], found[1][0]
+    root, env = isolated_env("ppo", profile)
+    print(f"bench/ppo.py: no models from bench/pipeline.py for profile '{profile}'; training SFT and reward models in {root}", flush=True)
+    run_child([str(Path(sys.executable).parent / "rlhf-dag"), "run", "--select", "*reward_model"], env, root / "train.log")
+    return find_models(profile)
+
+
+def ours_worker(settings: dict, report: str) -> None:
+    """ppo_train exactly as the ppo_policy asset calls it (no gold monitor), timed by phase from outside the loop."""
+    started = time.perf_counter()
+    import torch
+
+    from rlhf_dag.config import resolve
+    from rlhf_dag.training import ppo
+    from rlhf_dag.training.generate import generate_tokens
+    from rlhf_dag.training.models import load_causal_lm, load_reward_model
+
+    imports = time.perf_counter() - started
+    cfg = resolve("ppo_policy", {"iterations": settings["iterations"]}, settings["profile"])
+    policy, tokenizer = load_causal_lm(settings["sft_model"])
+    reference, _ = load_causal_lm(settings["sft_model"])
+    scorer, _ = load_reward_model(settings["reward_model"])
+    critic, _ = load_reward_model(settings["reward_model"])
+    rss_after_load = current_rss_mb()
+
+    marks: list[dict] = []
+
+    def timed_generation(model, tok, texts, max_new_tokens, temperature, generator_seed=None):
+        mark = {"start": time.perf_counter()}
+        query, response = generate_tokens(model, tok, texts, max_new_tokens, temperature, generator_seed)
+        mark["generate_end"] = time.perf_counter()
+        is_eos = response == tok.eos_token_id
+        before_eos = (is_eos.cumsum(1) - is_eos.long()) == 0
+        mark.update(response_width=response.shape[1], generated_positions=response.numel(), response_tokens=int((before_eos & (response != tok.pad_token_id)).sum()),
+                    eos_rate=float(is_eos.any(1).float().mean()))
+        marks.append(mark)
+        return query, response
+
+    def marked_logprobs(model, *a, **k):
+        if torch.is_grad_enabled() and "optimize_start" not in marks[-1]:
+            marks[-1]["optimize_start"] = time.perf_counter()
+        return original_logprobs(model, *a, **k)
+
+    original_logprobs = ppo.response_logprobs
+    ppo.generate_tokens, ppo.response_logprobs = timed_generation, marked_logprobs
+    prompts = settings["prompts"]
+    train_started = time.perf_counter()
+    ppo.ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg)
+    end = time.perf_counter()
+    iterations = []
+    for i, mark in enumerate(marks):
+        stop = marks[i + 1]["start"] if i + 1 < len(marks) else end
+        iterations.append({
+            "seconds": stop - mark["start"],
+            "generate_seconds": mark["generate_end"] - mark["start"],
+            "score_seconds": mark["optimize_start"] - mark["generate_end"],
+            "optimize_seconds": stop - mark["optimize_start"],
+            **{k: mark[k] for k in ("response_width", "generated_positions", "response_tokens", "eos_rate")},
+        })
+    ppo.generate_tokens, ppo.response_logprobs = generate_tokens, original_logprobs
+    write_report(report, {
+        "implementation": "ours (rlhf_dag/training/ppo.py)",
+        "imports_seconds": imports,
+        "train_seconds": end - train_started,
+        "iterations": iterations,
+        "rss_after_load_mb": rss_after_load,
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_threads": torch.get_num_threads(),
+        "sampling": sampling_comparison(policy, tokenizer, settings["prompt_texts"][: cfg.rollout_batch_size], cfg.max_new_tokens, cfg.temperature),
+    })
+
+
+def sampling_comparison(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, repeats: int = 3) -> list[dict]:
+    """Our `generate_tokens` against `model.generate` with and without the KV cache, and as TRL's rollout calls it (scores kept)."""
+    import torch
+
+    from rlhf_dag.training.generate import generate_tokens
+
+    model.eval()
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    tokenizer.padding_side = "right"
+    common = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    width = batch["input_ids"].shape[1]
+
+    def hf(**extra):
+        with torch.no_grad():
+            out = model.generate(**batch, **common, **extra)
+        return (out.sequences if hasattr(out, "sequences") else out).shape[1] - width
+
+    variants = {
+        "ours: generate_tokens (tokenize + generate, KV cache)": lambda: generate_tokens(model, tokenizer, texts, max_new_tokens, temperature)[1].shape[1],
+        "model.generate(use_cache=True)": lambda: hf(use_cache=True),
+        "model.generate(use_cache=False)": lambda: hf(use_cache=False),
+        "model.generate(use_cache=True, output_scores=True) as TRL's rollout": lambda: hf(use_cache=True, output_scores=True, return_dict_in_generate=True),
+    }
+    rows = []
+    for name, call in variants.items():
+        times, steps = [], []
+        for r in range(repeats):
+            torch.manual_seed(r)  # the same samples, so the same number of steps, for every variant
+            t = time.perf_counter()
+            steps.append(call())
+            times.append(time.perf_counter() - t)
+        seconds = statistics.median(times)
+        rows.append({"variant": name, "seconds": seconds, "steps": statistics.median(steps), "batch": len(texts),
+                     "tokens_per_second": len(texts) * statistics.median(steps) / seconds})
+    return rows
+
+
+def summarize(report: dict, rollout_batch_size: int, ppo_epochs: int) -> dict:
+    iterations = report["iterations"]
+    steady = iterations[1:] or iterations  # the first iteration pays one-time costs (allocator, lazy init)
+
+    def median(key):
+        return statistics.median(i[key] for i in steady)
+
+    return {
+        "implementation": report["implementation"],
+        "first_iteration_seconds": iterations[0]["seconds"],
+        "iteration_seconds": median("seconds"),
+        "generate_seconds": median("generate_seconds"),
+        "score_seconds": median("score_seconds"),
+        "optimize_seconds": median("optimize_seconds"),
+        "rollout_tokens_per_second": statistics.median(i["response_tokens"] / i["generate_seconds"] for i in steady),
+        "rollout_positions_per_second": statistics.median(i["generated_positions"] / i["generate_seconds"] for i in steady),
+        "optimizer_samples_per_second": rollout_batch_size * ppo_epochs / median("optimize_seconds"),
+        "response_width": median("response_width"),
+        "response_tokens": median("response_tokens"),
+        "eos_rate": median("eos_rate"),
+        "peak_rss_mb": report["peak_rss_mb"],
+        "rss_after_load_mb": report["rss_after_load_mb"],
+        "imports_seconds": report["imports_seconds"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--iterations", type=int, default=5, help="PPO iterations per implementation (the first is reported apart)")
+    parser.add_argument("--skip-reference", action="store_true", help="only our figures (no TRL venv)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    parser.add_argument("--report", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        ours_worker(json.loads(Path(args.settings).read_text()), args.report)
+        return 0
+
+    from rlhf_dag.config import REPO_ROOT, resolve
+    from rlhf_dag.data.labels import load_labels
+    from rlhf_dag.training.chat import format_prompt
+
+    info = machine()
+    warn_if_busy(info)
+    cfg = resolve("ppo_policy", {"iterations": args.iterations}, args.profile)
+    sft_model, reward_model = find_models(args.profile)
+    root, env = isolated_env("ppo-run", args.profile)
+    prompts = [r["prompt"] for r in load_labels(REPO_ROOT / "assets" / "prompts.jsonl", "prompts").records]
+    settings = {
+        "profile": args.profile, "sft_model": str(sft_model), "reward_model": str(reward_model), "prompts": prompts,
+        "prompt_texts": [format_prompt(p) for p in prompts], "iterations": args.iterations,
+        **{k: getattr(cfg, k) for k in ("rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "temperature", "kl_coef",
+                                        "clip_range", "clip_range_value", "vf_coef", "gamma", "lam", "learning_rate", "seed")},
+        # ours replaces a missing-EOS response's score by this value; TRL subtracts a positive penalty instead
+        "missing_eos_penalty": abs(cfg.missing_eos_penalty) if cfg.missing_eos_penalty is not None else None,
+    }
+    (root / "settings.json").write_text(json.dumps(settings))
+    print(f"bench/ppo.py: profile '{args.profile}', {args.iterations} iterations of rollout {cfg.rollout_batch_size}, minibatch {cfg.minibatch_size}, "
+          f"{cfg.ppo_epochs} epochs, {cfg.max_new_tokens} new tokens; models {sft_model.parent.parent.name}/…/{sft_model.name}", flush=True)
+
+    ours = run_child([sys.executable, __file__, "--worker", "ours", "--settings", str(root / "settings.json"), "--report", str(root / "ours.json")],
+                     env, root / "ours.log", root / "ours.json")
+    results = {"ours": summarize(ours.report, cfg.rollout_batch_size, cfg.ppo_epochs)}
+    reference_note = "skipped (--skip-reference)"
+    if not args.skip_reference:
+        python, why = reference_python()
+        if python is None:
+            reference_note = f"not measured: could not create {REFERENCE_VENV.relative_to(BENCH.parent)}: {why}"
+        else:
+            ref = run_child([str(python), str(BENCH / "trl_reference.py"), "--settings", str(root / "settings.json"), "--report", str(root / "trl.json")],
+                            env, root / "trl.log", root / "trl.json", check=False)
+            if ref.returncode == 0 and ref.report:
+                results["trl"] = summarize(ref.report, cfg.rollout_batch_size, cfg.ppo_epochs)
+                reference_note = f"measured ({', '.join(reference_requirements())})"
+            else:
+                reference_note = f"not measured: TRL 1.12 reference exited with {ref.returncode}; last lines of {ref.log}:\n{ref.tail(15)}"
+    if "trl" not in results:
+        print(f"bench/ppo.py: reference {reference_note}", file=sys.stderr)
+
+    rows = [[r["implementation"], r["iteration_seconds"], r["first_iteration_seconds"], r["generate_seconds"], r["score_seconds"], r["optimize_seconds"],
+             r["rollout_tokens_per_second"], r["optimizer_samples_per_second"], r["response_width"], r["eos_rate"], r["peak_rss_mb"], r["peak_rss_mb"] - r["rss_after_load_mb"]]
+            for r in results.values()]
+    sampling = ours.report["sampling"]
+    lines = [
+        f"### bench/ppo.py — profile `{args.profile}`: one PPO iteration (median of iterations 2..{args.iterations})",
+        "",
+        markdown_table(["implementation", "iteration s", "first iteration s", "rollout generation s", "scoring s", "optimization s",
+                        "rollout tokens/s", "optimizer samples/s", "response width", "EOS rate", "peak RSS MB", "RSS over loaded models MB"], rows),
+        "",
+    ]
+    if "trl" in results:
+        ratio = results["ours"]["iteration_seconds"] / results["trl"]["iteration_seconds"]
+        lines += [f"Ours / TRL iteration time: **{ratio:.2f}** (target ≤ 1.00).", ""]
+    else:
+        lines += [f"Reference: {reference_note.splitlines()[0]}", ""]
+    lines += [
+        f"#### Sampling: {len(settings['prompt_texts'][: cfg.rollout_batch_size])} prompts, up to {cfg.max_new_tokens} new tokens (median of 3)",
+        "",
+        markdown_table(["variant", "seconds", "decoding steps", "tokens/s (batch x steps / s)"], [[s["variant"], s["seconds"], s["steps"], s["tokens_per_second"]] for s in sampling]),
+        "",
+        f"Machine: {machine_line(info)}",
+    ]
+    save_results("ppo", args.profile, {"profile": args.profile, "machine": info, "settings": {k: v for k, v in settings.items() if k not in ("prompts", "prompt_texts")},
+                                        "results": results, "sampling": sampling, "reference": reference_note}, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The reference PPO: TRL 1.12's `trl.experimental.ppo.PPOTrainer`, timed phase by phase. bench/ppo.py runs this.
+
+It runs inside bench/.venv-trl112 (TRL 1.12 is the last release with a PPO
+trainer; the project itself uses TRL 1.16), so it imports nothing from
+rlhf_dag: bench/ppo.py hands it the model directories, the chat-formatted
+prompts and the matched settings as a JSON file.
+
+Phases of one iteration, marked without changing TRL's code: rollout
+generation is the time inside its `batch_generation`; scoring is from there to
+the first forward pass with gradients (reference log-probs, values, rewards,
+advantages); optimization is from there to the trainer's step end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settings", required=True, help="JSON written by bench/ppo.py")
+    parser.add_argument("--report", required=True)
+    args = parser.parse_args()
+    s = json.loads(Path(args.settings).read_text())
+
+    started = time.perf_counter()
+    import torch
+    import trl
+    import trl.experimental.ppo.ppo_trainer as ppo_trainer
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    imports = time.perf_counter() - started
+    torch.manual_seed(s["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(s["sft_model"])
+    tokenizer.padding_side = "left"  # TRL's PPO generates from left-padded queries
+    policy = AutoModelForCausalLM.from_pretrained(s["sft_model"])
+    reference = AutoModelForCausalLM.from_pretrained(s["sft_model"])
+    reward_model = AutoModelForSequenceClassification.from_pretrained(s["reward_model"], num_labels=1)
+    value_model = AutoModelForSequenceClassification.from_pretrained(s["reward_model"], num_labels=1)
+    prompts = s["prompt_texts"]
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]})
+    rss_after_load = int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+    iterations: list[dict] = []
+    current: dict = {}
+
+    def timed_generation(*a, **k):
+        t = time.perf_counter()
+        query_responses, logits = original_generation(*a, **k)
+        current["generate_seconds"] = current.get("generate_seconds", 0.0) + time.perf_counter() - t
+        queries = a[1] if len(a) > 1 else k["queries"]
+        responses = query_responses[:, queries.shape[1]:]
+        is_eos = responses == tokenizer.eos_token_id
+        before_eos = (is_eos.cumsum(1) - is_eos.long()) == 0  # tokens up to and including the first EOS
+        current["response_width"] = responses.shape[1]
+        current["generated_positions"] = responses.numel()
+        current["response_tokens"] = int(before_eos.sum())
+        current["eos_rate"] = float(is_eos.any(1).float().mean())
+        current["generate_end"] = time.perf_counter()
+        return query_responses, logits
+
+    def marked_forward(model, query_responses, pad_token_id):
+        if torch.is_grad_enabled() and "optimize_start" not in current:
+            current["optimize_start"] = time.perf_counter()
+        return original_forward(model, query_responses, pad_token_id)
+
+    original_generation, original_forward = ppo_trainer.batch_generation, ppo_trainer.forward
+    ppo_trainer.batch_generation, ppo_trainer.forward = timed_generation, marked_forward
+
+    class IterationClock(TrainerCallback):
+        def on_train_begin(self, *_, **__):
+            current["start"] = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            end = time.perf_counter()
+            iterations.append({
+                "seconds": end - current["start"],
+                "generate_seconds": current["generate_seconds"],
+                "score_seconds": current["optimize_start"] - current["generate_end"],
+                "optimize_seconds": end - current["optimize_start"],
+                **{k: current[k] for k in ("response_width", "generated_positions", "response_tokens", "eos_rate")},
+            })
+            current.clear()
+            current["start"] = end
+
+    with tempfile.TemporaryDirectory() as out:
+        config = PPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=s["rollout_batch_size"],  # one rollout batch per iteration, generated in one call
+            gradient_accumulation_steps=1,  # so every minibatch is one optimizer step, as in ours
+            num_mini_batches=s["rollout_batch_size"] // s["minibatch_size"],
+            local_rollout_forward_batch_size=s["rollout_batch_size"],
+            num_ppo_epochs=s["ppo_epochs"],
+            total_episodes=s["iterations"] * s["rollout_batch_size"],
+            response_length=s["max_new_tokens"],
+            temperature=s["temperature"],
+            stop_token="eos",
+            missing_eos_penalty=s["missing_eos_penalty"],
+            kl_coef=s["kl_coef"],
+            cliprange=s["clip_range"],
+            cliprange_value=s["clip_range_value"],
+            vf_coef=s["vf_coef"],
+            gamma=s["gamma"],
+            lam=s["lam"],
+            learning_rate=s["learning_rate"],
+            seed=s["seed"],
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,  # TRL's default is on; ours never checkpoints
+            use_cpu=not torch.cuda.is_available(),
+            num_sample_generations=0,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=1,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = PPOTrainer(
+            args=config, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward_model,
+            value_model=value_model, train_dataset=dataset, callbacks=[IterationClock()],
+        )
+        train_started = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - train_started
+
+    Path(args.report).write_text(json.dumps({
+        "implementation": f"TRL {trl.__version__} experimental.ppo",
+        "imports_seconds": imports,
+        "train_seconds": train_seconds,
+        "iterations": iterations,
+        "rss_after_load_mb": rss_after_load,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": torch.get_num_threads(),
+    }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
