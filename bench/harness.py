@@ -42,7 +42,6 @@ def isolated_env(name: str, profile: str) -> tuple[Path, dict]:
         "DAGSTER_HOME": str(root / "dagster"),
         "RLHF_DAG_LABELS_DIR": str(root / "labels"),
         "RLHF_DAG_PROFILE": profile,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")])),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     return root, env
