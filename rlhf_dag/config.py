@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +51,13 @@ class PretrainConfig(StepConfig):
     seed: int = Field(0, description="initialization and data-order seed")
 
 
+class Overlong(StrEnum):
+    """What SFT and RM training do with a record longer than max_length (see docs/reliability.md)."""
+
+    reject = "reject"
+    truncate = "truncate"
+
+
 class DatasetConfig(StepConfig):
     """`sft_dataset` and `comparison_dataset`: validation and the fixed train/validation split."""
 
@@ -64,6 +72,7 @@ class SFTConfig(StepConfig):
     batch_size: int = Field(32, description="examples per optimizer step")
     learning_rate: float = Field(1e-3, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
+    overlong: Overlong = Field(Overlong.reject, description="a record over max_length: 'reject' fails naming its file and line; 'truncate' cuts the response's end (and its EOS)")
     n_samples: int = Field(4, description="sample generations shown as metadata (the source's prompts)")
     seed: int = Field(0, description="data-order seed")
 
@@ -75,6 +84,7 @@ class RewardConfig(StepConfig):
     batch_size: int = Field(32, description="pairs per optimizer step")
     learning_rate: float = Field(5e-4, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
+    overlong: Overlong = Field(Overlong.reject, description="a pair over max_length: 'reject' fails naming its file and line; 'truncate' cuts each response to fit, still ending with EOS")
     accuracy_floor: float = Field(0.75, description="blocking check: held-out pairwise accuracy must reach this")
     seed: int = Field(0, description="data-order and head-initialization seed")
 
@@ -129,8 +139,9 @@ PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
         "pretraining_corpus": {"n_documents": 200},
         "base_model": {"vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "epochs": 1.0, "max_length": 128},
-        "sft_model": {"epochs": 1.0, "max_length": 128},
-        "reward_model": {"epochs": 1.0, "max_length": 128, "accuracy_floor": 0.0},
+        # The 400-token vocabulary makes some shipped records longer than 128 tokens: cut them, for speed.
+        "sft_model": {"epochs": 1.0, "max_length": 128, "overlong": "truncate"},
+        "reward_model": {"epochs": 1.0, "max_length": 128, "overlong": "truncate", "accuracy_floor": 0.0},
         "ppo_policy": {"iterations": 2, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 12, "kl_budget": 1e6, "eos_rate_floor": 0.0},
         "policy_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1},
     },

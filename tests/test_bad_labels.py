@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
+
+from rlhf_dag.config import artifacts_dir
+from rlhf_dag.training.overlong import fit_responses, sequence_tokens
+from rlhf_dag.training.models import load_causal_lm
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +32,9 @@ BAD_LINES = [
 ]
 
 
-def _materialize(defs, instance, asset: str):
+def _materialize(defs, instance, *assets: str, run_config: dict | None = None):
     job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)], raise_on_error=False)
+    return job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(a) for a in assets], run_config=run_config, raise_on_error=False)
 
 
 def _failure_message(result) -> str:
@@ -88,3 +94,62 @@ def test_bom_crlf_and_duplicates_are_accepted_with_a_count(smoke_run, isolated_e
     finally:
         path.write_bytes(original)
         assert _materialize(defs, instance, "sft_dataset").success  # back to the shipped file's data version
+
+
+def _append(path: Path, records: list[dict]) -> int:
+    """Append records to a labeled file; return the line number of the first."""
+    original = path.read_bytes()
+    path.write_bytes(original + b"".join(json.dumps(r).encode() + b"\n" for r in records))
+    return original.count(b"\n") + 1
+
+
+LONG = " ".join(["and then the story went on"] * 80)
+
+# (model asset, its dataset asset, labeled file, response field, an overlong record)
+OVERLONG = [
+    ("sft_model", "sft_dataset", "demonstrations", "response", {"id": "long1", "prompt": "What is 1 + 1?", "response": LONG}),
+    ("reward_model", "comparison_dataset", "comparisons", "rejected", {"id": "long1", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": LONG}),
+]
+
+
+@pytest.mark.parametrize("model,dataset,labels,field,record", OVERLONG, ids=[c[0] for c in OVERLONG])
+def test_an_overlong_record_fails_the_model_naming_file_line_and_length(smoke_run, isolated_env, model, dataset, labels, field, record):
+    defs, instance, _ = smoke_run
+    path = isolated_env / "labels" / f"{labels}.jsonl"
+    original = path.read_bytes()
+    before = instance.get_latest_materialization_event(dg.AssetKey(model))
+    line = _append(path, [record])
+    # 'reject' (the smoke profile truncates), with room for every shipped record: only the new one is too long
+    run_config = {"ops": {model: {"config": {"overlong": "reject", "max_length": 400}}}}
+    try:
+        result = _materialize(defs, instance, dataset, model, run_config=run_config)
+    finally:
+        path.write_bytes(original)
+        assert _materialize(defs, instance, dataset).success  # back to the shipped file's data version
+    assert not result.success
+    message = _failure_message(result)
+    assert f"{path}:{line}: record 'long1': prompt + {field} is " in message, message
+    assert f"tokens, over {model}'s max_length of 400; shorten it, or set {model}'s max_length to at least" in message, message
+    assert instance.get_latest_materialization_event(dg.AssetKey(model)).run_id == before.run_id
+    assert not (artifacts_dir() / model / result.run_id).exists()  # it failed before training, so nothing was saved
+    previous = defs.load_asset_value(model, instance=instance)
+    assert (Path(previous.path) / "model.safetensors").is_file()
+
+
+def test_overlong_records_are_cut_and_counted_under_truncate(smoke_run):
+    """The smoke profile sets overlong: truncate, since its 400-token vocabulary makes some shipped records too long."""
+    defs, instance, result = smoke_run
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    for model in ("sft_model", "reward_model"):
+        count = result.asset_materializations_for_node(model)[0].metadata["overlong_records"].value
+        assert count > 0
+        assert any(f"{model}: {int(count)} of " in w and "longer than max_length 128 tokens" in w for w in warnings), warnings
+    # The RM's cut pairs, with the EOS that TRL appends, fit max_length exactly and keep each response's start: TRL drops none.
+    _, tokenizer = load_causal_lm(result.output_for_node("sft_model").path)
+    comparisons = pd.read_parquet(result.output_for_node("comparison_dataset").path)
+    cut = fit_responses(tokenizer, comparisons, ("chosen", "rejected"), 128)
+    for column in ("chosen", "rejected"):
+        assert max(sequence_tokens(tokenizer, cut["prompt"], cut[column])) == 128
+        assert all(full.startswith(part) for full, part in zip(comparisons[column], cut[column]))
+        assert (cut[column] != comparisons[column]).any()
+

@@ -18,7 +18,7 @@ def demos(prompts: list[str], start: int = 0) -> list[dict]:
 
 
 def labels(records: list[dict]) -> LabelFile:
-    return LabelFile(Path("demonstrations.jsonl"), "demonstrations", records)
+    return LabelFile(Path("demonstrations.jsonl"), "demonstrations", records, lines={r["id"]: n for n, r in enumerate(records, start=1)})
 
 
 def many_prompts(n: int, offset: int = 0) -> list[str]:
@@ -48,7 +48,8 @@ def test_adding_and_reordering_records_does_not_move_existing_ones():
 
 def test_columns_and_validation_fraction_bounds():
     frame = build_dataset(labels(demos(many_prompts(5))), 0.0, SALT)
-    assert list(frame.columns) == ["id", "prompt", "response", "split"]
+    assert list(frame.columns) == ["id", "prompt", "response", "split", "source"]
+    assert list(frame["source"]) == [f"demonstrations.jsonl:{n}" for n in range(1, 6)]
     assert set(frame["split"]) == {"train"}  # fraction 0: everything trains
     with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\), got 1"):
         build_dataset(labels(demos(many_prompts(5))), 1.0, SALT)

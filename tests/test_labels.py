@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_dag.config import resolve
+from rlhf_dag.data.corpus import load_corpus
+from rlhf_dag.data.datasets import build_dataset
 from rlhf_dag.data.domain import SOURCE_PROMPTS
 from rlhf_dag.data.labels import LABEL_FILES, MAX_LINE_BYTES, LabelFile, LabelFileError, leaked_prompts, load_labels
+from rlhf_dag.training.overlong import count_overlong
+from rlhf_dag.training.pretrain import train_tokenizer
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -28,6 +33,7 @@ def write(path: Path, *lines: bytes, newline: bytes = b"\n") -> Path:
 def test_valid_comparisons_file_loads(tmp_path):
     labels = load_labels(write(tmp_path / "comparisons.jsonl", line(GOOD), b"", line(OTHER)))
     assert labels.kind == "comparisons"  # from the file name
+    assert labels.lines == {"x1": 1, "x2": 3}
     assert labels.records == [GOOD, OTHER]  # the blank line is skipped
     assert labels.duplicates_dropped == 0 and labels.warnings == []
 
@@ -155,3 +161,13 @@ def test_no_eval_prompt_leaks_into_a_training_file(shipped):
 def test_the_source_prompts_are_eval_prompts(shipped):
     eval_prompts = {r["prompt"] for r in shipped["eval_prompts"].records}
     assert set(SOURCE_PROMPTS) <= eval_prompts
+
+
+def test_shipped_files_fit_the_default_context(shipped):
+    """The default run rejects no shipped record: each fits max_length under the tokenizer the default profile trains."""
+    corpus, base = resolve("pretraining_corpus", profile="default"), resolve("base_model", profile="default")
+    tokenizer = train_tokenizer(load_corpus(corpus.source, corpus.n_documents, corpus.seed), base.vocab_size)
+    for name, responses, step in (("demonstrations", ("response",), "sft_model"), ("comparisons", ("chosen", "rejected"), "reward_model")):
+        cfg = resolve(step, profile="default")
+        frame = build_dataset(shipped[name], 0.1, "rlhf-dag")
+        assert count_overlong(tokenizer, frame, responses, cfg.max_length, cfg.overlong, step) == 0  # 'reject' raises otherwise

@@ -28,7 +28,7 @@ def split_of(prompt: str, validation_fraction: float, salt: str) -> str:
 
 
 def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> pd.DataFrame:
-    """One row per record, the file's own columns plus `split`."""
+    """One row per record: the file's own columns, `split`, and `source` (`file:line`, for error messages)."""
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     frame = pd.DataFrame(labels.records)[COLUMNS[labels.kind]]
@@ -37,6 +37,7 @@ def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> p
         # A tiny file still gets validation rows: every row of the prompt with the lowest hash position.
         first = min(frame["prompt"], key=lambda p: _position(p, salt))
         frame.loc[frame["prompt"].str.strip() == first.strip(), "split"] = "validation"
+    frame["source"] = [f"{labels.path}:{labels.lines[i]}" for i in frame["id"]]
     return frame
 
 

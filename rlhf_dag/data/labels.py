@@ -45,6 +45,7 @@ class LabelFile:
     records: list[dict]
     duplicates_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict)  # id -> line number, so later steps can point at a record
 
 
 def file_sha256(path: Path | str) -> str:
@@ -114,7 +115,7 @@ def load_labels(path: Path | str, kind: str | None = None) -> LabelFile:
         records.append(record)
     if not records:
         raise LabelFileError(path, None, "no records: the file is empty")
-    result = LabelFile(path, kind, records, duplicates)
+    result = LabelFile(path, kind, records, duplicates, lines=ids)
     if duplicates:
         result.warnings.append(f"{path}: dropped {duplicates} exact duplicate record(s)")
         logger.warning(result.warnings[-1])

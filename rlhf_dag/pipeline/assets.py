@@ -147,7 +147,7 @@ def sft_model(context: dg.AssetExecutionContext, config: SftModelConfig, mlflow:
     return dg.Output(
         handle,
         metadata={
-            **headline_metadata(handle, mlflow.run_url(run), ["validation_loss", "base_validation_loss", "gold_mean", "base_gold_mean", "training_loss"]),
+            **headline_metadata(handle, mlflow.run_url(run), ["validation_loss", "base_validation_loss", "gold_mean", "base_gold_mean", "training_loss", "overlong_records"]),
             "source_prompt_samples": dg.MetadataValue.md(table),
         },
     )
@@ -178,7 +178,7 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, m
             metrics=metrics,
         )
     handle = ArtifactHandle("reward_model", path, cfg.config_hash(), run.info.run_id, metrics, {"sft_model": sft_model.path})
-    return dg.Output(handle, metadata=headline_metadata(handle, mlflow.run_url(run), ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss"]))
+    return dg.Output(handle, metadata=headline_metadata(handle, mlflow.run_url(run), ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss", "overlong_records"]))
 
 
 @dg.asset(code_version=profile_version("ppo_policy"), automation_condition=model_automation, group_name="rlhf", kinds={"pytorch"}, deps=[dg.AssetKey(["labels", "prompts"])], description="The SFT model optimized with PPO against the reward model, KL-penalized to the SFT model (RLHF step 4).")

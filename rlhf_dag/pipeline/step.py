@@ -52,7 +52,7 @@ class _ToDagsterLog(logging.Handler):
         self.context = context
 
     def emit(self, record):
-        self.context.log.info(record.getMessage())
+        self.context.log.log(record.levelno, record.getMessage())
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from transformers import AutoModelForSequenceClassification
 from ..config import RewardConfig as RewardStepConfig
 from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
+from .overlong import count_overlong, fit_responses
 from .pretrain import TrainResult
 from .trainer_args import device, loss_curve, trainer_kwargs, trained_tokens
 
@@ -77,6 +78,9 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
     from trl import RewardConfig, RewardTrainer
 
     start = time.perf_counter()
+    overlong = count_overlong(tokenizer, pd.concat([train, validation]), ("chosen", "rejected"), cfg.max_length, cfg.overlong, "reward_model")
+    if overlong:
+        train = fit_responses(tokenizer, train, ("chosen", "rejected"), cfg.max_length)
     torch.manual_seed(cfg.seed)
     model = reward_model_from_sft(sft_path, tokenizer)
     initial_accuracy, _ = pairwise_accuracy(model, tokenizer, validation)
@@ -101,6 +105,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         "train_accuracy": train_accuracy,
         "training_loss": result.training_loss,
         "train_pairs": len(dataset),
+        "overlong_records": overlong,
         "train_tokens": trained_tokens(trainer, ("chosen_ids", "rejected_ids")) * cfg.epochs,
         "train_runtime": result.metrics["train_runtime"],
         "validation_pairs": len(validation),

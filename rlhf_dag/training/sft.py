@@ -18,6 +18,7 @@ from datasets import Dataset
 from ..config import SFTConfig as SFTStepConfig
 from .chat import format_prompt
 from .generate import response_loss
+from .overlong import count_overlong
 from .pretrain import TrainResult
 from .trainer_args import loss_curve, trainer_kwargs, trained_tokens
 
@@ -29,6 +30,7 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
     from trl import SFTConfig, SFTTrainer
 
     start = time.perf_counter()
+    overlong = count_overlong(tokenizer, pd.concat([train, validation]), ("response",), cfg.max_length, cfg.overlong, "sft_model")
     model = copy.deepcopy(base_model)
     val_prompts = [format_prompt(p) for p in validation["prompt"]]
     base_val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
@@ -37,6 +39,7 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
         args = SFTConfig(
             **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset)),
             max_length=cfg.max_length,
+            truncation_mode="keep_start",  # what overlong: truncate documents (training/overlong.py)
             completion_only_loss=True,
             packing=False,
         )
@@ -49,6 +52,7 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
         "validation_loss": val_loss,
         "training_loss": result.training_loss,
         "train_examples": len(dataset),
+        "overlong_records": overlong,
         "train_tokens": trained_tokens(trainer) * cfg.epochs,
         "train_runtime": result.metrics["train_runtime"],
         "train_seconds": time.perf_counter() - start,
