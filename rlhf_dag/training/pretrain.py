@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
-from .trainer_args import loss_curve, trainer_kwargs, trained_tokens
+from .trainer_args import StopOnNonFiniteLoss, loss_curve, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def pretrain(texts: list[str], cfg: PretrainConfig) -> TrainResult:
             packing=True,
             packing_strategy="wrapped",
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss("base_model")])
         held_out = dataset.select(range(min(256, len(texts))))
         initial_loss = trainer.evaluate(held_out)["eval_loss"]
         result = trainer.train()

@@ -20,7 +20,7 @@ from .chat import format_prompt
 from .generate import response_loss
 from .overlong import count_overlong
 from .pretrain import TrainResult
-from .trainer_args import loss_curve, trainer_kwargs, trained_tokens
+from .trainer_args import StopOnNonFiniteLoss, loss_curve, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
             completion_only_loss=True,
             packing=False,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss("sft_model")])
         result = trainer.train()
     val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
     logger.info("SFT validation loss on responses: base %.3f -> sft %.3f", base_val_loss, val_loss)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import TrainerCallback
 
 
 def device() -> torch.device:
@@ -29,6 +30,7 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
         warmup_steps=max(1, int(0.05 * steps)),
         weight_decay=0.0,
         logging_steps=max(1, int(steps // 20)),
+        logging_nan_inf_filter=False,  # a NaN/inf loss must reach the log, where StopOnNonFiniteLoss stops the run
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -44,6 +46,24 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
 def trained_tokens(trainer, columns: tuple[str, ...] = ("input_ids",)) -> int:
     """Tokens one pass over the trainer's prepared (tokenized, truncated or packed) dataset feeds the model, padding excluded."""
     return sum(len(ids) for column in columns for ids in trainer.train_dataset[column])
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stop a TRL run at the first logged NaN/inf loss, naming the asset and the global step, before anything is saved."""
+
+    def __init__(self, step: str):
+        self.step = step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from .ppo import TrainingDivergedError  # not at the top: ppo imports reward, which imports this module
+
+        for key in ("loss", "train_loss"):
+            if key in logs and not math.isfinite(logs[key]):
+                window = f" (the loss is logged every {args.logging_steps} steps)" if args.logging_steps > 1 else ""
+                raise TrainingDivergedError(
+                    f"{self.step}: non-finite training loss ({logs[key]}) at global step {state.global_step} of {state.max_steps}"
+                    f"{window}; lower learning_rate, or look for a bad batch"
+                )
 
 
 def loss_curve(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
