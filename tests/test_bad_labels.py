@@ -153,3 +153,20 @@ def test_overlong_records_are_cut_and_counted_under_truncate(smoke_run):
         assert all(full.startswith(part) for full, part in zip(comparisons[column], cut[column]))
         assert (cut[column] != comparisons[column]).any()
 
+
+def test_an_eval_prompt_in_a_training_file_warns_with_the_count(smoke_run, isolated_env):
+    defs, instance, _ = smoke_run
+    path = isolated_env / "labels" / "demonstrations.jsonl"
+    eval_prompts = [json.loads(raw)["prompt"] for raw in (isolated_env / "labels" / "eval_prompts.jsonl").read_text().splitlines()[:2]]
+    original = path.read_bytes()
+    _append(path, [{"id": f"leak{i}", "prompt": p, "response": "An answer."} for i, p in enumerate(eval_prompts)])
+    try:
+        result = _materialize(defs, instance, "sft_dataset")
+    finally:
+        path.write_bytes(original)
+        restored = _materialize(defs, instance, "sft_dataset")
+    assert result.success
+    assert result.asset_materializations_for_node("sft_dataset")[0].metadata["eval_prompts_leaked"].value == 2
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any(f"{path}: 2 prompt(s) also appear in" in w and "evaluation is no longer held out" in w for w in warnings), warnings
+    assert restored.asset_materializations_for_node("sft_dataset")[0].metadata["eval_prompts_leaked"].value == 0
