@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -42,3 +47,18 @@ def test_atomic_dir_leaves_nothing_when_the_block_fails(tmp_path):
     with pytest.raises(FileExistsError):
         with atomic_dir(final):
             pass
+
+
+def test_atomic_dir_removes_the_temp_folders_of_dead_runs_only(tmp_path):
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    folder = tmp_path / "sft_model"
+    killed = folder / f".tmp-run-1-{host}-{dead_pid}"
+    concurrent = folder / f".tmp-run-2-{host}-{os.getpid()}"  # a live process still writing
+    elsewhere = folder / f".tmp-run-3-another-host-{dead_pid}"  # a process this host cannot see
+    for tmp in (killed, concurrent, elsewhere):
+        tmp.mkdir(parents=True)
+        (tmp / "model.safetensors").write_bytes(b"half")
+    with atomic_dir(folder / "run-4") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"whole")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([concurrent.name, elsewhere.name, "run-4"])
