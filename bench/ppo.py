@@ -134,13 +134,14 @@ def ours_worker(settings: dict, report: str) -> None:
             **{k: mark[k] for k in ("response_width", "generated_positions", "response_tokens", "eos_rate")},
         })
     ppo.generate_tokens, ppo.response_logprobs = generate_tokens, original_logprobs
+    peak_after_training = peak_rss_mb()  # before the sampling comparison below allocates anything
     write_report(report, {
         "implementation": "ours (rlhf_dag/training/ppo.py)",
         "imports_seconds": imports,
         "train_seconds": end - train_started,
         "iterations": iterations,
         "rss_after_load_mb": rss_after_load,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_after_training,
         "torch_threads": torch.get_num_threads(),
         "sampling": sampling_comparison(policy, tokenizer, settings["prompt_texts"][: cfg.rollout_batch_size], cfg.max_new_tokens, cfg.temperature),
     })
