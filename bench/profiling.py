@@ -1,22 +1,24 @@
-"""What dominates a step: torch.profiler over one PPO iteration and a few pretraining steps, at several thread counts.
+"""What dominates a step: torch.profiler over one PPO iteration and pretraining steps, under several OpenMP settings.
 
-    .venv/bin/python bench/profiling.py [--profile default] [--step ppo,pretrain] [--threads 1,2]
+    .venv/bin/python bench/profiling.py [--profile default] [--step ppo,pretrain] [--threads 1,2] [--wait-policy default,PASSIVE]
 
-PPO: one warm-up iteration, then one profiled iteration of `ppo_train` with the
-profile's settings and the models bench/pipeline.py left (or trains them, as
-bench/ppo.py does). The loop's phases are labelled from outside the loop:
-rollout generation, policy/reference log-probs, reward and value scoring, and
-the optimizer's forward/backward/step.
+Each combination of torch threads (OMP_NUM_THREADS) and OpenMP wait policy
+(OMP_WAIT_POLICY; `default` leaves it unset) runs in a process of its own,
+since libgomp reads both when torch loads. Per combination:
 
-Pretraining: the base model of the profile on packed windows of the real
-corpus, a forward/backward/AdamW step as the trainer makes it, without the
-trainer; its time per step next to the trainer's (train_runtime / steps from
-bench/pipeline.py's run) shows what the trainer adds.
+- PPO: one warm-up iteration of `ppo_train` with the profile's settings and the
+  models bench/pipeline.py left (or trains them, as bench/ppo.py does), two
+  timed iterations, then one profiled iteration. The loop's phases are labelled
+  from outside the loop: rollout generation, policy/reference log-probs, reward
+  and value scoring, GAE, and the optimizer's forwards, backward and AdamW step.
+- Pretraining: the profile's base model on packed windows of the real corpus,
+  forward/backward/AdamW as the trainer makes it but without the trainer: 3
+  warm-up steps, 8 timed, 5 profiled. Its tokens/s beside bench/pipeline.py's
+  trainer tokens/s shows what the trainer adds.
 
-For Python-level stacks of a whole asset (the trainers' own overhead), run
-py-spy on a bench/pipeline.py worker, e.g.
-    py-spy record -o sft.svg -- .venv/bin/python bench/pipeline.py --worker sft_model --report /tmp/r.json
-with the environment of bench/results/tmp/pipeline-<profile>/ (see docs/benchmarks.md).
+The timed (unprofiled) figures compare the combinations; the profiles say
+where the time goes. For Python-level stacks of a whole asset (what the
+trainers add), run py-spy on a bench/pipeline.py worker (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import contextlib
 import sys
 import time
 
-from harness import machine, machine_line, markdown_table, save_results, warn_if_busy
+from harness import isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
 from ppo import find_models
 
 
@@ -77,13 +79,16 @@ def profile_ppo(profile: str) -> tuple[dict, str]:
         (torch.optim.AdamW, "step", lambda *a, **k: "PPO: optimize: AdamW step"),
         (torch.Tensor, "backward", lambda *a, **k: "PPO: optimize: backward"),
     )
+    ppo.ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg)  # warm-up
+    started = time.perf_counter()
+    ppo.ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg.model_copy(update={"iterations": 2}))
+    iteration = (time.perf_counter() - started) / 2
     with phases:
-        ppo.ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg)  # warm-up
         started = time.perf_counter()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             ppo.ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg)
         seconds = time.perf_counter() - started
-    return {"seconds_profiled": seconds}, summarize(prof, "PPO: ", seconds)
+    return {"iteration_seconds": iteration}, summarize(prof, "PPO: ", seconds)
 
 
 def profile_pretrain(profile: str, steps: int = 5) -> tuple[dict, str]:
@@ -116,12 +121,15 @@ def profile_pretrain(profile: str, steps: int = 5) -> tuple[dict, str]:
     for _ in range(3):  # warm-up
         step()
     started = time.perf_counter()
+    for _ in range(8):
+        step()
+    per_step = (time.perf_counter() - started) / 8
+    started = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
     seconds = time.perf_counter() - started
-    result = {"seconds_per_step": seconds / steps, "tokens_per_step": window, "tokens_per_second": window * steps / seconds}
-    return result, summarize(prof, "pretrain: ", seconds) + f"\n\nRaw step (no trainer): {1000 * seconds / steps:.1f} ms for {window} tokens = {window * steps / seconds:.0f} tokens/s (profiler on)."
+    return {"step_seconds": per_step, "tokens_per_second": window / per_step}, summarize(prof, "pretrain: ", seconds)
 
 
 def summarize(prof, prefix: str, seconds: float) -> str:
@@ -137,26 +145,58 @@ def summarize(prof, prefix: str, seconds: float) -> str:
     ])
 
 
+def worker(args) -> None:
+    import torch
+
+    report = {"threads": torch.get_num_threads(), "runs": {}, "tables": {}}
+    for step in args.step.split(","):
+        report["runs"][step], report["tables"][step] = {"ppo": profile_ppo, "pretrain": profile_pretrain}[step](args.profile)
+    write_report(args.report, report)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="default")
     parser.add_argument("--step", default="ppo,pretrain", help="comma-separated: ppo, pretrain")
-    parser.add_argument("--threads", default="", help="comma-separated torch thread counts to compare (default: torch's own choice)")
+    parser.add_argument("--threads", default="2", help="comma-separated torch thread counts (OMP_NUM_THREADS)")
+    parser.add_argument("--wait-policy", default="default", help="comma-separated OMP_WAIT_POLICY values; 'default' leaves it unset")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--report", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import torch
+    if args.worker:
+        worker(args)
+        return 0
 
     info = machine()
     warn_if_busy(info)
-    sections, payload = [f"### bench/profiling.py — profile `{args.profile}`", ""], {"profile": args.profile, "machine": info, "runs": {}}
-    for threads in [int(t) for t in args.threads.split(",") if t] or [torch.get_num_threads()]:
-        torch.set_num_threads(threads)
-        for step in args.step.split(","):
-            result, table = {"ppo": profile_ppo, "pretrain": profile_pretrain}[step](args.profile)
-            payload["runs"][f"{step}-threads{threads}"] = result
-            sections += [f"#### {step}, {threads} torch thread(s)", "", table, ""]
-            print(f"  {step}, {threads} thread(s): {result}", file=sys.stderr, flush=True)
-    sections.append(f"Machine: {machine_line(info)}")
-    save_results("profiling", args.profile, payload, "\n".join(sections))
+    root, env = isolated_env("profiling", args.profile)
+    sections, payload, rows = [], {"profile": args.profile, "machine": info, "variants": {}}, []
+    for threads in args.threads.split(","):
+        for policy in args.wait_policy.split(","):
+            variant = f"{threads} thread(s), OMP_WAIT_POLICY={policy}"
+            child_env = {**env, "OMP_NUM_THREADS": threads}
+            child_env.pop("OMP_WAIT_POLICY", None)
+            if policy != "default":
+                child_env["OMP_WAIT_POLICY"] = policy
+            report = root / f"threads{threads}-{policy}.json"
+            child = run_child([sys.executable, __file__, "--worker", "--profile", args.profile, "--step", args.step, "--report", str(report)],
+                              child_env, report.with_suffix(".log"), report)
+            runs = child.report["runs"]
+            payload["variants"][variant] = runs
+            rows.append([variant, runs.get("ppo", {}).get("iteration_seconds"), 1000 * runs["pretrain"]["step_seconds"] if "pretrain" in runs else None,
+                         runs.get("pretrain", {}).get("tokens_per_second")])
+            print(f"  {variant}: {runs}", flush=True)
+            for step, table in child.report["tables"].items():
+                sections += [f"#### {step}, {variant}", "", table, ""]
+    lines = [
+        f"### bench/profiling.py — profile `{args.profile}`",
+        "",
+        markdown_table(["torch threads, OpenMP wait policy", "PPO iteration s", "pretraining step ms (no trainer)", "pretraining tokens/s (no trainer)"], rows),
+        "",
+        *sections,
+        f"Machine: {machine_line(info)}",
+    ]
+    save_results("profiling", args.profile, payload, "\n".join(lines))
     return 0
 
 
