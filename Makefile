@@ -25,7 +25,7 @@ run: setup  ## materialize the whole graph (RLHF_DAG_PROFILE=default unless set)
 test: setup  ## the test suite (fails when a test fails or none ran)
 	$(BIN)/python -m pytest -q
 
-# The benchmarks of docs/benchmarks.md: about 40 minutes on the 2-core CPU at the default profile
+# The benchmarks of docs/benchmarks.md: about 30 minutes on the 2-core CPU at the default profile
 # (BENCH_PROFILE=smoke: a few minutes, to check that they run). Run them on a quiet machine.
 BENCH_PROFILE ?= default
 BENCH_STEM := $(if $(filter default,$(BENCH_PROFILE)),,-$(BENCH_PROFILE))
