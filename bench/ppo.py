@@ -69,7 +69,7 @@ def reference_python() -> tuple[Path | None, str]:
     return python, "created"
 
 
-def find_models(profile: str, env_for_training: tuple[Path, dict] | None = None) -> tuple[Path, Path]:
+def find_models(profile: str) -> tuple[Path, Path]:
     """(sft_model dir, reward_model dir): bench/pipeline.py's, else trained here into bench/results/tmp/ppo-<profile>/."""
     for home in (SCRATCH / f"pipeline-{profile}" / "home", SCRATCH / f"ppo-{profile}" / "home"):
         found = [sorted(d for d in (home / "artifacts" / a).glob("*") if not d.name.startswith(".")) if (home / "artifacts" / a).is_dir() else [] for a in ("sft_model", "reward_model")]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -47,7 +48,7 @@ def main() -> int:
     value_model = AutoModelForSequenceClassification.from_pretrained(s["reward_model"], num_labels=1)
     prompts = s["prompt_texts"]
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]})
-    rss_after_load = int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+    rss_after_load = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     iterations: list[dict] = []
     current: dict = {}
