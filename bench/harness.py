@@ -87,6 +87,18 @@ def current_rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def response_stats(responses, eos_id: int, pad_id: int) -> dict:
+    """A rollout's responses [B, R]: width, positions decoded, tokens up to and including the first EOS, share that emitted EOS."""
+    is_eos = responses == eos_id
+    before_eos = (is_eos.cumsum(1) - is_eos.long()) == 0
+    return {
+        "response_width": responses.shape[1],
+        "generated_positions": responses.numel(),
+        "response_tokens": int((before_eos & (responses != pad_id)).sum()),
+        "eos_rate": float(is_eos.any(1).float().mean()),
+    }
+
+
 def write_report(path: str | Path, report: dict) -> None:
     """What a worker hands back to the script that started it."""
     Path(path).write_text(json.dumps(report, indent=1, default=str))

@@ -33,7 +33,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from harness import BENCH, SCRATCH, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, run_child, save_results, warn_if_busy, write_report
+from harness import BENCH, SCRATCH, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, response_stats, run_child, save_results, warn_if_busy, write_report
 
 REFERENCE_VENV = BENCH / ".venv-trl112"
 REFERENCE_TRL = "trl==1.12.*"
@@ -105,10 +105,7 @@ def ours_worker(settings: dict, report: str) -> None:
         mark = {"start": time.perf_counter()}
         query, response = generate_tokens(model, tok, texts, max_new_tokens, temperature, generator_seed)
         mark["generate_end"] = time.perf_counter()
-        is_eos = response == tok.eos_token_id
-        before_eos = (is_eos.cumsum(1) - is_eos.long()) == 0
-        mark.update(response_width=response.shape[1], generated_positions=response.numel(), response_tokens=int((before_eos & (response != tok.pad_token_id)).sum()),
-                    eos_rate=float(is_eos.any(1).float().mean()))
+        mark.update(response_stats(response, tok.eos_token_id, tok.pad_token_id))
         marks.append(mark)
         return query, response
 

@@ -2,8 +2,9 @@
 
 It runs inside bench/.venv-trl112 (TRL 1.12 is the last release with a PPO
 trainer; the project itself uses TRL 1.16), so it imports nothing from
-rlhf_dag: bench/ppo.py hands it the model directories, the chat-formatted
-prompts and the matched settings as a JSON file.
+rlhf_dag (only bench/harness.py, which needs nothing but the standard library):
+bench/ppo.py hands it the model directories, the chat-formatted prompts and the
+matched settings as a JSON file.
 
 Phases of one iteration, marked without changing TRL's code: rollout
 generation is the time inside its `batch_generation`; scoring is from there to
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import current_rss_mb, peak_rss_mb, response_stats, write_report
 
 
 def main() -> int:
@@ -48,7 +49,7 @@ def main() -> int:
     value_model = AutoModelForSequenceClassification.from_pretrained(s["reward_model"], num_labels=1)
     prompts = s["prompt_texts"]
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]})
-    rss_after_load = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    rss_after_load = current_rss_mb()
 
     iterations: list[dict] = []
     current: dict = {}
@@ -58,13 +59,7 @@ def main() -> int:
         query_responses, logits = original_generation(*a, **k)
         current["generate_seconds"] = current.get("generate_seconds", 0.0) + time.perf_counter() - t
         queries = a[1] if len(a) > 1 else k["queries"]
-        responses = query_responses[:, queries.shape[1]:]
-        is_eos = responses == tokenizer.eos_token_id
-        before_eos = (is_eos.cumsum(1) - is_eos.long()) == 0  # tokens up to and including the first EOS
-        current["response_width"] = responses.shape[1]
-        current["generated_positions"] = responses.numel()
-        current["response_tokens"] = int(before_eos.sum())
-        current["eos_rate"] = float(is_eos.any(1).float().mean())
+        current.update(response_stats(query_responses[:, queries.shape[1]:], tokenizer.eos_token_id, tokenizer.pad_token_id))
         current["generate_end"] = time.perf_counter()
         return query_responses, logits
 
@@ -132,15 +127,15 @@ def main() -> int:
         trainer.train()
         train_seconds = time.perf_counter() - train_started
 
-    Path(args.report).write_text(json.dumps({
+    write_report(args.report, {
         "implementation": f"TRL {trl.__version__} experimental.ppo",
         "imports_seconds": imports,
         "train_seconds": train_seconds,
         "iterations": iterations,
         "rss_after_load_mb": rss_after_load,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "torch_threads": torch.get_num_threads(),
-    }, indent=1))
+    })
     return 0
 
 
