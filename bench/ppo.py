@@ -33,7 +33,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from harness import BENCH, SCRATCH, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, response_stats, run_child, save_results, warn_if_busy, write_report
+from harness import BENCH, REPO, SCRATCH, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, response_stats, run_child, save_results, warn_if_busy, write_report
 
 REFERENCE_VENV = BENCH / ".venv-trl112"
 REFERENCE_TRL = "trl==1.12.*"
@@ -232,7 +232,8 @@ def main() -> int:
     root, env = isolated_env("ppo-run", args.profile)
     prompts = [r["prompt"] for r in load_labels(REPO_ROOT / "assets" / "prompts.jsonl", "prompts").records]
     settings = {
-        "profile": args.profile, "sft_model": str(sft_model), "reward_model": str(reward_model), "prompts": prompts,
+        # repo-relative (the workers run in the repo root), so that results JSON names no machine path
+        "profile": args.profile, "sft_model": str(sft_model.relative_to(REPO)), "reward_model": str(reward_model.relative_to(REPO)), "prompts": prompts,
         "prompt_texts": [format_prompt(p) for p in prompts], "iterations": args.iterations,
         **{k: getattr(cfg, k) for k in ("rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "temperature", "kl_coef",
                                         "clip_range", "clip_range_value", "vf_coef", "gamma", "lam", "learning_rate", "seed")},
