@@ -44,9 +44,9 @@ class PretrainConfig(StepConfig):
     num_layers: int = Field(4, description="transformer blocks")
     num_heads: int = Field(4, description="attention heads")
     intermediate_size: int = Field(384, description="MLP width")
-    max_length: int = Field(128, description="context length in tokens (pretraining windows are packed to this length)")
+    max_length: int = Field(128, description="context length in tokens (longer documents are cut)")
     epochs: float = Field(2.0, description="passes over the corpus")
-    batch_size: int = Field(16, description="packed windows per optimizer step")
+    batch_size: int = Field(16, description="documents per optimizer step")
     learning_rate: float = Field(2e-3, description="peak AdamW learning rate (cosine decay)")
     seed: int = Field(0, description="initialization and data-order seed")
 

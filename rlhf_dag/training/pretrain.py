@@ -106,12 +106,14 @@ def pretrain(texts: list[str], cfg: PretrainConfig) -> TrainResult:
     n_tokens = sum(len(ids) + 1 for ids in tokenizer(texts)["input_ids"])  # +1: the EOS between documents
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, max(1, n_tokens // cfg.max_length)),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts)),
             max_length=cfg.max_length,
             dataset_text_field="text",
-            # GPT-style: documents joined with EOS and cut into full windows, so no step is spent on padding.
-            packing=True,
-            packing_strategy="wrapped",
+            # One document per sequence, never packed: attention must not cross a document boundary.
+            # In packed windows the names in context mostly belong to an unrelated earlier document,
+            # and the model learned to ignore the request's hero/recipient (chance-level copying);
+            # unpacked it copies them (README, "Why pretraining does not pack documents").
+            packing=False,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss("base_model")])
         held_out = dataset.select(range(min(256, len(texts))))
