@@ -11,7 +11,7 @@ since libgomp reads both when torch loads. Per combination:
   timed iterations, then one profiled iteration. The loop's phases are labelled
   from outside the loop: rollout generation, policy/reference log-probs, reward
   and value scoring, GAE, and the optimizer's forwards, backward and AdamW step.
-- Pretraining: the profile's base model on packed windows of the real corpus,
+- Pretraining: the profile's base model on a padded batch of whole documents of the real corpus,
   forward/backward/AdamW as the trainer makes it but without the trainer: 3
   warm-up steps, 8 timed, 5 profiled. Its tokens/s beside bench/pipeline.py's
   trainer tokens/s shows what the trainer adds.
@@ -102,15 +102,18 @@ def profile_pretrain(profile: str, steps: int = 5) -> tuple[dict, str]:
     corpus_cfg = resolve("pretraining_corpus", profile=profile)
     texts = load_corpus(corpus_cfg.source, corpus_cfg.n_documents, corpus_cfg.seed)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
-    ids = [t for ids in tokenizer(texts[: cfg.batch_size * 8])["input_ids"] for t in ids + [tokenizer.eos_token_id]]
-    window = cfg.batch_size * cfg.max_length
-    batch = torch.tensor(ids[:window]).view(cfg.batch_size, cfg.max_length)
+    # One padded batch of whole documents, as base_model trains (no packing).
+    docs = [ids[: cfg.max_length - 1] + [tokenizer.eos_token_id] for ids in tokenizer(texts[: cfg.batch_size])["input_ids"]]
+    width = max(len(d) for d in docs)
+    batch = torch.tensor([d + [tokenizer.pad_token_id] * (width - len(d)) for d in docs])
+    attention_mask = batch != tokenizer.pad_token_id
+    labels = batch.masked_fill(~attention_mask, -100)
     model = build_model(cfg, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
 
     def step():
         with torch.profiler.record_function("pretrain: forward"):
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, attention_mask=attention_mask, labels=labels).loss
         with torch.profiler.record_function("pretrain: backward"):
             loss.backward()
         with torch.profiler.record_function("pretrain: AdamW step"):
@@ -129,7 +132,7 @@ def profile_pretrain(profile: str, steps: int = 5) -> tuple[dict, str]:
         for _ in range(steps):
             step()
     seconds = time.perf_counter() - started
-    return {"step_seconds": per_step, "tokens_per_second": window / per_step}, summarize(prof, "pretrain: ", seconds)
+    return {"step_seconds": per_step, "tokens_per_second": int(attention_mask.sum()) / per_step}, summarize(prof, "pretrain: ", seconds)
 
 
 def summarize(prof, prefix: str, seconds: float) -> str:
