@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from rlhf_dag.training.evaluate import win_rate
+from rlhf_dag.training.evaluate import gold_scores, mean_gold, win_rate
+from rlhf_dag.training.generate import Sample
 from rlhf_dag.training.reward import pairwise_loss
 
 
@@ -56,3 +59,17 @@ def test_win_rate_all_ties_is_one_half_with_no_spread():
 def test_win_rate_rejects_unpaired_lists():
     with pytest.raises(ValueError):
         win_rate([1.0, 2.0], [1.0])
+
+
+def test_win_rate_leaves_out_pairs_the_gold_labeler_cannot_judge():
+    # a user's own eval prompt has no gold score (None): only the two judged pairs count, win + loss = 0.5
+    mean, _, _ = win_rate([0.9, None, 0.1], [0.2, 0.4, 0.8])
+    assert mean == pytest.approx(0.5)
+    assert all(math.isnan(v) for v in win_rate([None], [None]))
+
+
+def test_gold_scores_of_prompts_outside_the_task_family_are_none():
+    samples = [Sample("What is 2 + 2?", "4.", True, 2), Sample("Summarize my meeting notes.", "Done.", True, 2)]
+    judged = gold_scores(samples)
+    assert judged[0] is not None and judged[1] is None
+    assert mean_gold(samples) == pytest.approx(judged[0])

@@ -247,6 +247,12 @@ def policy_evaluation(context: dg.AssetExecutionContext, config: PolicyEvaluatio
             metrics.update({f"{name}_gold_mean": r["gold_mean"], f"{name}_rm_mean": r["rm_mean"], f"{name}_eos_rate": r["eos_rate"], f"{name}_response_tokens": r["response_tokens"]})
         metrics["ppo_kl_to_sft"] = sequence_kl(ppo, sft, tokenizer, results["ppo"]["samples"])
         metrics["samples"] = len(results["ppo"]["samples"])
+        metrics["gold_judged_samples"] = results["ppo"]["gold_judged"]
+        if metrics["gold_judged_samples"] < metrics["samples"]:
+            context.log.warning(
+                f"policy_evaluation: the gold labeler judged {metrics['gold_judged_samples']} of {metrics['samples']} samples; "
+                "eval prompts outside the built-in task family get RM scores only (win rates and gold means leave them out)"
+            )
         table = side_by_side(results, prompts)
         history = json.loads((Path(ppo_policy.path) / "ppo_history.json").read_text())
         figure = reward_hacking_figure(history)

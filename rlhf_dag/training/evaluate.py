@@ -13,20 +13,26 @@ from .generate import Sample, sample
 from .reward import score_texts
 
 
-def gold_scores(samples: list[Sample]) -> list[float]:
-    return [gold_score(s.prompt, s.response, s.ended_with_eos).score for s in samples]
+def gold_scores(samples: list[Sample]) -> list[float | None]:
+    """The gold score of each sample; None where the prompt is not of the task family (the labeler cannot judge it)."""
+    return [g.score if (g := gold_score(s.prompt, s.response, s.ended_with_eos)) else None for s in samples]
 
 
 def mean_gold(samples: list[Sample]) -> float:
     """Mean gold score over the samples whose prompt is of the task family (NaN if none is)."""
-    scores = [g.score for s in samples if (g := gold_score(s.prompt, s.response, s.ended_with_eos))]
+    scores = [g for g in gold_scores(samples) if g is not None]
     return sum(scores) / len(scores) if scores else float("nan")
 
 
-def win_rate(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Share of paired samples where `a` beats `b` (ties count half), with a 95% normal-approximation interval."""
-    outcomes = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)]
+def win_rate(a: list[float | None], b: list[float | None]) -> tuple[float, float, float]:
+    """Share of paired samples where `a` beats `b` (ties count half), with a 95% normal-approximation interval.
+
+    Pairs with an unjudged side (None) are left out; with none left, all three are NaN.
+    """
+    outcomes = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True) if x is not None and y is not None]
     n = len(outcomes)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
     mean = sum(outcomes) / n
     sd = math.sqrt(sum((o - mean) ** 2 for o in outcomes) / max(1, n - 1))
     half = 1.96 * sd / math.sqrt(n)
@@ -74,7 +80,8 @@ def evaluate_policies(policies: dict[str, tuple[object, bool]], tokenizer, rewar
             "samples": samples,
             "gold": gold,
             "rm": rm,
-            "gold_mean": sum(gold) / len(gold),
+            "gold_mean": mean_gold(samples),
+            "gold_judged": sum(g is not None for g in gold),
             "rm_mean": sum(rm) / len(rm),
             "eos_rate": sum(s.ended_with_eos for s in samples) / len(samples),
             "response_tokens": sum(s.n_tokens for s in samples) / len(samples),

@@ -22,12 +22,9 @@ from ..config import PPOConfig
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .reward import per_token_scores
+from .trainer_args import TrainingDivergedError
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(RuntimeError):
-    """A loss or reward became NaN/inf; the message names the step and iteration."""
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -83,7 +80,8 @@ def response_logprobs(model, query_response: torch.Tensor, attention_mask: torch
     logits = logits[:, n_query - 1 : -1] / temperature  # [PPO-2] same temperature as the rollout
     logp_all = F.log_softmax(logits.float(), dim=-1)
     logprobs = logp_all.gather(-1, query_response[:, n_query:].unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    with torch.no_grad():  # logged only, never optimized
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logprobs, entropy
 
 

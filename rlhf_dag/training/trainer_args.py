@@ -51,6 +51,10 @@ def trained_tokens(trainer, columns: tuple[str, ...] = ("input_ids",)) -> int:
     return sum(len(ids) for column in columns for ids in trainer.train_dataset[column])
 
 
+class TrainingDivergedError(RuntimeError):
+    """A loss or reward became NaN/inf; the message names the step and the iteration (PPO) or global step (TRL)."""
+
+
 class StopOnNonFiniteLoss(TrainerCallback):
     """Stop a TRL run at the first logged NaN/inf loss, naming the asset and the global step, before anything is saved."""
 
@@ -58,8 +62,6 @@ class StopOnNonFiniteLoss(TrainerCallback):
         self.step = step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        from .ppo import TrainingDivergedError  # not at the top: ppo imports reward, which imports this module
-
         for key in ("loss", "train_loss"):
             if key in logs and not math.isfinite(logs[key]):
                 window = f" (the loss is logged every {args.logging_steps} steps)" if args.logging_steps > 1 else ""
