@@ -118,14 +118,32 @@ def machine() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0],
+        "cpu_busy_share": cpu_busy_share(),
     }
+
+
+def cpu_busy_share(seconds: float = 1.0) -> float:
+    """Share of all cores busy over `seconds` while this script sleeps: other work, now.
+
+    The 1-minute load average also counts the previous benchmark's own processes
+    for a minute after they end, so it cannot tell a quiet machine from a busy one
+    between scripts.
+    """
+    def times():
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = times()
+    time.sleep(seconds)
+    total1, idle1 = times()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
 
 
 def warn_if_busy(info: dict) -> None:
     """Other work on the 2 cores makes every timing here meaningless: say so next to the figures."""
-    if info["load_average_1min"] > 0.5:
-        print(f"WARNING: load average {info['load_average_1min']:.2f} before the benchmark started: "
-              "something else is using the CPU, so these timings are not trustworthy", file=sys.stderr)
+    if info["cpu_busy_share"] > 0.25:
+        print(f"WARNING: {info['cpu_busy_share']:.0%} of the CPU was busy with other work before the benchmark started, "
+              "so these timings are not trustworthy", file=sys.stderr)
 
 
 def results_stem(name: str, profile: str) -> Path:
@@ -156,4 +174,4 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 def machine_line(info: dict) -> str:
     return (f"{info['cpu']}, {info['cores_usable']} cores usable, {info['memory_gib']} GiB; Python {info['python']}, "
-            f"torch {info['torch']} ({info['torch_threads']} threads); load average at start {info['load_average_1min']:.2f}")
+            f"torch {info['torch']} ({info['torch_threads']} threads); CPU busy with other work at start {info.get('cpu_busy_share', float('nan')):.0%}")
