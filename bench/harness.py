@@ -8,6 +8,7 @@ itself from a JSON file it writes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -23,6 +24,15 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 SCRATCH = RESULTS / "tmp"  # gitignored: isolated RLHF_DAG_HOMEs, kept after a run for inspection and reuse
+
+
+def bench_parser(doc: str, default_profile: str = "default") -> argparse.ArgumentParser:
+    """The options every benchmark takes: --profile, and --worker/--report, which it passes to its own child processes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--profile", default=default_profile, help=f"size profile(s), comma-separated where the script compares several (default: {default_profile})")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--report", help=argparse.SUPPRESS)
+    return parser
 
 
 def isolated_env(name: str, profile: str) -> tuple[Path, dict]:

@@ -16,13 +16,12 @@ their checks) took in the full run; the no-op run materializes nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from harness import isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
+from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
 
 EDITED = {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
 NEW_PAIR = {"id": "bench-incremental-pair", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."}
@@ -47,11 +46,7 @@ def worker(report: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="default")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--report", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = bench_parser(__doc__).parse_args()
     if args.worker:
         worker(args.report)
         return 0

@@ -32,7 +32,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from harness import isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
+from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
 
 SAMPLE_TEMPERATURE = 0.7  # as rlhf_dag.pipeline.assets.SAMPLE_TEMPERATURE, which cannot be imported without dagster
 
@@ -293,10 +293,7 @@ def measure(profile: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="smoke,default", help="comma-separated profiles (default: smoke,default)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--report", help=argparse.SUPPRESS)
+    parser = bench_parser(__doc__, default_profile="smoke,default")
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

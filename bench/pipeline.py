@@ -16,11 +16,10 @@ models bench/ppo.py reuses.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from harness import current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, run_child, save_results, warn_if_busy, write_report
+from harness import bench_parser, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, run_child, save_results, warn_if_busy, write_report
 
 THROUGHPUT_ASSETS = ("base_model", "sft_model", "reward_model")
 
@@ -55,11 +54,7 @@ def worker(asset: str, report: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="default")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--report", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = bench_parser(__doc__).parse_args()
     if args.worker:
         worker(args.worker, args.report)
         return 0

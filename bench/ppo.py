@@ -33,7 +33,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from harness import BENCH, REPO, SCRATCH, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, response_stats, run_child, save_results, warn_if_busy, write_report
+from harness import BENCH, REPO, SCRATCH, bench_parser, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, response_stats, run_child, save_results, warn_if_busy, write_report
 
 REFERENCE_VENV = BENCH / ".venv-trl112"
 REFERENCE_TRL = "trl==1.12.*"
@@ -209,13 +209,10 @@ def summarize(report: dict, rollout_batch_size: int, ppo_epochs: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="default")
+    parser = bench_parser(__doc__)
     parser.add_argument("--iterations", type=int, default=5, help="PPO iterations per implementation (the first is reported apart)")
     parser.add_argument("--skip-reference", action="store_true", help="only our figures (no TRL venv)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
-    parser.add_argument("--report", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         ours_worker(json.loads(Path(args.settings).read_text()), args.report)

@@ -20,8 +20,12 @@ def gold_scores(samples: list[Sample]) -> list[float | None]:
 
 def mean_gold(samples: list[Sample]) -> float:
     """Mean gold score over the samples whose prompt is of the task family (NaN if none is)."""
-    scores = [g for g in gold_scores(samples) if g is not None]
-    return sum(scores) / len(scores) if scores else float("nan")
+    return _mean_judged(gold_scores(samples))
+
+
+def _mean_judged(scores: list[float | None]) -> float:
+    judged = [g for g in scores if g is not None]
+    return sum(judged) / len(judged) if judged else float("nan")
 
 
 def win_rate(a: list[float | None], b: list[float | None]) -> tuple[float, float, float]:
@@ -80,7 +84,7 @@ def evaluate_policies(policies: dict[str, tuple[object, bool]], tokenizer, rewar
             "samples": samples,
             "gold": gold,
             "rm": rm,
-            "gold_mean": mean_gold(samples),
+            "gold_mean": _mean_judged(gold),
             "gold_judged": sum(g is not None for g in gold),
             "rm_mean": sum(rm) / len(rm),
             "eos_rate": sum(s.ended_with_eos for s in samples) / len(samples),

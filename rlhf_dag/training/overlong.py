@@ -45,7 +45,7 @@ def count_overlong(tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], m
     if (prompt_only >= max_length).any():
         row = frame[prompt_only >= max_length].iloc[0]
         raise OverlongRecordError(
-            f"{row.get('source', 'a dataset without line numbers (re-materialize it)')}: record {row['id']!r}: the prompt alone is {prompt_only[row.name]} tokens with EOS, leaving "
+            f"{_where(row)}: record {row['id']!r}: the prompt alone is {prompt_only[row.name]} tokens with EOS, leaving "
             f"no room for a response within {step}'s max_length of {max_length}; shorten the prompt or raise max_length"
         )
     lengths = pd.DataFrame({c: sequence_tokens(tokenizer, frame["prompt"], frame[c]) for c in responses}, index=frame.index)
@@ -55,13 +55,18 @@ def count_overlong(tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], m
         column = lengths.loc[row.name].idxmax()
         more = f" ({over.sum() - 1} more records too)" if over.sum() > 1 else ""
         raise OverlongRecordError(
-            f"{row.get('source', 'a dataset without line numbers (re-materialize it)')}: record {row['id']!r}: prompt + {column} is {lengths.loc[row.name, column]} tokens, over "
+            f"{_where(row)}: record {row['id']!r}: prompt + {column} is {lengths.loc[row.name, column]} tokens, over "
             f"{step}'s max_length of {max_length}{more}; shorten it, or set {step}'s max_length to at least "
             f"{lengths.max().max()} or its overlong to 'truncate' (Dagster run config, or rlhf_dag/config.py)"
         )
     if over.any():
         logger.warning("%s: %d of %d records are longer than max_length %d tokens; their training copies are cut (overlong: truncate)", step, over.sum(), len(frame), max_length)
     return int(over.sum())
+
+
+def _where(row: pd.Series) -> str:
+    """`file:line` of a dataset row (datasets built before line numbers were kept have none)."""
+    return row.get("source", "a dataset without line numbers (re-materialize it)")
 
 
 def fit_responses(tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], max_length: int) -> pd.DataFrame:
