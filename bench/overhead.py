@@ -1,13 +1,13 @@
-"""What Dagster costs: the graph's training functions called directly vs through Dagster, in-process and by the CLI.
+"""What Dagster costs: the graph's step functions called directly vs through Dagster, in-process and by the CLI.
 
     .venv/bin/python bench/overhead.py [--profile smoke,default]
 
 Three ways to run the same work, each in a fresh process with its own isolated
 home, per profile:
 
-- direct: the asset bodies' calls with no Dagster and no MLflow: the same
-  training functions, the same sampling for metadata, the same saves, models
-  handed on through `save_pretrained` directories as the assets hand them on;
+- direct: the step functions the assets run (rlhf_dag/training/steps.py),
+  called in graph order with no Dagster and no MLflow, each result saved to a
+  folder and handed on by path as the publisher hands it on;
 - materialize: `observe_labels`, then `dagster.materialize(...)` of every asset
   and check, in-process (what `rlhf-dag run` and the tests do);
 - cli: `dagster asset materialize -m rlhf_dag.definitions --select '*'` (what CI runs).
@@ -16,7 +16,7 @@ The ratio orchestrated/direct is given after imports (the work) and for whole
 processes (what a user waits for). The materialize run is instrumented to say
 what the difference consists of: imports, label observation, event-log writes
 (`DagsterInstance.handle_new_event`), MLflow calls (the import of mlflow
-included), the IO manager (pickling handles), and the rest (run and step
+included), the IO manager (JSON handles), and the rest (run and step
 orchestration).
 """
 
@@ -26,16 +26,12 @@ import argparse
 import contextlib
 import functools
 import inspect
-import json
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
-
-SAMPLE_TEMPERATURE = 0.7  # as rlhf_dag.pipeline.assets.SAMPLE_TEMPERATURE, which cannot be imported without dagster
-
 
 class Timers:
     """Seconds and calls spent in wrapped functions, by label."""
@@ -90,11 +86,7 @@ class Timers:
 
 def direct_worker(report: str, work: Path) -> None:
     started = time.perf_counter()
-    import rlhf_dag.training.evaluate  # noqa: F401  (what the assets import, without dagster)
-    import rlhf_dag.training.ppo  # noqa: F401
-    import rlhf_dag.training.pretrain  # noqa: F401
-    import rlhf_dag.training.reward  # noqa: F401
-    import rlhf_dag.training.sft  # noqa: F401
+    import rlhf_dag.training.steps  # noqa: F401  (the step functions the assets call, without dagster)
 
     imports = time.perf_counter() - started
     run_started = time.perf_counter()
@@ -103,105 +95,38 @@ def direct_worker(report: str, work: Path) -> None:
 
 
 def direct_graph(work: Path) -> dict[str, float]:
-    """The eight asset bodies of rlhf_dag/pipeline/assets.py minus Dagster and MLflow; seconds per asset.
+    """The graph's step functions called in order, each result saved to a folder as the publisher saves it; seconds per step.
 
-    A copy by necessity: when an asset body gains work, this must gain it too, or the ratio flatters Dagster.
+    The same functions the assets run (rlhf_dag/training/steps.py), on the same inputs, minus Dagster and MLflow.
     """
-    import pandas as pd
-    from transformers import AutoTokenizer
-
     from rlhf_dag.config import labels_dir, resolve
-    from rlhf_dag.data.corpus import load_corpus
-    from rlhf_dag.data.datasets import build_dataset, splits, write_parquet
-    from rlhf_dag.data.domain import SOURCE_PROMPTS
-    from rlhf_dag.data.labels import load_labels
-    from rlhf_dag.training.chat import format_prompt, raw_prompt
-    from rlhf_dag.training.evaluate import evaluate_policies, mean_gold, reward_hacking_figure, sequence_kl, win_rate
-    from rlhf_dag.training.generate import Sample, sample
-    from rlhf_dag.training.models import load_causal_lm, load_reward_model
-    from rlhf_dag.training.ppo import ppo_train
-    from rlhf_dag.training.pretrain import pretrain
-    from rlhf_dag.training.reward import train_reward_model
-    from rlhf_dag.training.sft import supervised_finetune
+    from rlhf_dag.training.steps import STEPS
 
-    seconds: dict[str, float] = {}
-
-    def source_samples(model, tokenizer, instruct: bool, seed: int):
-        texts = [format_prompt(p) if instruct else raw_prompt(p) for p in SOURCE_PROMPTS]
-        return sample(model, tokenizer, list(SOURCE_PROMPTS), texts, max_new_tokens=48, temperature=SAMPLE_TEMPERATURE, seed=seed)
-
-    def save(model, tokenizer, name: str) -> str:
-        model.save_pretrained(work / name, safe_serialization=True)
-        tokenizer.save_pretrained(work / name)
-        return str(work / name)
-
-    def dataset(labels_name: str, asset: str) -> Path:
-        cfg = resolve(asset)
-        frame = build_dataset(load_labels(labels_dir() / f"{labels_name}.jsonl", labels_name), cfg.validation_fraction, cfg.split_salt)
-        write_parquet(frame, work / f"{asset}.parquet")
-        return work / f"{asset}.parquet"
-
-    t = time.perf_counter()
-    cfg = resolve("pretraining_corpus")
-    write_parquet(pd.DataFrame({"text": load_corpus(cfg.source, cfg.n_documents, cfg.seed)}), work / "corpus.parquet")
-    seconds["pretraining_corpus"], t = time.perf_counter() - t, time.perf_counter()
-
-    cfg = resolve("base_model")
-    result = pretrain(list(pd.read_parquet(work / "corpus.parquet")["text"]), cfg)
-    source_samples(result.model, result.tokenizer, instruct=False, seed=cfg.seed)
-    base_path = save(result.model, result.tokenizer, "base_model")
-    seconds["base_model"], t = time.perf_counter() - t, time.perf_counter()
-
-    sft_data = dataset("demonstrations", "sft_dataset")
-    seconds["sft_dataset"], t = time.perf_counter() - t, time.perf_counter()
-
-    cfg = resolve("sft_model")
-    train, validation = splits(sft_data)
-    base, tokenizer = load_causal_lm(base_path)
-    result = supervised_finetune(base, tokenizer, train, validation, cfg)
-    prompts = list(validation["prompt"][:64])
-    mean_gold(sample(base, tokenizer, prompts, [raw_prompt(p) for p in prompts], 48, SAMPLE_TEMPERATURE, seed=cfg.seed))
-    mean_gold(sample(result.model, tokenizer, prompts, [format_prompt(p) for p in prompts], 48, SAMPLE_TEMPERATURE, seed=cfg.seed))
-    source_samples(result.model, tokenizer, instruct=True, seed=cfg.seed)
-    sft_path = save(result.model, tokenizer, "sft_model")
-    seconds["sft_model"], t = time.perf_counter() - t, time.perf_counter()
-
-    comparisons = dataset("comparisons", "comparison_dataset")
-    seconds["comparison_dataset"], t = time.perf_counter() - t, time.perf_counter()
-
-    cfg = resolve("reward_model")
-    train, validation = splits(comparisons)
-    result = train_reward_model(sft_path, AutoTokenizer.from_pretrained(sft_path), train, validation, cfg)
-    rm_path = save(result.model, result.tokenizer, "reward_model")
-    seconds["reward_model"], t = time.perf_counter() - t, time.perf_counter()
-
-    cfg = resolve("ppo_policy")
-    prompts = [r["prompt"] for r in load_labels(labels_dir() / "prompts.jsonl", "prompts").records]
-    policy, tokenizer = load_causal_lm(sft_path)
-    reference, _ = load_causal_lm(sft_path)
-    scorer, _ = load_reward_model(rm_path)
-    critic, _ = load_reward_model(rm_path)
-    ppo = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg,
-                    monitor=lambda p, r, e: mean_gold([Sample(*x, 0) for x in zip(p, r, e)]))
-    source_samples(ppo.policy, tokenizer, instruct=True, seed=cfg.seed)
-    ppo_path = save(ppo.policy, tokenizer, "ppo_policy")
-    ppo.value_model.save_pretrained(work / "ppo_policy" / "value_model", safe_serialization=True)
-    (work / "ppo_policy" / "ppo_history.json").write_text(json.dumps(ppo.history))
-    seconds["ppo_policy"], t = time.perf_counter() - t, time.perf_counter()
-
-    cfg = resolve("policy_evaluation")
-    prompts = [r["prompt"] for r in load_labels(labels_dir() / "eval_prompts.jsonl", "eval_prompts").records]
-    base, tokenizer = load_causal_lm(base_path)
-    sft, _ = load_causal_lm(sft_path)
-    policy, _ = load_causal_lm(ppo_path)
-    scorer, _ = load_reward_model(rm_path)
-    results = evaluate_policies({"base": (base, False), "sft": (sft, True), "ppo": (policy, True)}, tokenizer, scorer, prompts, cfg)
-    metrics = {f"win_rate_{a}_vs_{b}": win_rate(results[a]["gold"], results[b]["gold"]) for a, b in (("ppo", "sft"), ("sft", "base"), ("ppo", "base"))}
-    metrics["ppo_kl_to_sft"] = sequence_kl(policy, sft, tokenizer, results["ppo"]["samples"])
-    reward_hacking_figure(ppo.history).savefig(work / "rm_vs_gold.png", dpi=100)
-    (work / "metrics.json").write_text(json.dumps(metrics))
-    seconds["policy_evaluation"] = time.perf_counter() - t
+    labels = {name: str(labels_dir() / f"{name}.jsonl") for name in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
+    edges = {  # the asset graph's edges (rlhf_dag/pipeline/assets.py)
+        "pretraining_corpus": [], "base_model": ["pretraining_corpus"], "sft_dataset": ["demonstrations"], "sft_model": ["base_model", "sft_dataset"],
+        "comparison_dataset": ["comparisons"], "reward_model": ["sft_model", "comparison_dataset"], "ppo_policy": ["sft_model", "reward_model", "prompts"],
+        "policy_evaluation": ["base_model", "sft_model", "reward_model", "ppo_policy", "eval_prompts"],
+    }
+    paths, seconds = dict(labels), {}
+    for step, function in STEPS.items():
+        t = time.perf_counter()
+        result = function({name: paths[name] for name in edges[step]}, resolve(step))
+        folder = work / step
+        folder.mkdir(parents=True)
+        result.save(folder)
+        paths[step] = str(folder / result.main_file) if result.main_file else str(folder)
+        seconds[step] = time.perf_counter() - t
     return seconds
+
+
+def _timed(timers: Timers, function, label: str):
+    @functools.wraps(function)
+    def timed(*args, **kwargs):
+        with timers.clock(label):
+            return function(*args, **kwargs)
+
+    return timed
 
 
 def materialize_worker(report: str) -> None:
@@ -209,23 +134,22 @@ def materialize_worker(report: str) -> None:
     import dagster as dg
 
     dagster_import = time.perf_counter() - started
-    from dagster._core.storage.upath_io_manager import UPathIOManager
-
     from rlhf_dag.definitions import defs
+    from rlhf_dag.pipeline.handles import HandleIOManager
 
     imports = time.perf_counter() - started
-    import rlhf_dag.pipeline.assets as assets
+    import rlhf_dag.training.steps as steps
 
     timers = Timers()
     timers.wrap(dg.DagsterInstance, "handle_new_event", "event log")
-    timers.wrap(UPathIOManager, "handle_output", "IO manager")
-    timers.wrap(UPathIOManager, "load_input", "IO manager")
+    timers.wrap(HandleIOManager, "handle_output", "IO manager")
+    timers.wrap(HandleIOManager, "load_input", "IO manager")
     # the resource's run context: the mlflow import (first time), experiment lookup, params, end of run
     timers.wrap_context(type(defs.resources["mlflow"]), "start_run", "MLflow")
-    for name in ("log_metrics", "log_curves", "log_text", "log_json", "log_figure"):
+    for name in ("log_metrics", "log_result", "end_orphaned_runs"):
         timers.wrap(type(defs.resources["mlflow"]), name, "MLflow")
-    for name in ("pretrain", "supervised_finetune", "train_reward_model", "ppo_train", "evaluate_policies"):
-        timers.wrap(assets, name, "training functions")
+    for name in list(steps.STEPS):
+        steps.STEPS[name] = _timed(timers, steps.STEPS[name], "step functions")
 
     instance = dg.DagsterInstance.get()
     t = time.perf_counter()
@@ -276,7 +200,7 @@ def measure(profile: str) -> dict:
         "label observation (observe_labels job)": mat["observe_seconds"],
         f"event log ({mat['calls'].get('event log', 0)} events written)": mat["components"].get("event log", 0.0),
         "MLflow (import, runs, params, metrics, artifacts)": mat["components"].get("MLflow", 0.0),
-        "IO manager (pickle handles)": mat["components"].get("IO manager", 0.0),
+        "IO manager (JSON handles)": mat["components"].get("IO manager", 0.0),
     }
     measured = sum(parts.values()) - parts["imports (dagster + definitions over the training modules)"]
     parts["rest (run and step orchestration, checks, asset-body extras; difference of two runs)"] = work_orchestrated - work_direct - measured
@@ -286,7 +210,7 @@ def measure(profile: str) -> dict:
         "ratio_materialize_over_direct": work_orchestrated / work_direct,
         "ratio_materialize_process_over_direct_process": mat["process_wall_seconds"] / direct["process_wall_seconds"],
         "ratio_cli_process_over_direct_process": cli["process_wall_seconds"] / direct["process_wall_seconds"],
-        "training_functions_inside_dagster_seconds": mat["components"].get("training functions", 0.0),
+        "step_functions_inside_dagster_seconds": mat["components"].get("step functions", 0.0),
         "overhead_parts_seconds": parts,
     }
     return out
@@ -310,13 +234,13 @@ def main() -> int:
     rows, parts_rows = [], []
     for p, r in results.items():
         s = r["summary"]
-        rows.append([p, "direct (training functions)", r["direct"]["imports_seconds"], s["direct_seconds"], r["direct"]["process_wall_seconds"], r["direct"]["peak_rss_mb"], 1.0, 1.0])
+        rows.append([p, "direct (step functions)", r["direct"]["imports_seconds"], s["direct_seconds"], r["direct"]["process_wall_seconds"], r["direct"]["peak_rss_mb"], 1.0, 1.0])
         rows.append([p, "dg.materialize in-process", r["materialize"]["imports_seconds"], s["materialize_seconds"], r["materialize"]["process_wall_seconds"], r["materialize"]["peak_rss_mb"],
                      s["ratio_materialize_over_direct"], s["ratio_materialize_process_over_direct_process"]])
         rows.append([p, "dagster asset materialize (CLI)", None, r["cli"]["run_seconds"], r["cli"]["process_wall_seconds"], r["cli"]["peak_rss_mb"], None, s["ratio_cli_process_over_direct_process"]])
         parts_rows += [[p, part, seconds, seconds / s["direct_seconds"]] for part, seconds in s["overhead_parts_seconds"].items()]
     lines = [
-        "### bench/overhead.py — Dagster orchestration vs calling the training functions directly",
+        "### bench/overhead.py — Dagster orchestration vs calling the step functions directly",
         "",
         markdown_table(["profile", "how", "imports s", "work s (after imports)", "process wall s", "peak RSS MB", "ratio (work)", "ratio (process)"], rows),
         "",

@@ -28,7 +28,8 @@ class ArtifactHandle:
     config_hash: str
     mlflow_run_id: str | None = None
     metrics: dict = field(default_factory=dict)
-    lineage: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)  # upstream asset -> the path this version was computed from
+    tags: dict = field(default_factory=dict)  # string facts, e.g. the sha256 of the labeled file it was built from
 
 
 def run_dir(root: Path, asset: str, run_id: str) -> Path:
@@ -37,20 +38,35 @@ def run_dir(root: Path, asset: str, run_id: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temporary folder; rename it to `final` only if the block completes."""
+def atomic_path(final: Path | str, directory: bool = False):
+    """Yield a temporary path beside `final` (a folder if `directory`); it becomes `final` only if the block completes.
+
+    The one atomic-write helper of the project: model folders, Parquet datasets
+    and labeled files all go through it. On any error, or a kill, the temporary
+    path is what is left (removed here, or by the next write beside it), and a
+    previous `final` file is untouched.
+    """
     final = Path(final)
-    if final.exists():
+    if directory and final.exists():
         raise FileExistsError(f"{final} already exists: artifacts are written once per run")
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(final.parent)
     tmp = final.parent / f".tmp-{final.name}-{socket.gethostname()}-{os.getpid()}"
-    tmp.mkdir()
+    if directory:
+        tmp.mkdir()
     try:
         yield tmp
         os.replace(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_dir(final: Path | str):
+    """A run's output folder, written under a temporary name and renamed when complete."""
+    return atomic_path(final, directory=True)
 
 
 def _remove_stale_temp_dirs(folder: Path) -> None:
@@ -62,12 +78,15 @@ def _remove_stale_temp_dirs(folder: Path) -> None:
     host = socket.gethostname()
     for tmp in folder.glob(".tmp-*"):
         owner, _, pid = tmp.name.rpartition("-")
-        if owner.endswith(f"-{host}") and pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if owner.endswith(f"-{host}") and pid.isdigit() and not process_alive(int(pid)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             logger.info("removed %s: left by a killed run (process %s is gone)", tmp, pid)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
@@ -75,24 +94,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # it exists, under another user
     return True
-
-
-def write_model_card(path: Path, title: str, description: str, lineage: dict, metrics: dict) -> None:
-    """A short README.md beside the weights: what the model is, where it came from, how it scored."""
-    lines = [f"# {title}", "", description, "", "## Lineage", ""]
-    lines += [f"- **{k}**: `{v}`" for k, v in lineage.items()]
-    lines += ["", "## Metrics", ""]
-    lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items()]
-    lines += [
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import AutoTokenizer, AutoModelForCausalLM",
-        "tok = AutoTokenizer.from_pretrained(path)",
-        "model = AutoModelForCausalLM.from_pretrained(path)",
-        'ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, return_tensors="pt")',
-        "```",
-        "",
-    ]
-    (Path(path) / "README.md").write_text("\n".join(lines), encoding="utf-8")

@@ -113,6 +113,13 @@ def cmd_retrain(args) -> int:
     return 0 if result.success else 1
 
 
+def cmd_step(args) -> int:
+    """Run one step from a spec file, without Dagster (what a launcher starts in a child process)."""
+    from .training.steps import main as step_main
+
+    return step_main(["--spec", args.spec])
+
+
 def _materialized(result) -> dict:
     out = {}
     for event in result.get_asset_materialization_events():
@@ -138,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("retrain", help="observe the label files, then materialize only stale and missing assets")
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.set_defaults(func=cmd_retrain)
+    p = sub.add_parser("step", help="run one step from a JSON spec (step, inputs, config, output) without Dagster")
+    p.add_argument("--spec", required=True, help="the spec file; see rlhf_dag/training/steps.py")
+    p.set_defaults(func=cmd_step)
     args = parser.parse_args(argv)
     return args.func(args)
 

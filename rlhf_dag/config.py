@@ -24,7 +24,19 @@ class StepConfig(BaseModel):
 
     def config_hash(self) -> str:
         """sha256 of the resolved config: a model's identity together with its inputs' versions."""
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+        return _hash(self.model_dump())
+
+    def training_hash(self) -> str:
+        """sha256 of the fields that change what is trained or built: the asset's code version.
+
+        The settings of the samples a step reports (`SampleSettings`) are left out:
+        changing one changes a figure at the next materialization, never forces a retrain.
+        """
+        return _hash(self.model_dump(exclude=set(SampleSettings.model_fields)))
+
+
+def _hash(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class CorpusConfig(StepConfig):
@@ -33,9 +45,17 @@ class CorpusConfig(StepConfig):
     source: str = Field("synthetic", description="'synthetic', or a path to a .txt/.parquet file or a folder of them (Parquet needs a 'text' column)")
     n_documents: int = Field(5000, description="documents the synthetic generator writes")
     seed: int = Field(0, description="seed of the synthetic generator")
+    validation_fraction: float = Field(0.05, description="share of documents held out (by a hash of the text) for the base model's loss gate; never trained on")
 
 
-class PretrainConfig(StepConfig):
+class SampleSettings(StepConfig):
+    """How a step samples the generations it reports (the source's prompts, gold means): shape figures, not weights."""
+
+    sample_temperature: float = Field(0.7, description="temperature of the reported samples")
+    sample_max_new_tokens: int = Field(48, description="length cap of the reported samples")
+
+
+class PretrainConfig(SampleSettings):
     """`base_model`: a BPE tokenizer and a small Llama-style causal LM trained from scratch, or a pretrained model."""
 
     pretrained: str | None = Field(None, description="Hugging Face model id or local path to load instead of pretraining (safetensors only)")
@@ -65,7 +85,7 @@ class DatasetConfig(StepConfig):
     split_salt: str = Field("rlhf-dag", description="salt of the prompt hash that assigns each prompt to a split (fixed, so validation never moves)")
 
 
-class SFTConfig(StepConfig):
+class SFTConfig(SampleSettings):
     """`sft_model`: TRL SFTTrainer on demonstrations, loss on response tokens only."""
 
     epochs: float = Field(6.0, description="passes over the demonstrations")
@@ -73,7 +93,7 @@ class SFTConfig(StepConfig):
     learning_rate: float = Field(1e-3, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
     overlong: Overlong = Field(Overlong.reject, description="a record over max_length: 'reject' fails naming its file and line; 'truncate' cuts the response's end (and its EOS)")
-    n_samples: int = Field(4, description="sample generations shown as metadata (the source's prompts)")
+    gold_sample_prompts: int = Field(64, description="held-out demonstration prompts sampled (base and SFT) for the gold means in the metrics")
     seed: int = Field(0, description="data-order seed")
 
 
@@ -85,11 +105,10 @@ class RewardConfig(StepConfig):
     learning_rate: float = Field(5e-4, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
     overlong: Overlong = Field(Overlong.reject, description="a pair over max_length: 'reject' fails naming its file and line; 'truncate' cuts each response to fit, still ending with EOS")
-    accuracy_floor: float = Field(0.75, description="blocking check: held-out pairwise accuracy must reach this")
     seed: int = Field(0, description="data-order and head-initialization seed")
 
 
-class PPOConfig(StepConfig):
+class PPOConfig(SampleSettings):
     """`ppo_policy`: our PPO (training/ppo.py), policy and reference from SFT, critic from the RM."""
 
     iterations: int = Field(32, description="rollout -> optimize iterations")
@@ -108,8 +127,6 @@ class PPOConfig(StepConfig):
     clip_range_value: float = Field(0.2, description="value prediction clip")
     vf_coef: float = Field(0.1, description="weight of the value loss")
     missing_eos_penalty: float | None = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)")
-    kl_budget: float = Field(12.0, description="blocking check: mean sequence KL to the reference must stay under this")
-    eos_rate_floor: float = Field(0.8, description="blocking check: share of final rollouts that end with EOS")
     seed: int = Field(0, description="sampling and data-order seed")
 
 
@@ -122,6 +139,15 @@ class EvalConfig(StepConfig):
     seed: int = Field(0, description="sampling seed")
 
 
+class GateConfig(StepConfig):
+    """Thresholds of the blocking asset checks. They live with the checks (the `gates` resource), not in
+    any step's config, so changing one re-runs a check and never retrains a model."""
+
+    accuracy_floor: float = Field(0.75, description="reward_model_accuracy: held-out pairwise accuracy must reach this")
+    kl_budget: float = Field(12.0, description="ppo_within_kl_budget: mean sequence KL to the reference must stay under this")
+    eos_rate_floor: float = Field(0.8, description="ppo_emits_eos: share of final rollouts that end with EOS")
+
+
 STEP_CONFIGS: dict[str, type[StepConfig]] = {
     "pretraining_corpus": CorpusConfig,
     "base_model": PretrainConfig,
@@ -132,6 +158,8 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
     "ppo_policy": PPOConfig,
     "policy_evaluation": EvalConfig,
 }
+# Not a step: the checks' thresholds, resolved per profile like the steps' configs.
+GATES = "gates"
 
 # Overrides of the defaults above, per profile and asset.
 PROFILES: dict[str, dict[str, dict]] = {
@@ -141,8 +169,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         "base_model": {"vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "epochs": 1.0, "max_length": 128},
         # The 400-token vocabulary makes some shipped records longer than 128 tokens: cut them, for speed.
         "sft_model": {"epochs": 1.0, "max_length": 128, "overlong": "truncate"},
-        "reward_model": {"epochs": 1.0, "max_length": 128, "overlong": "truncate", "accuracy_floor": 0.0},
-        "ppo_policy": {"iterations": 2, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 12, "kl_budget": 1e6, "eos_rate_floor": 0.0},
+        "reward_model": {"epochs": 1.0, "max_length": 128, "overlong": "truncate"},
+        "ppo_policy": {"iterations": 2, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 12},
+        "gates": {"accuracy_floor": 0.0, "kl_budget": 1e6, "eos_rate_floor": 0.0},
         "policy_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1},
     },
     "gpu": {
@@ -167,7 +196,7 @@ def resolve(asset: str, overrides: dict | None = None, profile: str | None = Non
     """The asset's config: class defaults, then the profile's values, then run-config overrides."""
     profile = profile or active_profile()
     values = {**PROFILES[profile].get(asset, {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    return STEP_CONFIGS[asset](**values)
+    return (GateConfig if asset == GATES else STEP_CONFIGS[asset])(**values)
 
 
 def home_dir() -> Path:

@@ -13,7 +13,8 @@ from .pipeline import assets
 from .pipeline.automation import automation_sensor
 from .pipeline.checks import ASSET_CHECKS
 from .pipeline.labels import LABEL_SOURCES
-from .pipeline.resources import MlflowTracking
+from .pipeline.handles import HandleIOManager
+from .pipeline.resources import MlflowTracking, QualityGates
 
 LABEL_KEYS = [source.key for source in LABEL_SOURCES]
 
@@ -44,7 +45,8 @@ def build_definitions() -> dg.Definitions:
         sensors=[automation_sensor],
         resources={
             "mlflow": MlflowTracking(),
-            "io_manager": dg.FilesystemIOManager(base_dir=str(home_dir() / "handles")),
+            "gates": QualityGates(),
+            "io_manager": HandleIOManager(base_dir=str(home_dir() / "handles")),
         },
         # Steps run one after another in one process: the graph is a chain of
         # CPU-bound trainings, and a process per step would re-import torch each time.

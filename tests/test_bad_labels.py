@@ -154,6 +154,16 @@ def test_overlong_records_are_cut_and_counted_under_truncate(smoke_run):
         assert (cut[column] != comparisons[column]).any()
 
 
+def _held_out_check(defs, instance):
+    """Run only the eval_prompts_held_out check (no asset materializes) and return its evaluation."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    key = dg.AssetCheckKey(dg.AssetKey("policy_evaluation"), "eval_prompts_held_out")
+    result = job.get_subset(asset_selection=set(), asset_check_selection={key}).execute_in_process(instance=instance, raise_on_error=False)
+    assert result.success and not result.get_asset_materialization_events()
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation
+
+
 def test_an_eval_prompt_in_a_training_file_warns_with_the_count(smoke_run, isolated_env):
     defs, instance, _ = smoke_run
     path = isolated_env / "labels" / "demonstrations.jsonl"
@@ -161,12 +171,11 @@ def test_an_eval_prompt_in_a_training_file_warns_with_the_count(smoke_run, isola
     original = path.read_bytes()
     _append(path, [{"id": f"leak{i}", "prompt": p, "response": "An answer."} for i, p in enumerate(eval_prompts)])
     try:
-        result = _materialize(defs, instance, "sft_dataset")
+        leaked = _held_out_check(defs, instance)
     finally:
         path.write_bytes(original)
-        restored = _materialize(defs, instance, "sft_dataset")
-    assert result.success
-    assert result.asset_materializations_for_node("sft_dataset")[0].metadata["eval_prompts_leaked"].value == 2
-    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
-    assert any(f"{path}: 2 prompt(s) also appear in" in w and "evaluation is no longer held out" in w for w in warnings), warnings
-    assert restored.asset_materializations_for_node("sft_dataset")[0].metadata["eval_prompts_leaked"].value == 0
+    assert not leaked.passed and leaked.severity == dg.AssetCheckSeverity.WARN
+    assert leaked.metadata["eval_prompts_leaked"].value == 2 and leaked.metadata["leaked_into_demonstrations"].value == 2
+    assert "2 in demonstrations.jsonl" in leaked.description and "evaluation is no longer held out" in leaked.description
+    restored = _held_out_check(defs, instance)
+    assert restored.passed and restored.metadata["eval_prompts_leaked"].value == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import dagster as dg
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_dag.config import artifacts_dir
+from rlhf_dag.config import artifacts_dir, home_dir
 
 pytestmark = pytest.mark.slow
 
@@ -34,4 +35,8 @@ def test_two_concurrent_materializations_of_base_model_keep_two_complete_models(
     for path in new:
         AutoModelForCausalLM.from_pretrained(path)
         AutoTokenizer.from_pretrained(path)
+    # each run's handle names the model its own run wrote, whichever run finished last
+    for run in runs:
+        handle = json.loads((home_dir() / "handles" / "base_model" / f"{run.dagster_run.run_id}.json").read_text())
+        assert handle["path"] == str(parent / run.dagster_run.run_id)
     assert defs.load_asset_value("base_model", instance=instance).path in {str(d) for d in new}

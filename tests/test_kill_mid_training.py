@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import pytest
 from transformers import AutoModelForCausalLM
+
+from rlhf_dag.config import mlflow_tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +32,8 @@ def test_sigkill_during_sft_keeps_the_previous_model_and_a_rerun_succeeds(smoke_
     )
     deadline = time.time() + 180
     started = False
-    for line in proc.stdout:  # kill as soon as the asset body has begun training
-        if "sft_model: profile 'smoke'" in line:
+    for line in proc.stdout:  # kill once training has run optimizer steps (the trainer logs its loss every few steps)
+        if "'grad_norm'" in line:
             started = True
             break
         assert time.time() < deadline, "the materialization never started"
@@ -44,10 +47,20 @@ def test_sigkill_during_sft_keeps_the_previous_model_and_a_rerun_succeeds(smoke_
     assert [d.name for d in run_dirs] == [Path(previous.path).name]  # no half-written model under a final name
     AutoModelForCausalLM.from_pretrained(previous.path)  # the previous version still loads
 
+    killed = _mlflow_runs("sft_model", instance.get_runs(limit=1)[0].run_id)
+    assert [r.info.status for r in killed] == ["RUNNING"]  # the killed process could not end its MLflow run
+
     job = defs.resolve_implicit_global_asset_job_def()
     rerun = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("sft_model")])
     assert rerun.success
     AutoModelForCausalLM.from_pretrained(rerun.output_for_node("sft_model").path)
+    assert mlflow.get_run(killed[0].info.run_id).info.status == "KILLED"  # ended by the next run of the asset
+
+
+def _mlflow_runs(asset: str, dagster_run_id: str):
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    return mlflow.search_runs(experiment_names=["rlhf-dag"], output_format="list",
+                              filter_string=f"tags.`dagster.asset_key` = '{asset}' and tags.`dagster.run_id` = '{dagster_run_id}'")
 
 
 # Materializes base_model in a subprocess that hangs once the weights and tokenizer are in the temporary folder.
@@ -56,16 +69,16 @@ import sys, time
 from pathlib import Path
 import dagster as dg
 from rlhf_dag.definitions import defs
-from rlhf_dag.pipeline import step
+from rlhf_dag.training import result
 
-write_model_card = step.write_model_card
+write_model_card = result.write_model_card
 
 def write_model_card_then_hang(path, *args):
     write_model_card(path, *args)
     Path(sys.argv[1]).write_text(str(path))
     time.sleep(600)
 
-step.write_model_card = write_model_card_then_hang
+result.write_model_card = write_model_card_then_hang
 defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey("base_model")])
 """
 

@@ -144,7 +144,7 @@ def test_clipped_value_loss():
     assert loss.item() == pytest.approx(0.356667, abs=1e-5)
 
 
-# ---------------------------------------------------------------- [PPO-3] / [PPO-5] EOS handling
+# ---------------------------------------------------------------- [PPO-3] EOS truncation ([PPO-5] runs through ppo_train in test_ppo_train.py)
 
 
 EOS, PAD = 1, 0
@@ -155,17 +155,3 @@ def test_truncate_after_eos_pads_after_the_first_eos():
     out, ended = truncate_after_eos(responses, EOS, PAD)
     assert out.tolist() == [[5, 1, 0, 0], [5, 6, 7, 8], [1, 0, 0, 0]]
     assert ended.tolist() == [True, False, True]
-
-
-def test_missing_eos_penalty_replaces_the_score_and_lands_on_the_last_token():
-    """Mirrors ppo_train's [PPO-3]/[PPO-5] lines (no helper exists): truncate, mask, penalise, place the score."""
-    response, ended = truncate_after_eos(torch.tensor([[5, EOS, 7, 8], [5, 6, 7, 8]]), EOS, PAD)
-    mask = (response != PAD).float()  # as in ppo_train: response tokens, the EOS included
-    rm_score, penalty = torch.tensor([2.0, 3.0]), -1.0
-    score = torch.where(ended, rm_score, torch.full_like(rm_score, penalty))  # the [PPO-5] line
-    assert score.tolist() == [2.0, -1.0]
-    zeros = torch.zeros(2, 4)
-    rewards, _ = kl_penalized_rewards(score, zeros, zeros, mask, kl_coef=0.1)
-    # no KL here; row 0: the RM score 2 on its EOS (index 1); row 1: the penalty -1 on its last token (index 3)
-    assert rewards.tolist() == [[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0]]
-    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]

@@ -35,7 +35,7 @@ def test_every_asset_materialized_and_every_gate_passed(smoke_run):
     materialized = {e.event_specific_data.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == set(MODEL_ASSETS)
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 6 and all(e.passed for e in evaluations)
+    assert len(evaluations) == 7 and all(e.passed for e in evaluations)
 
 
 def test_pretraining_lowered_loss_and_changed_weights(smoke_run):

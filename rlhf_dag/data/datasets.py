@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..artifacts import atomic_path
 from .labels import LabelFile
 
 COLUMNS = {"demonstrations": ["id", "prompt", "response"], "comparisons": ["id", "prompt", "chosen", "rejected"]}
@@ -27,26 +28,32 @@ def split_of(prompt: str, validation_fraction: float, salt: str) -> str:
     return "validation" if _position(prompt, salt) < validation_fraction else "train"
 
 
-def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> pd.DataFrame:
-    """One row per record: the file's own columns, `split`, and `source` (`file:line`, for error messages)."""
+def assign_splits(keys: list[str], validation_fraction: float, salt: str) -> list[str]:
+    """'train' or 'validation' for each key (a prompt, a document), fixed by its hash.
+
+    A tiny set still gets validation rows: every row of the key with the lowest hash position.
+    """
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    splits = [split_of(k, validation_fraction, salt) for k in keys]
+    if validation_fraction and "validation" not in splits:
+        first = min(keys, key=lambda k: _position(k, salt)).strip()
+        splits = ["validation" if k.strip() == first else s for k, s in zip(keys, splits)]
+    return splits
+
+
+def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> pd.DataFrame:
+    """One row per record: the file's own columns, `split`, and `source` (`file:line`, for error messages)."""
     frame = pd.DataFrame(labels.records)[COLUMNS[labels.kind]]
-    frame["split"] = [split_of(p, validation_fraction, salt) for p in frame["prompt"]]
-    if validation_fraction and not (frame["split"] == "validation").any():
-        # A tiny file still gets validation rows: every row of the prompt with the lowest hash position.
-        first = min(frame["prompt"], key=lambda p: _position(p, salt))
-        frame.loc[frame["prompt"].str.strip() == first.strip(), "split"] = "validation"
+    frame["split"] = assign_splits(list(frame["prompt"]), validation_fraction, salt)
     frame["source"] = [f"{labels.path}:{labels.lines[i]}" for i in frame["id"]]
     return frame
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """Write to a temporary name and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def splits(path: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artifacts import atomic_path
+
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 64 * 1024
@@ -46,6 +48,7 @@ class LabelFile:
     duplicates_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
     lines: dict[str, int] = field(default_factory=dict)  # id -> line number, so later steps can point at a record
+    sha256: str = ""  # of exactly the bytes these records were parsed from (the file is read once)
 
 
 def file_sha256(path: Path | str) -> str:
@@ -81,6 +84,7 @@ def load_labels(path: Path | str, kind: str | None = None) -> LabelFile:
     if not path.is_file():
         raise LabelFileError(path, None, "file not found (set RLHF_DAG_LABELS_DIR or run `rlhf-dag make-labels`)")
     data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     records: list[dict] = []
@@ -115,7 +119,7 @@ def load_labels(path: Path | str, kind: str | None = None) -> LabelFile:
         records.append(record)
     if not records:
         raise LabelFileError(path, None, "no records: the file is empty")
-    result = LabelFile(path, kind, records, duplicates, lines=ids)
+    result = LabelFile(path, kind, records, duplicates, lines=ids, sha256=sha)
     if duplicates:
         result.warnings.append(f"{path}: dropped {duplicates} exact duplicate record(s)")
         logger.warning(result.warnings[-1])
@@ -129,9 +133,6 @@ def leaked_prompts(training: LabelFile, eval_prompts: LabelFile) -> int:
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)

@@ -1,7 +1,9 @@
-"""Blocking asset checks: the quality gates between RLHF steps.
+"""Asset checks: the quality gates between RLHF steps, and the held-out check of the eval prompts.
 
 A failed blocking check stops every asset downstream of the checked one from
-materializing in the same run, with the check's description saying why.
+materializing in the same run, with the check's description saying why. The
+thresholds come from the `gates` resource, so a check can be re-run with
+another threshold without retraining anything.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import math
 import dagster as dg
 
 from ..artifacts import ArtifactHandle
+from ..config import labels_dir
+from ..data.labels import leaked_prompts, load_labels
+from .resources import QualityGates
 
 
 def _gate(passed: bool, metadata: dict, why: str) -> dg.AssetCheckResult:
@@ -18,13 +23,13 @@ def _gate(passed: bool, metadata: dict, why: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=bool(passed), metadata=metadata, description=None if passed else why)
 
 
-@dg.asset_check(asset="base_model", blocking=True, description="Pretraining lowered the corpus loss (skipped for a user-supplied pretrained model).")
+@dg.asset_check(asset="base_model", blocking=True, description="Pretraining lowered the loss on held-out corpus documents, never trained on (skipped for a user-supplied pretrained model).")
 def base_model_learned(base_model: ArtifactHandle) -> dg.AssetCheckResult:
     m = base_model.metrics
     if "initial_loss" not in m:
         return dg.AssetCheckResult(passed=True, description="pretrained model supplied by the user; nothing trained here")
     passed = m["final_loss"] < m["initial_loss"] and math.isfinite(m["final_loss"])
-    return _gate(passed, {"initial_loss": m["initial_loss"], "final_loss": m["final_loss"]}, f"corpus loss did not go down ({m['initial_loss']:.3f} -> {m['final_loss']:.3f}); raise base_model.epochs or learning_rate")
+    return _gate(passed, {"initial_loss": m["initial_loss"], "final_loss": m["final_loss"]}, f"held-out corpus loss did not go down ({m['initial_loss']:.3f} -> {m['final_loss']:.3f}); raise base_model.epochs or learning_rate")
 
 
 @dg.asset_check(asset="sft_model", blocking=True, description="SFT beats the base model's validation loss on held-out demonstrations.")
@@ -35,24 +40,21 @@ def sft_beats_base(sft_model: ArtifactHandle) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset="reward_model", blocking=True, description="The reward model ranks held-out comparisons correctly at least accuracy_floor of the time.")
-def reward_model_accuracy(reward_model: ArtifactHandle) -> dg.AssetCheckResult:
-    m = reward_model.metrics
-    passed = m["validation_accuracy"] >= m["accuracy_floor"]
-    return _gate(passed, {"validation_accuracy": m["validation_accuracy"], "accuracy_floor": m["accuracy_floor"]}, f"held-out pairwise accuracy {m['validation_accuracy']:.3f} is below the floor {m['accuracy_floor']}; add comparisons or train longer")
+def reward_model_accuracy(reward_model: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    accuracy, floor = reward_model.metrics["validation_accuracy"], gates.thresholds().accuracy_floor
+    return _gate(accuracy >= floor, {"validation_accuracy": accuracy, "accuracy_floor": floor}, f"held-out pairwise accuracy {accuracy:.3f} is below the floor {floor}; add comparisons or train longer")
 
 
 @dg.asset_check(asset="ppo_policy", blocking=True, description="PPO stayed within its KL budget to the SFT model.")
-def ppo_within_kl_budget(ppo_policy: ArtifactHandle) -> dg.AssetCheckResult:
-    m = ppo_policy.metrics
-    passed = m["final_kl"] <= m["kl_budget"]
-    return _gate(passed, {"final_kl": m["final_kl"], "kl_budget": m["kl_budget"]}, f"mean sequence KL {m['final_kl']:.2f} exceeds the budget {m['kl_budget']}; raise kl_coef or lower learning_rate")
+def ppo_within_kl_budget(ppo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    kl, budget = ppo_policy.metrics["final_kl"], gates.thresholds().kl_budget
+    return _gate(kl <= budget, {"final_kl": kl, "kl_budget": budget}, f"mean sequence KL {kl:.2f} exceeds the budget {budget}; raise kl_coef or lower learning_rate")
 
 
 @dg.asset_check(asset="ppo_policy", blocking=True, description="The PPO policy still ends its responses with EOS.")
-def ppo_emits_eos(ppo_policy: ArtifactHandle) -> dg.AssetCheckResult:
-    m = ppo_policy.metrics
-    passed = m["final_eos_rate"] >= m["eos_rate_floor"]
-    return _gate(passed, {"final_eos_rate": m["final_eos_rate"], "eos_rate_floor": m["eos_rate_floor"]}, f"only {m['final_eos_rate']:.0%} of rollouts end with EOS (floor {m['eos_rate_floor']:.0%}); make missing_eos_penalty more negative")
+def ppo_emits_eos(ppo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    rate, floor = ppo_policy.metrics["final_eos_rate"], gates.thresholds().eos_rate_floor
+    return _gate(rate >= floor, {"final_eos_rate": rate, "eos_rate_floor": floor}, f"only {rate:.0%} of rollouts end with EOS (floor {floor:.0%}); make missing_eos_penalty more negative")
 
 
 @dg.asset_check(asset="ppo_policy", blocking=True, description="No NaN or inf in PPO's losses, rewards or statistics.")
@@ -62,4 +64,23 @@ def ppo_finite(ppo_policy: ArtifactHandle) -> dg.AssetCheckResult:
     return _gate(passed, {}, "PPO statistics contain NaN or inf")
 
 
-ASSET_CHECKS = [base_model_learned, sft_beats_base, reward_model_accuracy, ppo_within_kl_budget, ppo_emits_eos, ppo_finite]
+TRAINING_LABELS = ("prompts", "demonstrations", "comparisons")
+
+
+@dg.asset_check(
+    asset="policy_evaluation",
+    additional_deps=[dg.AssetKey(["labels", name]) for name in (*TRAINING_LABELS, "eval_prompts")],
+    description="The eval prompts are held out: none appears in a training file (a warning, not a gate).",
+)
+def eval_prompts_held_out() -> dg.AssetCheckResult:
+    eval_prompts = load_labels(labels_dir() / "eval_prompts.jsonl")
+    leaked = {name: leaked_prompts(load_labels(labels_dir() / f"{name}.jsonl"), eval_prompts) for name in TRAINING_LABELS}
+    where = ", ".join(f"{n} in {name}.jsonl" for name, n in leaked.items() if n)
+    return dg.AssetCheckResult(
+        passed=not any(leaked.values()), severity=dg.AssetCheckSeverity.WARN,
+        metadata={"eval_prompts_leaked": sum(leaked.values()), **{f"leaked_into_{name}": n for name, n in leaked.items()}},
+        description=None if not where else f"eval prompts also appear in training files ({where}); evaluation is no longer held out",
+    )
+
+
+ASSET_CHECKS = [base_model_learned, sft_beats_base, reward_model_accuracy, ppo_within_kl_budget, ppo_emits_eos, ppo_finite, eval_prompts_held_out]

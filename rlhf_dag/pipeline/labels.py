@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from ..config import labels_dir
-from ..data.labels import LABEL_FILES, LabelFile, file_sha256, leaked_prompts, load_labels
+from ..data.labels import LABEL_FILES, file_sha256
 from .automation import label_observation
 
 DESCRIPTIONS = {
@@ -37,25 +37,3 @@ def _label_source(name: str):
 
 
 LABEL_SOURCES = [_label_source(name) for name in LABEL_FILES]
-
-
-def read_labels(context, name: str) -> tuple[LabelFile, str]:
-    """Load and validate a labeled file (failing the asset on a bad line) and return it with its sha256.
-
-    In a training file, prompts that are also evaluation prompts are counted
-    (`eval_prompts_leaked` metadata) and warned about in the run log.
-    """
-    path = labels_dir() / f"{name}.jsonl"
-    sha = file_sha256(path) if path.is_file() else ""
-    labels = load_labels(path, name)
-    for warning in labels.warnings:
-        context.log.warning(warning)
-    if name != "eval_prompts":
-        eval_path = labels_dir() / "eval_prompts.jsonl"
-        if eval_path.is_file():
-            leaked = leaked_prompts(labels, load_labels(eval_path))
-            context.add_output_metadata({"eval_prompts_leaked": leaked})
-            if leaked:
-                context.log.warning(f"{path}: {leaked} prompt(s) also appear in {eval_path}; evaluation is no longer held out")
-    context.log.info(f"{path}: {len(labels.records)} valid records, sha256 {sha[:12]}")
-    return labels, sha

@@ -1,9 +1,13 @@
 """Which assets are fresh, stale or missing, and why: what `rlhf-dag status` and `retrain` read.
 
-Dagster computes staleness from data versions (a label file's sha256, each
-asset's code version = its profile config hash, and the upstream versions a
-materialization recorded). It has no public function for it outside the UI,
-so this module wraps its resolver in one place.
+Built on the instance's public record of each event: a materialization stores
+its code version and the data version of every input it read
+(`dagster/code_version`, `dagster/input_data_version/<key>` tags), a label
+observation stores the file's sha256 as its data version. An asset is stale
+when its definition's code version or an input's current data version differs
+from what its latest materialization recorded; and since a stale or missing
+asset will change when rebuilt, everything downstream of it is stale too (the
+set `retrain` must rebuild, in one run).
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._time import get_current_datetime
 
+DATA_VERSION_TAG = "dagster/data_version"
+CODE_VERSION_TAG = "dagster/code_version"
 INPUT_VERSION_TAG = "dagster/input_data_version/"
+
+FRESH, STALE, MISSING = "FRESH", "STALE", "MISSING"
 
 
 @dataclass
@@ -30,53 +35,49 @@ def observe_labels(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
     defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
 
 
-def _recorded_input_versions(instance, key: dg.AssetKey) -> dict[str, str]:
+def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, is_source: bool) -> str | None:
+    """A source's latest observed data version, or an asset's latest materialized one."""
+    if is_source:
+        records = instance.fetch_observations(key, limit=1).records
+        return records[0].asset_observation.tags.get(DATA_VERSION_TAG) if records else None
     event = instance.get_latest_materialization_event(key)
-    if event is None:
-        return {}
-    tags = event.asset_materialization.tags or {}
-    return {k[len(INPUT_VERSION_TAG) :]: v for k, v in tags.items() if k.startswith(INPUT_VERSION_TAG)}
+    return event.asset_materialization.tags.get(DATA_VERSION_TAG) if event else None
 
 
 def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[AssetStatus]:
-    """Every materializable asset in topological order, with Dagster's stale causes spelled out.
-
-    Dagster marks stale only the direct children of a changed version; an asset
-    whose upstream is stale or missing will change too, so it is reported stale
-    here with that upstream as the cause (what `retrain` must rebuild).
-    """
+    """Every materializable asset in topological order, with the reasons it is stale spelled out."""
     graph = defs.resolve_asset_graph()
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None), instance=instance, asset_graph=graph)
-    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
     out, changing = [], set()
     for key in graph.toposorted_asset_keys:
-        if not graph.get(key).is_materializable:
+        node = graph.get(key)
+        if not node.is_materializable:
             continue
-        status = resolver.get_status(key)
-        causes = []
-        if status == StaleStatus.FRESH:
-            upstream = sorted(p.to_user_string() for p in graph.get(key).parent_keys if p in changing)
-            if upstream:
-                status = StaleStatus.STALE
-                causes = [f"upstream {name} is stale or missing" for name in upstream]
-        elif status == StaleStatus.STALE:
-            recorded = _recorded_input_versions(instance, key)
-            for cause in resolver.get_stale_causes(key):
-                text = f"{cause.asset_key.to_user_string()}: {cause.reason}"
-                if cause.dependency_asset_key is not None:
-                    dep = cause.dependency_asset_key
-                    old = recorded.get(dep.to_user_string(), "?")
-                    new = resolver.get_current_data_version(dep)
-                    text += f" ({dep.to_user_string()} {old[:12]} -> {(new.value if new else '?')[:12]})"
-                causes.append(text)
-        if status != StaleStatus.FRESH:
+        event = instance.get_latest_materialization_event(key)
+        if event is None:
             changing.add(key)
-        out.append(AssetStatus(key.to_user_string(), status.value, causes))
+            out.append(AssetStatus(key.to_user_string(), MISSING, ["never materialized"]))
+            continue
+        tags = event.asset_materialization.tags or {}
+        causes = []
+        if tags.get(CODE_VERSION_TAG) != node.code_version:
+            causes.append(f"code version changed ({tags.get(CODE_VERSION_TAG)} -> {node.code_version}): its config changed")
+        for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
+            name = parent.to_user_string()
+            if parent in changing:
+                causes.append(f"upstream {name} is stale or missing")
+                continue
+            recorded = tags.get(INPUT_VERSION_TAG + name)
+            current = current_data_version(instance, parent, not graph.get(parent).is_materializable)
+            if recorded != current:
+                causes.append(f"{name} changed ({(recorded or '?')[:12]} -> {(current or '?')[:12]})")
+        if causes:
+            changing.add(key)
+        out.append(AssetStatus(key.to_user_string(), STALE if causes else FRESH, causes))
     return out
 
 
 def to_refresh(statuses: list[AssetStatus]) -> list[str]:
-    return [s.key for s in statuses if s.status in (StaleStatus.STALE.value, StaleStatus.MISSING.value)]
+    return [s.key for s in statuses if s.status in (STALE, MISSING)]
 
 
 def retrain(defs: dg.Definitions, instance: dg.DagsterInstance, dry_run: bool = False):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+import os
+import socket
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from ..config import home_dir, mlflow_tracking_uri
+from ..artifacts import process_alive
+from ..config import GATES, GateConfig, home_dir, mlflow_tracking_uri, resolve
 
 SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey")
 
@@ -47,7 +49,7 @@ class MlflowTracking(dg.ConfigurableResource):
         Path(home_dir()).mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.resolved_uri())
         asset = context.asset_key.to_user_string()
-        run_tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset, **tags}
+        run_tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset, "rlhf_dag.host": socket.gethostname(), "rlhf_dag.pid": str(os.getpid()), **tags}
         with mlflow.start_run(
             experiment_id=self._experiment_id(mlflow), run_name=f"{asset}-{context.run_id[:8]}", tags=run_tags
         ) as run:
@@ -61,32 +63,40 @@ class MlflowTracking(dg.ConfigurableResource):
         finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
         mlflow.log_metrics(finite, step=step)
 
-    @staticmethod
-    def log_curves(curves: dict[str, list[tuple[int, float]]]) -> None:
+    def log_result(self, result, folder: Path) -> None:
+        """A step's final metrics, its curves from loops without a tracker integration (PPO), its tags and its files.
+
+        The TRL trainers' curves are already in the run: transformers' MLflow integration logged them.
+        """
         import mlflow
 
-        for name, points in curves.items():
+        self.log_metrics(result.metrics)
+        for name, points in result.curves.items():
             for step, value in points:
-                if math.isfinite(value):
-                    mlflow.log_metric(name, value, step=step)
+                self.log_metrics({name: value}, step=step)
+        mlflow.set_tags(result.tags)
+        for name in [*result.texts, *result.figures, *result.records, "README.md"]:
+            if (folder / name).is_file():
+                mlflow.log_artifact(str(folder / name))
 
-    @staticmethod
-    def log_text(text: str, artifact_file: str) -> None:
+    def end_orphaned_runs(self, instance, asset: str) -> None:
+        """Mark KILLED the MLflow runs of `asset` still RUNNING whose process is gone (a killed materialization)."""
         import mlflow
+        from mlflow.tracking import MlflowClient
 
-        mlflow.log_text(text, artifact_file)
-
-    @staticmethod
-    def log_json(obj, artifact_file: str) -> None:
-        import mlflow
-
-        mlflow.log_text(json.dumps(obj, indent=2, default=str), artifact_file)
-
-    @staticmethod
-    def log_figure(figure, artifact_file: str) -> None:
-        import mlflow
-
-        mlflow.log_figure(figure, artifact_file)
+        mlflow.set_tracking_uri(self.resolved_uri())
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            return
+        running = mlflow.search_runs(
+            experiment_names=[self.experiment], output_format="list",
+            filter_string=f"tags.`dagster.asset_key` = '{asset}' and attributes.status = 'RUNNING'",
+        )
+        for run in running:
+            dagster_run = instance.get_run_by_id(run.data.tags.get("dagster.run_id", ""))
+            host, pid = run.data.tags.get("rlhf_dag.host"), run.data.tags.get("rlhf_dag.pid", "")
+            process_gone = host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
+            if process_gone or dagster_run is None or dagster_run.is_finished:
+                MlflowClient().set_terminated(run.info.run_id, "KILLED")
 
     def run_url(self, run) -> str:
         """A link to the run: the server's page when tracking to a server, else the store location."""
@@ -94,3 +104,18 @@ class MlflowTracking(dg.ConfigurableResource):
         if uri.startswith("http"):
             return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
         return f"{uri} (experiment {run.info.experiment_id}, run {run.info.run_id}; `make mlflow-ui` to browse)"
+
+
+class QualityGates(dg.ConfigurableResource):
+    """The blocking checks' thresholds. Unset fields take the active profile's value (config.py, `gates`).
+
+    Set one in the launchpad under `resources: gates: config:` to re-run a check
+    against another threshold: no model is retrained, since thresholds are no part of any asset's code version.
+    """
+
+    accuracy_floor: float | None = Field(None, description=GateConfig.model_fields["accuracy_floor"].description)
+    kl_budget: float | None = Field(None, description=GateConfig.model_fields["kl_budget"].description)
+    eos_rate_floor: float | None = Field(None, description=GateConfig.model_fields["eos_rate_floor"].description)
+
+    def thresholds(self) -> GateConfig:
+        return resolve(GATES, {"accuracy_floor": self.accuracy_floor, "kl_budget": self.kl_budget, "eos_rate_floor": self.eos_rate_floor})

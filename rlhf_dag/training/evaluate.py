@@ -111,3 +111,31 @@ def reward_hacking_figure(history: list[dict]):
     fig.suptitle("PPO rollouts: proxy reward vs gold")
     fig.tight_layout()
     return fig
+
+
+def samples_markdown(samples: list[Sample], title: str = "response") -> str:
+    """A table of prompt, response, gold score and EOS flag, for the asset's page and MLflow."""
+    rows = [f"| prompt | {title} | gold | EOS |", "|---|---|---|---|"]
+    for s in samples:
+        gold = gold_score(s.prompt, s.response, s.ended_with_eos)
+        cell = s.response.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+        rows.append(f"| {s.prompt} | {cell} | {f'{gold.score:.2f}' if gold else '-'} | {'yes' if s.ended_with_eos else 'no'} |")
+    return "\n".join(rows)
+
+
+def side_by_side(results: dict, prompts: list[str]) -> str:
+    """The three models' first answer to each of the source's four prompts, with gold scores."""
+    from ..data.domain import SOURCE_PROMPTS
+
+    rows = ["| prompt | base | SFT | PPO |", "|---|---|---|---|"]
+    for prompt in SOURCE_PROMPTS:
+        if prompt not in prompts:
+            continue
+        cells = []
+        for name in ("base", "sft", "ppo"):
+            i = next(i for i, s in enumerate(results[name]["samples"]) if s.prompt == prompt)
+            s = results[name]["samples"][i]
+            text = s.response.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+            cells.append(f"{text} <br>*gold {results[name]['gold'][i]:.2f}{'' if s.ended_with_eos else ', no EOS'}*")
+        rows.append(f"| {prompt} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

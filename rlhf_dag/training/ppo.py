@@ -138,8 +138,8 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         # ---- optimize: several epochs of minibatch updates on this rollout
         policy.train(), value_model.train()
         stats = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")}
-        for _ in range(cfg.ppo_epochs):  # [PPO-9] several epochs over minibatches
-            for mb in torch.randperm(len(batch_prompts)).split(cfg.minibatch_size):
+        for epoch in range(cfg.ppo_epochs):  # [PPO-9] several epochs over minibatches
+            for step, mb in enumerate(torch.randperm(len(batch_prompts)).split(cfg.minibatch_size)):
                 new_logprobs, entropy = response_logprobs(policy, query_response[mb], attention_mask[mb], n_query, cfg.temperature)
                 new_values = per_token_scores(value_model, query_response[mb], attention_mask[mb])[:, n_query - 1 : -1]
                 pg_loss, clipfrac = clipped_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], cfg.clip_range)  # [PPO-7]
@@ -157,6 +157,9 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                     stats["clipfrac"].append(clipfrac.item())
                     stats["approx_kl"].append(masked_mean(0.5 * (new_logprobs - logprobs[mb]) ** 2, mask[mb]).item())
                     stats["entropy"].append(masked_mean(entropy, mask[mb]).item())
+                    if epoch == 0 and step == 0:  # [PPO-2] before any update the policy is the rollout policy: ratio 1, nothing clipped
+                        first_minibatch = {"first_minibatch_clipfrac": clipfrac.item(),
+                                           "first_minibatch_max_ratio_error": ((new_logprobs - logprobs[mb]).exp() - 1).abs().mul(mask[mb]).max().item()}
 
         # ---- log
         seq_kl = kl.sum(dim=1).mean().item()
@@ -172,6 +175,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
             "eos_rate": ended.float().mean().item(),
             "response_length": mask.sum(dim=1).mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items()},
+            **first_minibatch,
         }
         if monitor is not None:
             texts = [tokenizer.decode([t for t in r.tolist() if t not in (pad, eos)], skip_special_tokens=True) for r in response]

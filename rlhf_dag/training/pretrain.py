@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,19 +23,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
-from .trainer_args import StopOnNonFiniteLoss, loss_curve, trainer_kwargs, trained_tokens
+from .trainer_args import StopOnNonFiniteLoss, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
-    """What a training function hands back to its asset: the trained objects and figures to log."""
+    """What a training function hands back to its step: the trained objects and final figures
+    (the curves went to MLflow through the trainer's own integration)."""
 
     model: object
     tokenizer: PreTrainedTokenizerFast
     metrics: dict
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -94,8 +94,8 @@ def load_pretrained(source: str) -> tuple[object, PreTrainedTokenizerFast]:
     return model, tokenizer
 
 
-def pretrain(texts: list[str], cfg: PretrainConfig) -> TrainResult:
-    """Train tokenizer and causal LM on `texts`; report the loss before and after."""
+def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> TrainResult:
+    """Train tokenizer and causal LM on `texts`; report the loss on `held_out` documents (never trained on) before and after."""
     from trl import SFTConfig, SFTTrainer
 
     start = time.perf_counter()
@@ -116,15 +116,15 @@ def pretrain(texts: list[str], cfg: PretrainConfig) -> TrainResult:
             packing=False,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss("base_model")])
-        held_out = dataset.select(range(min(256, len(texts))))
-        initial_loss = trainer.evaluate(held_out)["eval_loss"]
+        held_out_set = Dataset.from_dict({"text": held_out[:256]})
+        initial_loss = trainer.evaluate(held_out_set)["eval_loss"]
         result = trainer.train()
-        final_loss = trainer.evaluate(held_out)["eval_loss"]
-    curve = loss_curve(trainer.state.log_history)
+        final_loss = trainer.evaluate(held_out_set)["eval_loss"]
     seconds = time.perf_counter() - start
     metrics = {
         "initial_loss": initial_loss,
         "final_loss": final_loss,
+        "held_out_documents": min(256, len(held_out)),
         "training_loss": result.training_loss,
         "parameters": model.num_parameters(),
         "corpus_tokens": n_tokens,
@@ -134,4 +134,4 @@ def pretrain(texts: list[str], cfg: PretrainConfig) -> TrainResult:
         "train_tokens": trained_tokens(trainer) * cfg.epochs,
         "train_runtime": result.metrics["train_runtime"],
     }
-    return TrainResult(model, tokenizer, metrics, {"pretrain/loss": curve})
+    return TrainResult(model, tokenizer, metrics)

@@ -23,7 +23,7 @@ from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
 from .overlong import count_overlong, fit_responses
 from .pretrain import TrainResult
-from .trainer_args import StopOnNonFiniteLoss, device, loss_curve, trainer_kwargs, trained_tokens
+from .trainer_args import StopOnNonFiniteLoss, device, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -111,5 +111,4 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         "validation_pairs": len(validation),
         "train_seconds": time.perf_counter() - start,
     }
-    curves = {"reward/loss": loss_curve(trainer.state.log_history), "reward/train_accuracy": loss_curve(trainer.state.log_history, "accuracy")}
-    return TrainResult(model, tokenizer, metrics, curves)
+    return TrainResult(model, tokenizer, metrics)

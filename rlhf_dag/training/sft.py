@@ -20,7 +20,7 @@ from .chat import format_prompt
 from .generate import response_loss
 from .overlong import count_overlong
 from .pretrain import TrainResult
-from .trainer_args import StopOnNonFiniteLoss, loss_curve, trainer_kwargs, trained_tokens
+from .trainer_args import StopOnNonFiniteLoss, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -57,4 +57,4 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
         "train_runtime": result.metrics["train_runtime"],
         "train_seconds": time.perf_counter() - start,
     }
-    return TrainResult(model, tokenizer, metrics, {"sft/loss": loss_curve(trainer.state.log_history)})
+    return TrainResult(model, tokenizer, metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from transformers import TrainerCallback
@@ -17,7 +18,8 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
 
     bf16, gradient checkpointing and checkpoint saving are off: on CPU they cost
     time and the asset saves the final model itself. A loss is logged about 20
-    times per run so MLflow gets a curve even from short runs.
+    times per run so MLflow gets a curve even from short runs: through
+    transformers' own MLflow integration, into the asset's run (see `tracker`).
     """
     steps = max(1, math.ceil(n_examples / batch_size) * epochs)
     return dict(
@@ -32,7 +34,7 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
         logging_steps=max(1, int(steps // 20)),
         logging_nan_inf_filter=False,  # a NaN/inf loss must reach the log, where StopOnNonFiniteLoss stops the run
         save_strategy="no",
-        report_to="none",
+        report_to=tracker(),
         disable_tqdm=True,
         seed=seed,
         data_seed=seed,
@@ -44,6 +46,18 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
+
+
+def tracker() -> str:
+    """'mlflow' when the step runs inside an MLflow run (the publisher's, or MLFLOW_RUN_ID in a launched child), else 'none'.
+
+    transformers' MLflowCallback then logs the trainer's loss, learning rate and
+    evaluation curves into that run, with the trainer's arguments as params; a
+    step called on its own (a benchmark, a test) tracks nothing.
+    """
+    import mlflow
+
+    return "mlflow" if mlflow.active_run() is not None or os.environ.get("MLFLOW_RUN_ID") else "none"
 
 
 def trained_tokens(trainer, columns: tuple[str, ...] = ("input_ids",)) -> int:
@@ -69,8 +83,3 @@ class StopOnNonFiniteLoss(TrainerCallback):
                     f"{self.step}: non-finite training loss ({logs[key]}) at global step {state.global_step} of {state.max_steps}"
                     f"{window}; lower learning_rate, or look for a bad batch"
                 )
-
-
-def loss_curve(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
-    """(step, value) pairs of a metric from a trainer's log history."""
-    return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]

@@ -1,0 +1,116 @@
+"""The one publisher: what every asset body shares around its step function.
+
+An asset body names its inputs and calls `publish`, which resolves the config,
+opens the asset's MLflow run, runs the step (training/steps.py) inside it,
+saves the result atomically to `<artifacts>/<asset>/<run_id>/`, logs metrics,
+curves and artifacts, and returns the handle as a Dagster `Output` with the
+metadata the asset's page shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional
+
+import dagster as dg
+from pydantic import Field, create_model
+
+from ..artifacts import ArtifactHandle, atomic_dir, run_dir
+from ..config import STEP_CONFIGS, StepConfig, active_profile, artifacts_dir, labels_dir, resolve
+from ..training.steps import STEPS
+from .resources import MlflowTracking
+
+
+def asset_config_class(asset: str) -> type[dg.Config]:
+    """The Dagster run config of an asset: the step's config class, every field optional.
+
+    A field left unset takes the value of the active profile (RLHF_DAG_PROFILE),
+    so the launchpad shows the same documented fields as `rlhf_dag/config.py`.
+    """
+    step_cls = STEP_CONFIGS[asset]
+    fields = {
+        name: (Optional[f.annotation], Field(None, description=f"{f.description} (unset: profile value; default {f.default!r})"))
+        for name, f in step_cls.model_fields.items()
+    }
+    name = "".join(part.title() for part in asset.split("_")) + "Config"
+    return create_model(name, __base__=dg.Config, __doc__=step_cls.__doc__, **fields)
+
+
+def profile_version(asset: str) -> str:
+    """The asset's code version: a hash of the config fields that change what it trains or builds.
+
+    Changing such a default in config.py or switching RLHF_DAG_PROFILE changes it,
+    so the asset is stale ("code version changed") like one with an edited input.
+    Gate thresholds are not step config at all (see checks.py).
+    """
+    return resolve(asset).training_hash()
+
+
+def resolve_config(context: dg.AssetExecutionContext, config: dg.Config) -> StepConfig:
+    asset = context.asset_key.path[-1]
+    resolved = resolve(asset, config.model_dump())
+    context.log.info(f"{asset}: profile '{active_profile()}', config {resolved.model_dump(mode='json')}")
+    return resolved
+
+
+class _ToDagsterLog(logging.Handler):
+    def __init__(self, context):
+        super().__init__(logging.INFO)
+        self.context = context
+
+    def emit(self, record):
+        self.context.log.log(record.levelno, record.getMessage())
+
+
+@contextlib.contextmanager
+def training_logs(context: dg.AssetExecutionContext):
+    """Show the step's progress (logger 'rlhf_dag') in the Dagster run's event log."""
+    logger = logging.getLogger("rlhf_dag")
+    handler = _ToDagsterLog(context)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def lineage_tags(upstream: dict[str, ArtifactHandle]) -> dict:
+    """MLflow tags linking a run to the runs, paths and labeled-file hashes of the assets it was computed from."""
+    tags = {}
+    for name, handle in upstream.items():
+        tags[f"upstream.{name}.mlflow_run_id"] = handle.mlflow_run_id or ""
+        tags[f"upstream.{name}.path"] = handle.path
+        tags.update({f"upstream.{name}.{key}": value for key, value in handle.tags.items()})
+    return tags
+
+
+def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: MlflowTracking, labels: tuple[str, ...] = (), **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    """Run the asset's step on exactly its upstream versions and labeled files; save, track and return its handle."""
+    asset = context.asset_key.path[-1]
+    cfg = resolve_config(context, config)
+    inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(labels_dir() / f"{name}.jsonl") for name in labels}
+    final = run_dir(artifacts_dir(), asset, context.run_id)
+    mlflow.end_orphaned_runs(context.instance, asset)
+    with mlflow.start_run(context, cfg.model_dump(mode="json"), lineage_tags(upstream)) as run, training_logs(context):
+        result = STEPS[asset](inputs, cfg)
+        with atomic_dir(final) as tmp:
+            result.save(tmp, lineage={"mlflow_run_id": run.info.run_id})
+        mlflow.log_result(result, final)
+    context.log.info(f"{asset}: saved to {final}")
+    handle = ArtifactHandle(asset, str(final / result.main_file) if result.main_file else str(final), cfg.config_hash(), run.info.run_id,
+                            result.metrics, {name: h.path for name, h in upstream.items()}, result.tags)
+    metadata = {
+        "path": dg.MetadataValue.path(handle.path),
+        "mlflow_run_id": run.info.run_id,
+        "mlflow": mlflow.run_url(run),
+        "config_hash": handle.config_hash,
+        **{k: float(result.metrics[k]) for k in result.headline if k in result.metrics},
+        **{key.replace('.', '_'): value for key, value in result.tags.items()},
+        **{name.rsplit(".", 1)[0]: dg.MetadataValue.md(text) for name, text in result.texts.items()},
+        **{name.rsplit(".", 1)[0] + "_plot": dg.MetadataValue.path(str(final / name)) for name in result.figures},
+    }
+    return dg.Output(handle, metadata=metadata)

@@ -1,0 +1,247 @@
+"""One function per RLHF step: upstream paths + config in, a `StepResult` out. No Dagster, no MLflow calls.
+
+Every asset of the graph is one of these functions; `pipeline/publish.py` runs
+it inside the asset's MLflow run and saves its result atomically, `bench/` calls
+the same functions directly, and a launcher runs one in a child process from a
+spec file:
+
+    python -m rlhf_dag.training.steps --spec spec.json
+
+with `spec.json` = `{"step": "sft_model", "inputs": {"base_model": "<dir>", "sft_dataset": "<file>"},
+"config": {...fields of the step's config class...}, "output": "<folder to create>"}`.
+Inputs are exactly the step's edges in the graph (model folders, Parquet files,
+labeled files); a step reads nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ..artifacts import atomic_dir
+from ..config import CorpusConfig, DatasetConfig, EvalConfig, PPOConfig, PretrainConfig, RewardConfig, SampleSettings, SFTConfig, resolve
+from ..data.corpus import load_corpus
+from ..data.datasets import assign_splits, build_dataset, splits
+from ..data.domain import SOURCE_PROMPTS
+from ..data.labels import load_labels
+from .chat import format_prompt, raw_prompt
+from .result import ModelCard, StepResult, read_inputs
+
+logger = logging.getLogger(__name__)
+
+
+def _source_prompt_table(model, tokenizer, instruct: bool, cfg: SampleSettings, seed: int, title: str) -> str:
+    """The model's answer to each of the source's four prompts, with gold scores, as a Markdown table."""
+    from .evaluate import samples_markdown
+    from .generate import sample
+
+    texts = [format_prompt(p) if instruct else raw_prompt(p) for p in SOURCE_PROMPTS]
+    samples = sample(model, tokenizer, list(SOURCE_PROMPTS), texts, cfg.sample_max_new_tokens, cfg.sample_temperature, seed=seed)
+    return samples_markdown(samples, title)
+
+
+def pretraining_corpus(inputs: dict[str, str], cfg: CorpusConfig) -> StepResult:
+    documents = load_corpus(cfg.source, cfg.n_documents, cfg.seed)
+    frame = pd.DataFrame({"text": documents, "split": assign_splits(documents, cfg.validation_fraction, "pretraining_corpus")})
+    held_out = int((frame["split"] == "validation").sum())
+    metrics = {"documents": len(documents), "held_out_documents": held_out, "characters": sum(map(len, documents))}
+    preview = "\n\n---\n\n".join(documents[:5])
+    return StepResult("pretraining_corpus", metrics, ["documents", "held_out_documents"], main_file="corpus.parquet",
+                      frames={"corpus.parquet": frame}, texts={"preview.md": f"```\n{preview}\n```"})
+
+
+def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
+    from .pretrain import load_pretrained, pretrain
+
+    if cfg.pretrained:
+        model, tokenizer = load_pretrained(cfg.pretrained)
+        metrics = {"parameters": model.num_parameters()}
+    else:
+        corpus = pd.read_parquet(inputs["pretraining_corpus"])
+        train = list(corpus.loc[corpus["split"] == "train", "text"])
+        held_out = list(corpus.loc[corpus["split"] == "validation", "text"])
+        result = pretrain(train, held_out, cfg)
+        model, tokenizer, metrics = result.model, result.tokenizer, result.metrics
+    table = _source_prompt_table(model, tokenizer, False, cfg, cfg.seed, "continuation (base model, raw prompt)")
+    return StepResult(
+        "base_model", metrics, ["initial_loss", "final_loss", "parameters", "tokens_per_second"],
+        inputs=inputs, tags={"pretrained": cfg.pretrained or "trained from scratch"}, model=model, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag base model", "A causal LM that only continues text: asked a question, it continues the page (a list, a dialogue)."),
+        texts={"source_prompt_samples.md": table},
+    )
+
+
+def _dataset(step: str, kind: str, inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
+    labels = load_labels(inputs[kind], kind)
+    frame = build_dataset(labels, cfg.validation_fraction, cfg.split_salt)
+    n_val = int((frame["split"] == "validation").sum())
+    metrics = {"train_records": len(frame) - n_val, "validation_records": n_val, "duplicates_dropped": labels.duplicates_dropped}
+    logger.info("%s: %d valid records, sha256 %s", labels.path, len(labels.records), labels.sha256[:12])
+    return StepResult(step, metrics, list(metrics), inputs=inputs, tags={"labels.sha256": labels.sha256}, main_file=f"{step}.parquet",
+                      frames={f"{step}.parquet": frame}, texts={"preview.md": frame.head(5).to_markdown(index=False)})
+
+
+def sft_dataset(inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
+    return _dataset("sft_dataset", "demonstrations", inputs, cfg)
+
+
+def comparison_dataset(inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
+    return _dataset("comparison_dataset", "comparisons", inputs, cfg)
+
+
+def sft_model(inputs: dict[str, str], cfg: SFTConfig) -> StepResult:
+    from .evaluate import mean_gold
+    from .generate import sample
+    from .models import load_causal_lm
+    from .sft import supervised_finetune
+
+    train, validation = splits(inputs["sft_dataset"])
+    base, tokenizer = load_causal_lm(inputs["base_model"])
+    result = supervised_finetune(base, tokenizer, train, validation, cfg)
+    # Gold-judged samples on held-out demonstration prompts: base asked raw, SFT in chat format.
+    prompts = list(validation["prompt"][: cfg.gold_sample_prompts])
+    base_samples = sample(base, tokenizer, prompts, [raw_prompt(p) for p in prompts], cfg.sample_max_new_tokens, cfg.sample_temperature, seed=cfg.seed)
+    sft_samples = sample(result.model, tokenizer, prompts, [format_prompt(p) for p in prompts], cfg.sample_max_new_tokens, cfg.sample_temperature, seed=cfg.seed)
+    metrics = {**result.metrics, "base_gold_mean": mean_gold(base_samples), "gold_mean": mean_gold(sft_samples)}
+    return StepResult(
+        "sft_model", metrics, ["validation_loss", "base_validation_loss", "gold_mean", "base_gold_mean", "training_loss", "overlong_records"],
+        inputs=inputs, model=result.model, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag SFT model", "The base model fine-tuned on <prompt, ideal response> demonstrations: it answers instead of continuing."),
+        texts={"source_prompt_samples.md": _source_prompt_table(result.model, tokenizer, True, cfg, cfg.seed, "answer (SFT model)")},
+    )
+
+
+def reward_model(inputs: dict[str, str], cfg: RewardConfig) -> StepResult:
+    from transformers import AutoTokenizer
+
+    from .reward import train_reward_model
+
+    train, validation = splits(inputs["comparison_dataset"])
+    if validation.empty:
+        raise ValueError(f"comparison_dataset has no validation pairs ({inputs['comparison_dataset']}); raise validation_fraction")
+    tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
+    result = train_reward_model(inputs["sft_model"], tokenizer, train, validation, cfg)
+    return StepResult(
+        "reward_model", result.metrics, ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss", "overlong_records"],
+        inputs=inputs, model=result.model, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag reward model", "Scores a <prompt, response> pair (AutoModelForSequenceClassification, one label). Read the score at the EOS that closes `apply_chat_template([user, assistant])`."),
+    )
+
+
+def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
+    from .evaluate import mean_gold
+    from .generate import Sample
+    from .models import load_causal_lm, load_reward_model
+    from .ppo import ppo_train
+
+    labels = load_labels(inputs["prompts"], "prompts")
+    prompts = [r["prompt"] for r in labels.records]
+    policy, tokenizer = load_causal_lm(inputs["sft_model"])
+    reference, _ = load_causal_lm(inputs["sft_model"])
+    scorer, _ = load_reward_model(inputs["reward_model"])
+    critic, _ = load_reward_model(inputs["reward_model"])  # [PPO-11] the value model starts as the reward model
+
+    def gold_monitor(batch_prompts, responses, ended):
+        return mean_gold([Sample(p, r, e, 0) for p, r, e in zip(batch_prompts, responses, ended)])
+
+    result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg, monitor=gold_monitor)
+    curves = {f"ppo/{k}": [(row["iteration"], row[k]) for row in result.history] for k in result.history[0] if k != "iteration"}
+    return StepResult(
+        "ppo_policy", {**result.metrics, "prompts": len(prompts)}, ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds"],
+        inputs=inputs, tags={"labels.prompts.sha256": labels.sha256}, model=result.policy, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag PPO policy", "The SFT model optimized with PPO to maximize the reward model's score minus a KL penalty to the SFT model. The critic is kept in value_model/."),
+        submodels={"value_model": result.value_model}, records={"ppo_history.json": result.history}, curves=curves,
+        texts={"source_prompt_samples.md": _source_prompt_table(result.policy, tokenizer, True, cfg, cfg.seed, "answer (PPO policy)")},
+    )
+
+
+def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
+    from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, side_by_side, win_rate
+    from .models import load_causal_lm, load_reward_model
+
+    trained_against = read_inputs(inputs["ppo_policy"]).get("reward_model")
+    if trained_against is not None and Path(trained_against).resolve() != Path(inputs["reward_model"]).resolve():
+        raise ValueError(
+            f"policy_evaluation: ppo_policy ({inputs['ppo_policy']}) was trained against the reward model {trained_against}, "
+            f"but the reward_model input is {inputs['reward_model']}; re-materialize ppo_policy so both use the same reward model"
+        )
+    labels = load_labels(inputs["eval_prompts"], "eval_prompts")
+    prompts = [r["prompt"] for r in labels.records]
+    base, tokenizer = load_causal_lm(inputs["base_model"])
+    sft, _ = load_causal_lm(inputs["sft_model"])
+    ppo, _ = load_causal_lm(inputs["ppo_policy"])
+    scorer, _ = load_reward_model(inputs["reward_model"])
+    results = evaluate_policies({"base": (base, False), "sft": (sft, True), "ppo": (ppo, True)}, tokenizer, scorer, prompts, cfg)
+    metrics = {}
+    for a, b in (("ppo", "sft"), ("sft", "base"), ("ppo", "base")):
+        rate, low, high = win_rate(results[a]["gold"], results[b]["gold"])
+        metrics.update({f"win_rate_{a}_vs_{b}": rate, f"win_rate_{a}_vs_{b}_ci_low": low, f"win_rate_{a}_vs_{b}_ci_high": high})
+    for name, r in results.items():
+        metrics.update({f"{name}_gold_mean": r["gold_mean"], f"{name}_rm_mean": r["rm_mean"], f"{name}_eos_rate": r["eos_rate"], f"{name}_response_tokens": r["response_tokens"]})
+    metrics["ppo_kl_to_sft"] = sequence_kl(ppo, sft, tokenizer, results["ppo"]["samples"])
+    metrics["samples"] = len(results["ppo"]["samples"])
+    metrics["gold_judged_samples"] = results["ppo"]["gold_judged"]
+    if metrics["gold_judged_samples"] < metrics["samples"]:
+        logger.warning(
+            "policy_evaluation: the gold labeler judged %d of %d samples; eval prompts outside the built-in task family "
+            "get RM scores only (win rates and gold means leave them out)", metrics["gold_judged_samples"], metrics["samples"],
+        )
+    history = StepResult.load(inputs["ppo_policy"]).records["ppo_history.json"]
+    headline = ["win_rate_ppo_vs_sft", "win_rate_ppo_vs_sft_ci_low", "win_rate_ppo_vs_sft_ci_high", "win_rate_sft_vs_base", "base_gold_mean", "sft_gold_mean",
+                "ppo_gold_mean", "sft_rm_mean", "ppo_rm_mean", "ppo_kl_to_sft", "ppo_eos_rate", "ppo_response_tokens"]
+    return StepResult(
+        "policy_evaluation", metrics, headline, inputs=inputs, tags={"labels.eval_prompts.sha256": labels.sha256},
+        texts={"side_by_side.md": side_by_side(results, prompts)}, figures={"rm_vs_gold.png": reward_hacking_figure(history)},
+        records={"metrics.json": metrics, "samples.json": {n: [s.__dict__ for s in r["samples"]] for n, r in results.items()}},
+    )
+
+
+# The graph's steps in dependency order; each asset's inputs are the keys its function reads.
+STEPS = {
+    "pretraining_corpus": pretraining_corpus,
+    "base_model": base_model,
+    "sft_dataset": sft_dataset,
+    "sft_model": sft_model,
+    "comparison_dataset": comparison_dataset,
+    "reward_model": reward_model,
+    "ppo_policy": ppo_policy,
+    "policy_evaluation": policy_evaluation,
+}
+
+
+def run_step(step: str, inputs: dict[str, str], config: dict) -> StepResult:
+    """Run a step with `config` over the active profile (RLHF_DAG_PROFILE), as an asset resolves its run config."""
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; the steps are {', '.join(STEPS)}")
+    return STEPS[step](inputs, resolve(step, config))
+
+
+def run_spec(spec_path: str | Path) -> Path:
+    """Run the step a spec file describes and save its result to the spec's output folder (atomically)."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    missing = {"step", "inputs", "config", "output"} - set(spec)
+    if missing:
+        raise ValueError(f"{spec_path}: missing field(s) {', '.join(sorted(missing))}")
+    result = run_step(spec["step"], spec["inputs"], spec["config"])
+    output = Path(spec["output"])
+    with atomic_dir(output) as tmp:
+        result.save(tmp)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rlhf_dag.training.steps", description="Run one RLHF step from a spec file, without Dagster.")
+    parser.add_argument("--spec", required=True, help="JSON file: step, inputs, config, output")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(run_spec(args.spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""`ppo_train` itself, end to end, on models small enough to reason about by hand (docs/ppo.md, tags [PPO-n]).
+
+The vocabulary is four special tokens and eight words. Policies are 1-layer
+Llamas; a "context-free" policy has a zeroed output matrix, so its next-token
+distribution is softmax(bias / T) at every position, which makes EOS, KL and
+entropy computable by hand. Reward models are either a real tiny
+sequence-classification Llama or a stub with `per_token_scores`' interface
+whose score is rigged (a count of one word in the response, or a constant).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+from rlhf_dag.config import PPOConfig
+from rlhf_dag.training.chat import ASSISTANT, EOS, PAD, USER
+from rlhf_dag.training.ppo import ppo_train
+
+WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
+VOCAB = {token: i for i, token in enumerate([PAD, EOS, USER, ASSISTANT, *WORDS])}
+PAD_ID, EOS_ID, ASSISTANT_ID, A_ID = VOCAB[PAD], VOCAB[EOS], VOCAB[ASSISTANT], VOCAB["a"]
+SAMPLED = len(WORDS) + 1  # what a policy may emit: the words and EOS
+PROMPTS = ["a b", "c d e f", "g", "h a b c d e"]  # different lengths, so rollouts are left-padded
+HIDDEN = 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small run fastest on one thread; a second only waits on the first (and on a busy machine, far longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_tokenizer() -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.WordLevel(VOCAB, unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, additional_special_tokens=[USER, ASSISTANT])
+
+
+def llama_config() -> LlamaConfig:
+    return LlamaConfig(vocab_size=len(VOCAB), hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, num_labels=1,
+                       pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=EOS_ID)
+
+
+def causal_lm(seed: int = 0, bias: dict[str, float] | None = None) -> LlamaForCausalLM:
+    """A random 1-layer Llama whose output layer has a bias of -30 on PAD and the chat tokens.
+
+    A real SFT model gives them ~0 mass; a random one would sample PAD mid-response,
+    which ppo_train reads as padding. With `bias` (word or EOS -> logit, others 0)
+    the output weights are zeroed: the policy is softmax(bias / T) whatever the context.
+    """
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(llama_config())
+    head = nn.Linear(HIDDEN, len(VOCAB), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight if bias is None else torch.zeros_like(head.weight))
+        head.bias.zero_()
+        head.bias[[PAD_ID, VOCAB[USER], ASSISTANT_ID]] = -30.0
+        for token, logit in (bias or {}).items():
+            head.bias[VOCAB[token]] = logit
+    model.lm_head = head
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = PAD_ID, EOS_ID
+    return model
+
+
+def value_model(seed: int = 1) -> LlamaForSequenceClassification:
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(llama_config())
+
+
+class RiggedReward(nn.Module):
+    """A reward model with `per_token_scores`' interface: a backbone at `base_model_prefix` and a `score` head.
+
+    The score at a position is weight * (occurrences of `token` in the response so far) + bias,
+    so the RM score of a rollout is weight * count + bias; weight 0 makes it the constant `bias`.
+    """
+
+    base_model_prefix = "counter"
+
+    def __init__(self, token: int = A_ID, weight: float = 1.0, bias: float = 0.0):
+        super().__init__()
+        self.token = token
+        self.score = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.score.weight.fill_(weight)
+            self.score.bias.fill_(bias)
+
+    def counter(self, input_ids, attention_mask=None, **_):
+        in_response = (input_ids == ASSISTANT_ID).cumsum(dim=1) > 0
+        hits = ((input_ids == self.token) & in_response).cumsum(dim=1)
+        return SimpleNamespace(last_hidden_state=hits.float().unsqueeze(-1))
+
+
+def ppo_config(**overrides) -> PPOConfig:
+    values = dict(iterations=2, rollout_batch_size=16, minibatch_size=4, ppo_epochs=2, max_new_tokens=8, temperature=1.0,
+                  learning_rate=1e-2, kl_coef=0.01, adaptive_kl=False, missing_eos_penalty=None, seed=0)
+    return PPOConfig(**{**values, **overrides})
+
+
+def train(policy, reward_model, cfg: PPOConfig, reference=None, critic=None):
+    reference = copy.deepcopy(policy) if reference is None else reference
+    return ppo_train(policy, reference, reward_model, critic or value_model(), toy_tokenizer(), PROMPTS, cfg)
+
+
+# ---------------------------------------------------------------- PPO raises the reward it is given
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ppo_raises_a_rigged_reward_far_above_an_lr_0_control(seed):
+    """Guards the sign and wiring of the whole update: +1 per "a" in the response must be learned.
+
+    Control (lr=0, same seed): a near-uniform choice among 8 words and EOS for up to 8 tokens
+    gives E[count of "a"] = sum_t (8/9)^t / 9 = 1 - (8/9)^8 = 0.61. Its final score (mean over
+    the last fifth: 3 iterations x 16 rollouts) has a standard error of about 0.12, so a margin
+    of 3 more "a"s per response is over 20 standard errors; the trained policy has 8 positions to fill.
+    """
+    cfg = ppo_config(iterations=15, seed=seed)
+    trained = train(causal_lm(seed), RiggedReward(A_ID), cfg)
+    control = train(causal_lm(seed), RiggedReward(A_ID), cfg.model_copy(update={"learning_rate": 0.0}))
+    assert abs(control.metrics["final_rm_score"] - (1 - (8 / 9) ** 8)) < 0.4, control.history
+    assert trained.metrics["final_rm_score"] > control.metrics["final_rm_score"] + 3.0, [r["rm_score"] for r in trained.history]
+
+
+# ---------------------------------------------------------------- [PPO-2] ratio 1 before any update
+
+
+def test_ratio_is_one_and_nothing_is_clipped_on_the_first_minibatch():
+    """[PPO-2]: the scoring pass and the optimizing pass compute the same log-probs (temperature, positions, mode).
+
+    At the first minibatch of each iteration nothing has been updated, so exp(new - old) must be 1
+    on every response token and the clip inactive. approx_kl > 0 shows later minibatches did move.
+    """
+    result = train(causal_lm(0), RiggedReward(A_ID), ppo_config(iterations=3, temperature=0.7, learning_rate=3e-2))
+    for row in result.history:
+        assert row["first_minibatch_max_ratio_error"] < 1e-5, row
+        assert row["first_minibatch_clipfrac"] == 0.0, row
+    assert all(row["approx_kl"] > 1e-6 for row in result.history), result.history
+
+
+def test_rollout_samples_and_scores_at_the_same_temperature():
+    """[PPO-2]: the rollout samples from softmax(logits / T), and log-probs are taken from the same logits / T.
+
+    A context-free policy that emits only EOS (logit 0) or "a" (logit 2.1), at T = 0.7:
+    - scoring: every token's logged entropy is H(p) for p = P(EOS) = 1 / (1 + e^(2.1/0.7)) = 0.0474,
+      H = 0.1909 (had the logits not been divided by T: p = 0.109, H = 0.3446);
+    - sampling: a response of up to 8 tokens ends with probability 1 - (1 - p)^8 = 0.322 (at T = 1: 0.603).
+      Over 2 x 64 rollouts the standard error is 0.04: the tolerance 0.12 is 3 of them, and T = 1 is 7 away.
+    """
+    p = 1 / (1 + math.exp(2.1 / 0.7))
+    assert p == pytest.approx(0.0474, abs=1e-4)
+    cfg = ppo_config(iterations=2, rollout_batch_size=64, temperature=0.7, learning_rate=0.0)
+    history = train(causal_lm(bias={"a": 2.1} | {w: -30.0 for w in WORDS[1:]}), RiggedReward(A_ID), cfg).history
+    for row in history:
+        assert row["entropy"] == pytest.approx(-p * math.log(p) - (1 - p) * math.log(1 - p), abs=1e-4)
+        assert row["entropy"] == pytest.approx(0.1909, abs=1e-4)
+    assert sum(row["eos_rate"] for row in history) / len(history) == pytest.approx(1 - (1 - p) ** 8, abs=0.12)
+
+
+# ---------------------------------------------------------------- frozen reference and reward model
+
+
+def test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train():
+    """The reference and the RM are byte-identical after training; the policy and the critic (RM-initialized, [PPO-11]) changed."""
+    policy, reward_model = causal_lm(0), value_model(2)
+    reference, critic = copy.deepcopy(policy), copy.deepcopy(reward_model)
+    before = {name: {k: v.clone() for k, v in model.state_dict().items()} for name, model in
+              (("policy", policy), ("reference", reference), ("reward_model", reward_model), ("critic", critic))}
+    train(policy, reward_model, ppo_config(), reference=reference, critic=critic)
+    after = {"policy": policy, "reference": reference, "reward_model": reward_model, "critic": critic}
+    for name in ("reference", "reward_model"):
+        changed = [k for k, v in after[name].state_dict().items() if not torch.equal(v, before[name][k])]
+        assert not changed, f"{name} changed: {changed}"
+    for name in ("policy", "critic"):
+        assert any(not torch.equal(v, before[name][k]) for k, v in after[name].state_dict().items()), f"{name} did not train"
+
+
+# ---------------------------------------------------------------- [PPO-5] the missing-EOS penalty
+
+
+@pytest.mark.parametrize(("eos_logit", "eos_rate", "score"), [(-30.0, 0.0, -5.0), (30.0, 1.0, 2.0)])
+def test_missing_eos_penalty_replaces_the_score_of_unended_responses(eos_logit, eos_rate, score):
+    """[PPO-5]: with an RM that always says 2, a rollout where no response ends scores -5 (the penalty), one where all end scores 2.
+
+    EOS logit -30 vs 0 for 8 words: P(EOS) per token ~ 1e-14, never sampled; +30: the first token is EOS.
+    """
+    cfg = ppo_config(iterations=1, missing_eos_penalty=-5.0, learning_rate=0.0)
+    row = train(causal_lm(bias={EOS: eos_logit}), RiggedReward(weight=0.0, bias=2.0), cfg).history[0]
+    assert row["eos_rate"] == eos_rate
+    assert row["rm_score"] == pytest.approx(2.0)
+    assert row["score"] == pytest.approx(score)
+
+
+def test_missing_eos_penalty_on_a_mixed_rollout():
+    """[PPO-5] per response: with P(EOS) = 1/9 per token and 4 tokens, (8/9)^4 = 62% do not end;
+    the batch's mean score is exactly 2 * eos_rate - 5 * (1 - eos_rate)."""
+    cfg = ppo_config(iterations=3, max_new_tokens=4, missing_eos_penalty=-5.0, learning_rate=0.0)
+    history = train(causal_lm(bias={}), RiggedReward(weight=0.0, bias=2.0), cfg).history
+    assert any(0.0 < row["eos_rate"] < 1.0 for row in history), history
+    for row in history:
+        assert row["score"] == pytest.approx(2.0 * row["eos_rate"] - 5.0 * (1 - row["eos_rate"]), abs=1e-5), row
+
+
+def test_missing_eos_penalty_is_what_teaches_the_policy_to_end():
+    """[PPO-5] reaches the optimizer: under a constant RM only the penalty separates responses.
+
+    The lr=0 control ends 1 - (8/9)^4 = 0.38 of its responses (standard error ~0.09 over the last
+    fifth, 2 iterations x 16 rollouts); PPO must beat it by 0.5, over 5 standard errors.
+    """
+    cfg = ppo_config(iterations=12, max_new_tokens=4, missing_eos_penalty=-5.0)
+    trained = train(causal_lm(0), RiggedReward(weight=0.0, bias=0.0), cfg)
+    control = train(causal_lm(0), RiggedReward(weight=0.0, bias=0.0), cfg.model_copy(update={"learning_rate": 0.0}))
+    assert abs(control.metrics["final_eos_rate"] - (1 - (8 / 9) ** 4)) < 0.25, control.history
+    assert trained.metrics["final_eos_rate"] > control.metrics["final_eos_rate"] + 0.5, [r["eos_rate"] for r in trained.history]
+
+
+# ---------------------------------------------------------------- [PPO-1] / [PPO-10] KL and its adaptive coefficient
+
+
+SEQ_KL = 8 * math.log(SAMPLED)  # policy: always "a" (logit 30); reference: uniform over 9 -> log 9 per token, 8 tokens
+
+
+@pytest.mark.parametrize(("target_kl", "step"), [(1.0, 0.2), (100.0, -0.2), (SEQ_KL / 1.1, 0.1)])
+def test_adaptive_kl_coefficient_moves_toward_the_target(target_kl, step):
+    """[PPO-1] the logged KL is the per-token log-ratio summed over the response: 8 * log 9 = 17.578 here.
+    [PPO-10] kl_coef *= 1 + clip(KL / target - 1, +-0.2) * rollout_batch_size / 10000:
+    above the target it rises (clipped at +0.2), below it falls (-0.2), proportionally in between (+0.1)."""
+    cfg = ppo_config(iterations=2, rollout_batch_size=64, learning_rate=0.0, kl_coef=0.1, adaptive_kl=True, target_kl=target_kl)
+    result = train(causal_lm(bias={"a": 30.0}), RiggedReward(A_ID), cfg, reference=causal_lm(bias={}))
+    kl_coef = 0.1
+    for row in result.history:
+        assert row["kl"] == pytest.approx(SEQ_KL, abs=1e-4)
+        kl_coef *= 1 + step * 64 / 10000
+        assert row["kl_coef"] == pytest.approx(kl_coef, rel=1e-9)
+
+
+def test_kl_coefficient_is_constant_without_the_controller():
+    """Without `adaptive_kl` the coefficient stays as configured even far from the target."""
+    cfg = ppo_config(iterations=2, learning_rate=0.0, kl_coef=0.1, adaptive_kl=False, target_kl=1.0)
+    result = train(causal_lm(bias={"a": 30.0}), RiggedReward(A_ID), cfg, reference=causal_lm(bias={}))
+    assert [row["kl_coef"] for row in result.history] == [0.1, 0.1]
