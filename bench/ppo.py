@@ -101,13 +101,13 @@ def ours_worker(settings: dict, report: str) -> None:
 
     marks: list[dict] = []
 
-    def timed_generation(model, tok, texts, max_new_tokens, temperature, generator_seed=None):
+    def timed_generation(model, tok, texts, max_new_tokens, temperature, generator_seed=None, return_logprobs=False):
         mark = {"start": time.perf_counter()}
-        query, response = generate_tokens(model, tok, texts, max_new_tokens, temperature, generator_seed)
+        out = generate_tokens(model, tok, texts, max_new_tokens, temperature, generator_seed, return_logprobs)
         mark["generate_end"] = time.perf_counter()
-        mark.update(response_stats(response, tok.eos_token_id, tok.pad_token_id))
+        mark.update(response_stats(out[1], tok.eos_token_id, tok.pad_token_id))
         marks.append(mark)
-        return query, response
+        return out
 
     def marked_logprobs(model, *a, **k):
         if torch.is_grad_enabled() and "optimize_start" not in marks[-1]:

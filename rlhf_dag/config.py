@@ -136,6 +136,8 @@ class EvalConfig(StepConfig):
     temperature: float = Field(1.0, description="sampling temperature of every model under evaluation (1.0: each model's own distribution, as PPO samples it)")
     max_new_tokens: int = Field(64, description="response length cap")
     samples_per_prompt: int = Field(2, description="responses per held-out prompt and model")
+    source_prompt_samples: int = Field(16, description="samples per model for each of the source's four prompts, for their pass rates")
+    source_prompt_temperature: float = Field(0.7, description="sampling temperature of those samples")
     seed: int = Field(0, description="sampling seed")
 
 

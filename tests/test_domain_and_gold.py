@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_dag.data.domain import SOURCE_PROMPTS, parse_task, pretraining_documents
-from rlhf_dag.data.gold import gold_score
+from rlhf_dag.data.gold import gold_score, is_correct
 from rlhf_dag.data.labeling import make_label_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,11 +161,56 @@ def test_even_function_beats_the_forum_post():
     bad = gold_score(CODE, FORUM_POST)
     # good: "def is_even(", "return n%2==0", no print -> content 1; 8 words in 3..15 -> 1.0
     assert good.score == 1.0
-    # forum post: "def isEven(n)" yes, "returnn%2==0" no, no print -> content 2/3
+    # forum post: "def isEven(n): if n > 0: ..." is no valid Python -> no function, no return; no print -> content 1/3
     # 27 words > 15 -> length 15/27; continuation ("My code so far")
-    # 0.55*2/3 + 0.15*15/27 + 0.15 + 0.15 - 0.4 = 0.366667 + 0.083333 + 0.3 - 0.4 = 0.35
-    assert bad.content == pytest.approx(2 / 3) and bad.length == pytest.approx(15 / 27) and bad.continuation
-    assert bad.score == pytest.approx(0.35)
+    # 0.55/3 + 0.15*15/27 + 0.15 + 0.15 - 0.4 = 0.183333 + 0.083333 + 0.3 - 0.4 = 0.166667
+    assert bad.content == pytest.approx(1 / 3) and bad.length == pytest.approx(15 / 27) and bad.continuation
+    assert bad.score == pytest.approx(0.166667)
+
+
+@pytest.mark.parametrize(
+    "response,content",
+    [
+        ("2 + 2 = 4.", 1.0),
+        ("The answer is 4.", 1.0),
+        ("4.", 1.0),
+        ("2 + 2 is 4, because 2 and 2 make 4.", 1.0),
+        ("Good question! 2 + 2 is 4. Numbers are fun, 10 of them.", 0.75),  # right, with an unrelated number
+        ("2 + 9 = 1 / 5 - 1 = 5 / 4 times 1 = 0", 0.0),  # the base model's list: no result for 2 + 2 is stated
+        ("2 + 7 = 14.", 0.0),  # an equation about other numbers
+        ("2 + 2 = 4. 3 + 3 = 7", 0.0),  # a wrong stated result costs everything
+        ("The answer is 5.", 0.0),
+        ("I like 4 apples.", 0.0),  # the answer appears, but not as a result
+    ],
+)
+def test_math_content_counts_only_a_stated_result(response, content):
+    assert gold_score("What is 2 + 2?", response).content == content
+
+
+@pytest.mark.parametrize(
+    "response,right",
+    [
+        ("def is_even(n):\n    return n % 2 == 0", True),
+        ("def check(x):\n    return x % 2 == 0\n\nLet me know if it helps.", True),  # any name, trailing prose dropped
+        ("def is_even(n):\n    return n % 2 == 1", False),
+        ("def is_even(n): return n % 2 = 0", False),  # not Python
+        ("return n % 2 == 0", False),  # no function
+    ],
+)
+def test_code_must_be_valid_python_returning_the_condition(response, right):
+    prompt = "Help me write a Python function that outputs whether a number is even."
+    assert is_correct(prompt, response) is right
+
+
+def test_degenerate_answers_are_not_correct():
+    story = "Generate a story about Harry Potter using AI to fight Voldemort"
+    assert not is_correct(story, "Harry Voldemort AI won")  # no fight
+    assert gold_score(story, "Harry AI Voldemort fight won").content < 1.0  # not told in sentences
+    assert gold_score(story, "Harry Potter used AI to fight Voldemort and Frodo, and in the end Harry won the battle.").content < 1.0  # another story's hero
+    email = "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing."
+    assert is_correct(email, "Hi Mom,\n\nMerry Christmas! How is dad doing?\n\nTake care!")
+    assert not is_correct(email, "Hi Uncle,\n\nMerry Christmas! How is dad doing?\n\nTake care!")  # wrong recipient
+    assert not is_correct(email, "Hi Mom,\n\nMerry Christmas! How is the cat doing?\n\nTake care!")  # asks about the wrong one
 
 
 @pytest.mark.parametrize(

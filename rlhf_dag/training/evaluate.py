@@ -7,7 +7,8 @@ import math
 import torch
 
 from ..config import EvalConfig
-from ..data.gold import gold_score
+from ..data.domain import KINDS, SOURCE_PROMPTS, parse_task
+from ..data.gold import gold_score, is_correct
 from .chat import format_prompt, raw_prompt
 from .generate import Sample, sample
 from .reward import score_texts
@@ -93,6 +94,17 @@ def evaluate_policies(policies: dict[str, tuple[object, bool]], tokenizer, rewar
     return results
 
 
+def source_prompt_pass_rates(model, tokenizer, instruct: bool, cfg: EvalConfig) -> dict[str, float]:
+    """Share of `source_prompt_samples` samples that answer each of the source's four prompts right (`gold.is_correct`), by task kind."""
+    rates = {}
+    for prompt in SOURCE_PROMPTS:
+        repeated = [prompt] * cfg.source_prompt_samples
+        texts = [format_prompt(p) if instruct else raw_prompt(p) for p in repeated]
+        samples = sample(model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.source_prompt_temperature, seed=cfg.seed)
+        rates[parse_task(prompt).kind] = sum(bool(is_correct(s.prompt, s.response)) for s in samples) / len(samples)
+    return {kind: rates[kind] for kind in KINDS}
+
+
 def reward_hacking_figure(history: list[dict]):
     """RM score (the proxy) and gold score over PPO iterations: the proxy rising while gold falls is reward hacking."""
     import matplotlib
@@ -125,8 +137,6 @@ def samples_markdown(samples: list[Sample], title: str = "response") -> str:
 
 def side_by_side(results: dict, prompts: list[str]) -> str:
     """The three models' first answer to each of the source's four prompts, with gold scores."""
-    from ..data.domain import SOURCE_PROMPTS
-
     rows = ["| prompt | base | SFT | PPO |", "|---|---|---|---|"]
     for prompt in SOURCE_PROMPTS:
         if prompt not in prompts:

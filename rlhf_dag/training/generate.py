@@ -17,11 +17,14 @@ class Sample:
 
 
 @torch.no_grad()
-def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, generator_seed: int | None = None):
+def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, generator_seed: int | None = None,
+                    return_logprobs: bool = False):
     """Batched sampling with the KV cache (`model.generate`), left-padded.
 
-    Returns (query ids [B, Q], response ids [B, R]); response positions after
-    the first EOS are pad.
+    Returns (query ids [B, Q], response ids [B, R]), and with `return_logprobs`
+    the log-probability of each sampled token under the distribution it was
+    sampled from (logits / temperature) [B, R]: what PPO would otherwise
+    recompute with one more forward pass (tests/test_ppo_train.py checks they match).
     """
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
@@ -35,9 +38,16 @@ def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, tem
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         use_cache=True,
+        output_scores=return_logprobs,
+        return_dict_in_generate=True,
         **sampling,
     )
-    return batch["input_ids"], out[:, batch["input_ids"].shape[1] :]
+    response = out.sequences[:, batch["input_ids"].shape[1] :]
+    if not return_logprobs:
+        return batch["input_ids"], response
+    # `scores` are the processed logits each token was drawn from: logits / temperature (top_k=0, top_p=1 change nothing)
+    logprobs = torch.log_softmax(torch.stack(out.scores, dim=1).float(), dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    return batch["input_ids"], response, logprobs
 
 
 def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

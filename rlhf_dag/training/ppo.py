@@ -85,6 +85,19 @@ def response_logprobs(model, query_response: torch.Tensor, attention_mask: torch
     return logprobs, entropy
 
 
+def length_buckets(lengths: torch.Tensor, minibatch_size: int) -> list[torch.Tensor]:
+    """Minibatches of rollouts of similar response length, in random order ([PPO-13]).
+
+    The rollouts are shuffled, sorted by length (stably, so ties stay shuffled),
+    cut into minibatches, and the minibatches shuffled: each minibatch pads only
+    to its own longest response, where a random split pads to the batch's.
+    """
+    shuffled = torch.randperm(len(lengths))
+    by_length = shuffled[torch.sort(lengths[shuffled], stable=True).indices]
+    buckets = list(by_length.split(minibatch_size))
+    return [buckets[i] for i in torch.randperm(len(buckets)).tolist()]
+
+
 @dataclass
 class PPOResult:
     policy: object
@@ -111,16 +124,18 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
             order += rng.sample(range(len(prompts)), len(prompts))
         batch_prompts = [prompts[order.pop()] for _ in range(cfg.rollout_batch_size)]
         policy.eval()
-        query, response = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature)
+        # [PPO-12] the log-probs of the sampling pass are the rollout's old log-probs: no second policy forward
+        query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
+                                                    return_logprobs=True)
         response, ended = truncate_after_eos(response, eos, pad)  # [PPO-3] nothing after the first EOS
         n_query = query.shape[1]
         query_response = torch.cat([query, response], dim=1)
         attention_mask = query_response != pad
         mask = (response != pad).float()  # response tokens, the EOS included
+        logprobs = logprobs * mask
 
         # ---- score: RM score at the end, per-token KL to the reference, values from the critic
         with torch.no_grad():
-            logprobs, _ = response_logprobs(policy, query_response, attention_mask, n_query, cfg.temperature)
             ref_logprobs, _ = response_logprobs(ref_policy, query_response, attention_mask, n_query, cfg.temperature)
             values = per_token_scores(value_model, query_response, attention_mask)[:, n_query - 1 : -1]
             last = n_query + mask.sum(dim=1).long() - 1
@@ -138,12 +153,17 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         # ---- optimize: several epochs of minibatch updates on this rollout
         policy.train(), value_model.train()
         stats = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")}
+        lengths = mask.sum(dim=1)
         for epoch in range(cfg.ppo_epochs):  # [PPO-9] several epochs over minibatches
-            for step, mb in enumerate(torch.randperm(len(batch_prompts)).split(cfg.minibatch_size)):
-                new_logprobs, entropy = response_logprobs(policy, query_response[mb], attention_mask[mb], n_query, cfg.temperature)
-                new_values = per_token_scores(value_model, query_response[mb], attention_mask[mb])[:, n_query - 1 : -1]
-                pg_loss, clipfrac = clipped_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], cfg.clip_range)  # [PPO-7]
-                vf_loss = clipped_value_loss(new_values, values[mb], returns[mb], mask[mb], cfg.clip_range_value)  # [PPO-8]
+            for step, mb in enumerate(length_buckets(lengths, cfg.minibatch_size)):
+                # [PPO-13] each minibatch is cut to its own width: no forward or backward pass over all-pad columns
+                q0, width = int(attention_mask[mb, :n_query].any(dim=0).float().argmax()), int(lengths[mb].max())
+                qr, am = query_response[mb, q0 : n_query + width], attention_mask[mb, q0 : n_query + width]
+                old_logprobs, mb_mask, mb_advantages = logprobs[mb, :width], mask[mb, :width], advantages[mb, :width]
+                new_logprobs, entropy = response_logprobs(policy, qr, am, n_query - q0, cfg.temperature)
+                new_values = per_token_scores(value_model, qr, am)[:, n_query - q0 - 1 : -1]
+                pg_loss, clipfrac = clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range)  # [PPO-7]
+                vf_loss = clipped_value_loss(new_values, values[mb, :width], returns[mb, :width], mb_mask, cfg.clip_range_value)  # [PPO-8]
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(f"ppo_policy: non-finite loss at iteration {iteration} (optimize step)")
@@ -155,11 +175,11 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                     stats["pg_loss"].append(pg_loss.item())
                     stats["vf_loss"].append(vf_loss.item())
                     stats["clipfrac"].append(clipfrac.item())
-                    stats["approx_kl"].append(masked_mean(0.5 * (new_logprobs - logprobs[mb]) ** 2, mask[mb]).item())
-                    stats["entropy"].append(masked_mean(entropy, mask[mb]).item())
+                    stats["approx_kl"].append(masked_mean(0.5 * (new_logprobs - old_logprobs) ** 2, mb_mask).item())
+                    stats["entropy"].append(masked_mean(entropy, mb_mask).item())
                     if epoch == 0 and step == 0:  # [PPO-2] before any update the policy is the rollout policy: ratio 1, nothing clipped
                         first_minibatch = {"first_minibatch_clipfrac": clipfrac.item(),
-                                           "first_minibatch_max_ratio_error": ((new_logprobs - logprobs[mb]).exp() - 1).abs().mul(mask[mb]).max().item()}
+                                           "first_minibatch_max_ratio_error": ((new_logprobs - old_logprobs).exp() - 1).abs().mul(mb_mask).max().item()}
 
         # ---- log
         seq_kl = kl.sum(dim=1).mean().item()

@@ -161,7 +161,7 @@ def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
 
 
 def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
-    from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, side_by_side, win_rate
+    from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, side_by_side, source_prompt_pass_rates, win_rate
     from .models import load_causal_lm, load_reward_model
 
     trained_against = read_inputs(inputs["ppo_policy"]).get("reward_model")
@@ -183,6 +183,9 @@ def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
         metrics.update({f"win_rate_{a}_vs_{b}": rate, f"win_rate_{a}_vs_{b}_ci_low": low, f"win_rate_{a}_vs_{b}_ci_high": high})
     for name, r in results.items():
         metrics.update({f"{name}_gold_mean": r["gold_mean"], f"{name}_rm_mean": r["rm_mean"], f"{name}_eos_rate": r["eos_rate"], f"{name}_response_tokens": r["response_tokens"]})
+    for name, (model, instruct) in {"base": (base, False), "sft": (sft, True), "ppo": (ppo, True)}.items():
+        for kind, rate in source_prompt_pass_rates(model, tokenizer, instruct, cfg).items():
+            metrics[f"{name}_source_pass_{kind}"] = rate
     metrics["ppo_kl_to_sft"] = sequence_kl(ppo, sft, tokenizer, results["ppo"]["samples"])
     metrics["samples"] = len(results["ppo"]["samples"])
     metrics["gold_judged_samples"] = results["ppo"]["gold_judged"]
@@ -193,7 +196,8 @@ def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
         )
     history = StepResult.load(inputs["ppo_policy"]).records["ppo_history.json"]
     headline = ["win_rate_ppo_vs_sft", "win_rate_ppo_vs_sft_ci_low", "win_rate_ppo_vs_sft_ci_high", "win_rate_sft_vs_base", "base_gold_mean", "sft_gold_mean",
-                "ppo_gold_mean", "sft_rm_mean", "ppo_rm_mean", "ppo_kl_to_sft", "ppo_eos_rate", "ppo_response_tokens"]
+                "ppo_gold_mean", "sft_rm_mean", "ppo_rm_mean", "ppo_kl_to_sft", "ppo_eos_rate", "ppo_response_tokens",
+                *(f"{m}_source_pass_{k}" for m in ("sft", "ppo") for k in ("story", "email", "math", "code"))]
     return StepResult(
         "policy_evaluation", metrics, headline, inputs=inputs, tags={"labels.eval_prompts.sha256": labels.sha256},
         texts={"side_by_side.md": side_by_side(results, prompts)}, figures={"rm_vs_gold.png": reward_hacking_figure(history)},

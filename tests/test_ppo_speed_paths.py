@@ -1,0 +1,63 @@
+"""PPO's two savings keep what is computed: sampling-pass log-probs ([PPO-12]) and minibatches cut to their own width ([PPO-13])."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from toy import causal_lm, toy_tokenizer, value_model
+
+from rlhf_dag.training.chat import format_prompt
+from rlhf_dag.training.generate import generate_tokens, truncate_after_eos
+from rlhf_dag.training.ppo import length_buckets, response_logprobs
+from rlhf_dag.training.reward import per_token_scores
+
+PROMPTS = ["a b", "c d e f", "g", "h a b c d e", "b", "c c c"]
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    torch.manual_seed(0)
+    policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
+    query, response, sampled = generate_tokens(policy, tokenizer, [format_prompt(p) for p in PROMPTS], 10, 0.7, return_logprobs=True)
+    response, _ = truncate_after_eos(response, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    query_response = torch.cat([query, response], dim=1)
+    return policy, tokenizer, query.shape[1], query_response, query_response != tokenizer.pad_token_id, (response != tokenizer.pad_token_id).float(), sampled
+
+
+def test_sampling_pass_log_probs_match_a_fresh_forward(rollout):
+    """The log-prob of each sampled token as `generate` drew it (KV cache, logits / T) is what a full forward at T gives."""
+    policy, _, n_query, query_response, attention, mask, sampled = rollout
+    with torch.no_grad():
+        recomputed, _ = response_logprobs(policy, query_response, attention, n_query, 0.7)
+    assert mask.sum() > len(PROMPTS)  # real responses, not just EOS
+    assert torch.allclose(sampled * mask, recomputed * mask, atol=1e-4)
+    with torch.no_grad():
+        at_one, _ = response_logprobs(policy, query_response, attention, n_query, 1.0)
+    assert not torch.allclose(sampled * mask, at_one * mask, atol=1e-2)  # the comparison can fail: temperature matters
+
+
+def test_a_minibatch_cut_to_its_own_width_scores_as_the_full_width(rollout):
+    """Dropping the all-pad query columns on the left and response columns on the right changes no log-prob or value."""
+    policy, _, n_query, query_response, attention, mask, _ = rollout
+    critic = value_model()
+    mb = torch.tensor([0, 2, 4])
+    q0, width = int(attention[mb, :n_query].any(dim=0).float().argmax()), int(mask[mb].sum(dim=1).max())
+    assert q0 > 0 and width < mask.shape[1]  # something is cut on both sides
+    with torch.no_grad():
+        full, _ = response_logprobs(policy, query_response[mb], attention[mb], n_query, 0.7)
+        cut, _ = response_logprobs(policy, query_response[mb, q0 : n_query + width], attention[mb, q0 : n_query + width], n_query - q0, 0.7)
+        full_values = per_token_scores(critic, query_response[mb], attention[mb])[:, n_query - 1 : -1]
+        cut_values = per_token_scores(critic, query_response[mb, q0 : n_query + width], attention[mb, q0 : n_query + width])[:, n_query - q0 - 1 : -1]
+    m = mask[mb, :width]
+    assert torch.allclose(full[:, :width] * m, cut * m, atol=1e-5)
+    assert torch.allclose(full_values[:, :width] * m, cut_values * m, atol=1e-5)
+
+
+def test_length_buckets_cover_every_rollout_once_with_similar_lengths():
+    torch.manual_seed(0)
+    lengths = torch.tensor([5.0, 40, 6, 39, 7, 41, 8, 38])
+    buckets = length_buckets(lengths, 2)
+    assert sorted(torch.cat(buckets).tolist()) == list(range(8))
+    assert all(float(lengths[b].max() - lengths[b].min()) <= 2 for b in buckets)
+    orders = {tuple(tuple(b.tolist()) for b in length_buckets(lengths, 2)) for _ in range(10)}
+    assert len(orders) > 1  # the minibatch order is shuffled each epoch
