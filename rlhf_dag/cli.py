@@ -15,7 +15,24 @@ def _use_persistent_instance() -> None:
 
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home_dir() / "dagster")))
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").touch()  # an empty config: Dagster's defaults, without its warning
+    config = dagster_home / "dagster.yaml"
+    if not config.is_file():  # Dagster's defaults, without its warning about a missing file or its telemetry banner
+        config.write_text("telemetry:\n  enabled: false\n")
+
+
+def _log_settings(verbose: bool) -> dict:
+    """Run config for Dagster's console logger: INFO for people, DEBUG (every event) with -v."""
+    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}}
+
+
+def _figure(name: str, metadata: dict) -> str | None:
+    """A headline figure as people read it: integers as integers, a win rate with its interval."""
+    value = metadata[name].value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or name.endswith(("_ci_low", "_ci_high")):
+        return None
+    if f"{name}_ci_low" in metadata:
+        return f"{name} {value:.3f} [{metadata[name + '_ci_low'].value:.3f}, {metadata[name + '_ci_high'].value:.3f}]"
+    return f"{name} {value}" if isinstance(value, int) else f"{name} {value:.4g}"
 
 
 def cmd_make_labels(args) -> int:
@@ -36,7 +53,8 @@ def cmd_make_labels(args) -> int:
             texts = [s.response if s.ended_with_eos else "" for s in samples]
             return [texts[i : i + args.samples_per_prompt] for i in range(0, len(texts), args.samples_per_prompt)]
 
-    counts = make_label_files(args.out, seed=args.seed, policy_sampler=sampler)
+    sizes = {"n_comparisons": args.comparisons, "n_policy_comparisons": args.policy_comparisons}
+    counts = make_label_files(args.out, seed=args.seed, policy_sampler=sampler, all_policy_pairs=args.all_pairs, **{k: v for k, v in sizes.items() if v is not None})
     for name, n in counts.items():
         print(f"{Path(args.out) / (name + '.jsonl')}: {n} records")
     return 0
@@ -52,21 +70,22 @@ def cmd_run(args) -> int:
     instance = dg.DagsterInstance.get()
     print(f"rlhf-dag: profile '{active_profile()}', labels from {labels_dir()}, writing to {home_dir()}")
     started = time.perf_counter()
-    defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
+    logs = _log_settings(args.verbose)
+    defs.resolve_job_def("observe_labels").execute_in_process(instance=instance, run_config=logs)
     job = defs.resolve_implicit_global_asset_job_def()
     selection = None
     if args.select:
         selection = list(dg.AssetSelection.from_string(args.select).resolve(defs.resolve_asset_graph()))
-    result = job.execute_in_process(instance=instance, asset_selection=selection, raise_on_error=False)
+    result = job.execute_in_process(instance=instance, asset_selection=selection, raise_on_error=False, run_config=logs)
     total = time.perf_counter() - started
     print(f"\n{'asset / check':<40} {'seconds':>8}")
     for event in result.get_step_success_events():
         print(f"{event.step_key:<40} {event.event_specific_data.duration_ms / 1000:>8.1f}")
     print(f"{'total (wall, imports excluded)':<40} {total:>8.1f}")
     for key, metadata in _materialized(result).items():
-        headline = {k: v.value for k, v in metadata.items() if isinstance(v.value, float)}
-        if headline:
-            print(f"\n{key}: " + ", ".join(f"{k}={v:.3f}" for k, v in headline.items()))
+        figures = [f for f in (_figure(name, metadata) for name in metadata) if f]
+        if figures:
+            print(f"\n{key}: " + ", ".join(figures))
     print(f"\nmodels and datasets: {artifacts_dir()}/<asset>/<run id>/")
     from .config import mlflow_tracking_uri
 
@@ -86,7 +105,7 @@ def cmd_status(args) -> int:
     from .pipeline.lineage import asset_statuses, observe_labels
 
     instance = dg.DagsterInstance.get()
-    observe_labels(defs, instance)
+    observe_labels(defs, instance, _log_settings(args.verbose))
     print(f"{'asset':<22} {'status':<8} why")
     for s in asset_statuses(defs, instance):
         print(f"{s.key:<22} {s.status:<8} {'; '.join(s.causes)}")
@@ -102,7 +121,7 @@ def cmd_retrain(args) -> int:
     from .pipeline.lineage import retrain
 
     started = time.perf_counter()
-    plan, result = retrain(defs, dg.DagsterInstance.get(), dry_run=args.dry_run)
+    plan, result = retrain(defs, dg.DagsterInstance.get(), dry_run=args.dry_run, run_config=_log_settings(args.verbose))
     if not plan:
         print("rlhf-dag retrain: everything is fresh; nothing to do")
         return 0
@@ -136,19 +155,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="assets", help="folder to write the .jsonl files to (default: assets)")
     p.add_argument("--policy", default=None, help="a model directory (e.g. an sft_model materialization) whose own samples labelers rank for part of comparisons.jsonl")
     p.add_argument("--samples-per-prompt", type=int, default=4, help="with --policy: samples drawn per prompt")
+    p.add_argument("--comparisons", type=int, default=None, help="comparisons in all (default 1536)")
+    p.add_argument("--policy-comparisons", type=int, default=None, help="with --policy: how many of them rank the policy's samples (default 512)")
+    p.add_argument("--all-pairs", action="store_true", help="with --policy: every pair of differently scored samples of a prompt, not only best vs worst")
     p.set_defaults(func=cmd_make_labels)
     p = sub.add_parser("run", help="observe the labeled files and materialize the graph into the persistent instance")
     p.add_argument("--select", default=None, help="Dagster asset selection (default: everything), e.g. 'reward_model*'")
+    p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="every asset: fresh / stale / missing, and why")
+    p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("retrain", help="observe the label files, then materialize only stale and missing assets")
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_retrain)
     p = sub.add_parser("step", help="run one step from a JSON spec (step, inputs, config, output) without Dagster")
     p.add_argument("--spec", required=True, help="the spec file; see rlhf_dag/training/steps.py")
     p.set_defaults(func=cmd_step)
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        import warnings
+
+        warnings.simplefilter("ignore")  # third-party notices (Dagster's beta warnings, deprecations) only with -v
     return args.func(args)
 
 

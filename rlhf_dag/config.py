@@ -67,6 +67,7 @@ class PretrainConfig(SampleSettings):
     max_length: int = Field(128, description="context length in tokens (longer documents are cut)")
     epochs: float = Field(2.0, description="passes over the corpus")
     batch_size: int = Field(16, description="documents per optimizer step")
+    group_by_length: bool = Field(False, description="batch documents of similar length (transformers' LengthGroupedSampler): less compute on padding, batches less random")
     learning_rate: float = Field(2e-3, description="peak AdamW learning rate (cosine decay)")
     seed: int = Field(0, description="initialization and data-order seed")
 
@@ -90,6 +91,7 @@ class SFTConfig(SampleSettings):
 
     epochs: float = Field(6.0, description="passes over the demonstrations")
     batch_size: int = Field(32, description="examples per optimizer step")
+    group_by_length: bool = Field(False, description="batch demonstrations of similar length (transformers' LengthGroupedSampler)")
     learning_rate: float = Field(1e-3, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
     overlong: Overlong = Field(Overlong.reject, description="a record over max_length: 'reject' fails naming its file and line; 'truncate' cuts the response's end (and its EOS)")

@@ -60,8 +60,10 @@ def _unique_records(n: int, make) -> list[dict]:
     return records
 
 
-def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int) -> list[dict]:
-    """Best vs worst of a model's samples for a prompt, by gold score; prompts whose samples all tie are skipped."""
+def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int, all_pairs: bool = False) -> list[dict]:
+    """Pairs of a model's own samples for a prompt, ranked by gold score: best vs worst, or with `all_pairs`
+    every pair of different scores among the samples (InstructGPT's K-way ranking as its C(K, 2) comparisons).
+    Prompts whose samples all tie are skipped."""
     pairs, seen = [], set()
     while len(pairs) < n:
         prompts = [_training_task(rng, held_out).prompt for _ in range(n)]
@@ -70,11 +72,16 @@ def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int)
             ranked = sorted(unique, key=lambda r: gold_score(prompt, r).score)
             if len(ranked) < 2 or gold_score(prompt, ranked[0]).score == gold_score(prompt, ranked[-1]).score:
                 continue
-            record = {"prompt": prompt, "chosen": ranked[-1], "rejected": ranked[0]}
-            key = tuple(record.values())
-            if key not in seen and len(pairs) < n:
-                seen.add(key)
-                pairs.append(record)
+            candidates = [(ranked[-1], ranked[0])]
+            if all_pairs:
+                candidates = [(ranked[j], ranked[i]) for j in range(len(ranked) - 1, 0, -1) for i in range(j)
+                              if gold_score(prompt, ranked[j]).score > gold_score(prompt, ranked[i]).score]
+            for chosen, rejected in candidates:
+                record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+                key = tuple(record.values())
+                if key not in seen and len(pairs) < n:
+                    seen.add(key)
+                    pairs.append(record)
     return pairs
 
 
@@ -88,6 +95,7 @@ def make_label_files(
     mediocre_fraction: float = 0.3,
     policy_sampler: Callable[[list[str]], list[list[str]]] | None = None,
     n_policy_comparisons: int = 512,
+    all_policy_pairs: bool = False,
 ) -> dict[str, int]:
     """Write prompts, demonstrations, comparisons and eval_prompts .jsonl files; return their record counts.
 
@@ -128,7 +136,7 @@ def make_label_files(
         "eval_prompts": ("e", [{"prompt": p} for p in eval_prompts]),
     }
     if policy_sampler is not None:
-        files["comparisons"][1].extend(_policy_comparisons(policy_sampler, random.Random(seed + 1), held_out, n_policy_comparisons))
+        files["comparisons"][1].extend(_policy_comparisons(policy_sampler, random.Random(seed + 1), held_out, n_policy_comparisons, all_policy_pairs))
     for name, (prefix, records) in files.items():
         records = [{"id": f"{prefix}{i:04d}", **r} for i, r in enumerate(records)]
         write_jsonl(out_dir / f"{name}.jsonl", records)

@@ -30,9 +30,9 @@ class AssetStatus:
     causes: list[str] = field(default_factory=list)
 
 
-def observe_labels(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+def observe_labels(defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None) -> None:
     """Record every labeled file's current sha256 so staleness reflects edits on disk."""
-    defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
+    defs.resolve_job_def("observe_labels").execute_in_process(instance=instance, run_config=run_config)
 
 
 def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, is_source: bool) -> str | None:
@@ -80,12 +80,12 @@ def to_refresh(statuses: list[AssetStatus]) -> list[str]:
     return [s.key for s in statuses if s.status in (STALE, MISSING)]
 
 
-def retrain(defs: dg.Definitions, instance: dg.DagsterInstance, dry_run: bool = False):
+def retrain(defs: dg.Definitions, instance: dg.DagsterInstance, dry_run: bool = False, run_config: dict | None = None):
     """Observe the label files, then materialize only stale and missing assets; returns (plan, result or None)."""
-    observe_labels(defs, instance)
+    observe_labels(defs, instance, run_config)
     plan = to_refresh(asset_statuses(defs, instance))
     if dry_run or not plan:
         return plan, None
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in plan], raise_on_error=False)
+    result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in plan], raise_on_error=False, run_config=run_config)
     return plan, result

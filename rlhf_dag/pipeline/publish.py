@@ -88,6 +88,11 @@ def lineage_tags(upstream: dict[str, ArtifactHandle]) -> dict:
     return tags
 
 
+def _readable(value: float) -> int | float:
+    """A figure as people read it: integers as integers, others to 4 significant digits."""
+    return int(value) if float(value).is_integer() else float(f"{value:.4g}")
+
+
 def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: MlflowTracking, labels: tuple[str, ...] = (), **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     """Run the asset's step on exactly its upstream versions and labeled files; save, track and return its handle."""
     asset = context.asset_key.path[-1]
@@ -106,9 +111,9 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
     metadata = {
         "path": dg.MetadataValue.path(handle.path),
         "mlflow_run_id": run.info.run_id,
-        "mlflow": mlflow.run_url(run),
+        "mlflow": dg.MetadataValue.url(mlflow.run_url(run)),
         "config_hash": handle.config_hash,
-        **{k: float(result.metrics[k]) for k in result.headline if k in result.metrics},
+        **{k: _readable(result.metrics[k]) for k in result.headline if k in result.metrics},
         **{key.replace('.', '_'): value for key, value in result.tags.items()},
         **{name.rsplit(".", 1)[0]: dg.MetadataValue.md(text) for name, text in result.texts.items()},
         **{name.rsplit(".", 1)[0] + "_plot": dg.MetadataValue.path(str(final / name)) for name in result.figures},

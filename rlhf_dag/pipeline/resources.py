@@ -99,11 +99,10 @@ class MlflowTracking(dg.ConfigurableResource):
                 MlflowClient().set_terminated(run.info.run_id, "KILLED")
 
     def run_url(self, run) -> str:
-        """A link to the run: the server's page when tracking to a server, else the store location."""
+        """A link to the run: on the tracking server, or where `make mlflow-ui` serves a local store (http://127.0.0.1:5000)."""
         uri = self.resolved_uri()
-        if uri.startswith("http"):
-            return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-        return f"{uri} (experiment {run.info.experiment_id}, run {run.info.run_id}; `make mlflow-ui` to browse)"
+        base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+        return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
 
 class QualityGates(dg.ConfigurableResource):

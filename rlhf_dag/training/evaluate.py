@@ -136,16 +136,18 @@ def samples_markdown(samples: list[Sample], title: str = "response") -> str:
 
 
 def side_by_side(results: dict, prompts: list[str]) -> str:
-    """The three models' first answer to each of the source's four prompts, with gold scores."""
-    rows = ["| prompt | base | SFT | PPO |", "|---|---|---|---|"]
+    """The three models' first answer to each of the source's four prompts, with gold scores: a section a prompt,
+    each answer in a code block, so that its line breaks (emails, code) survive in the UI and in MLflow."""
+    fence = "`" * 3
+    sections = []
     for prompt in SOURCE_PROMPTS:
         if prompt not in prompts:
             continue
-        cells = []
-        for name in ("base", "sft", "ppo"):
+        lines = [f"### {prompt}", ""]
+        for name, title in (("base", "base"), ("sft", "SFT"), ("ppo", "PPO")):
             i = next(i for i, s in enumerate(results[name]["samples"]) if s.prompt == prompt)
             s = results[name]["samples"][i]
-            text = s.response.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
-            cells.append(f"{text} <br>*gold {results[name]['gold'][i]:.2f}{'' if s.ended_with_eos else ', no EOS'}*")
-        rows.append(f"| {prompt} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+            lines += [f"**{title}**, gold {results[name]['gold'][i]:.2f}{'' if s.ended_with_eos else ', no EOS'}", "", fence,
+                      s.response.replace(fence, "'''") or "(empty)", fence, ""]
+        sections.append("\n".join(lines))
+    return "\n".join(sections)

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
-from .trainer_args import StopOnNonFiniteLoss, trainer_kwargs, trained_tokens
+from .trainer_args import monitored, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> Trai
     n_tokens = sum(len(ids) + 1 for ids in tokenizer(texts)["input_ids"])  # +1: the EOS between documents
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts)),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts), cfg.group_by_length),
             max_length=cfg.max_length,
             dataset_text_field="text",
             # One document per sequence, never packed: attention must not cross a document boundary.
@@ -115,7 +115,7 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> Trai
             # unpacked it copies them (README, "Why pretraining does not pack documents").
             packing=False,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss("base_model")])
+        trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), "base_model")
         held_out_set = Dataset.from_dict({"text": held_out[:256]})
         initial_loss = trainer.evaluate(held_out_set)["eval_loss"]
         result = trainer.train()

@@ -23,7 +23,7 @@ from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
 from .overlong import count_overlong, fit_responses
 from .pretrain import TrainResult
-from .trainer_args import StopOnNonFiniteLoss, device, trainer_kwargs, trained_tokens
+from .trainer_args import monitored, device, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
             max_length=cfg.max_length,
             center_rewards_coefficient=0.01,
         )
-        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss("reward_model")])
+        trainer = monitored(RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), "reward_model")
         result = trainer.train()
     accuracy, margin = pairwise_accuracy(model, tokenizer, validation)
     train_accuracy, _ = pairwise_accuracy(model, tokenizer, train.head(256))

@@ -20,7 +20,7 @@ from .chat import format_prompt
 from .generate import response_loss
 from .overlong import count_overlong
 from .pretrain import TrainResult
-from .trainer_args import StopOnNonFiniteLoss, trainer_kwargs, trained_tokens
+from .trainer_args import monitored, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
     dataset = Dataset.from_dict({"prompt": [format_prompt(p) for p in train["prompt"]], "completion": list(train["response"])})
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset)),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), cfg.group_by_length),
             max_length=cfg.max_length,
             truncation_mode="keep_start",  # what overlong: truncate documents (training/overlong.py)
             completion_only_loss=True,
             packing=False,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss("sft_model")])
+        trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), "sft_model")
         result = trainer.train()
     val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
     logger.info("SFT validation loss on responses: base %.3f -> sft %.3f", base_val_loss, val_loss)

@@ -16,8 +16,10 @@ labeled files); a step reads nothing else.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +37,25 @@ from .result import ModelCard, StepResult, read_inputs
 logger = logging.getLogger(__name__)
 
 
+def step(function):
+    """A step function: before it runs, datasets' and transformers' progress bars and load reports are turned off
+    (the steps log their own progress: TrainingMonitor, PPO's iteration lines); RLHF_DAG_VERBOSE=1 keeps them.
+    Done at the first call, not at import, so that `rlhf-dag status` never imports transformers."""
+
+    @functools.wraps(function)
+    def run(inputs: dict[str, str], cfg):
+        if not os.environ.get("RLHF_DAG_VERBOSE"):
+            import datasets
+            import transformers
+
+            datasets.disable_progress_bars()
+            transformers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.set_verbosity_error()
+        return function(inputs, cfg)
+
+    return run
+
+
 def _source_prompt_table(model, tokenizer, instruct: bool, cfg: SampleSettings, seed: int, title: str) -> str:
     """The model's answer to each of the source's four prompts, with gold scores, as a Markdown table."""
     from .evaluate import samples_markdown
@@ -45,6 +66,7 @@ def _source_prompt_table(model, tokenizer, instruct: bool, cfg: SampleSettings, 
     return samples_markdown(samples, title)
 
 
+@step
 def pretraining_corpus(inputs: dict[str, str], cfg: CorpusConfig) -> StepResult:
     documents = load_corpus(cfg.source, cfg.n_documents, cfg.seed)
     frame = pd.DataFrame({"text": documents, "split": assign_splits(documents, cfg.validation_fraction, "pretraining_corpus")})
@@ -55,6 +77,7 @@ def pretraining_corpus(inputs: dict[str, str], cfg: CorpusConfig) -> StepResult:
                       frames={"corpus.parquet": frame}, texts={"preview.md": f"```\n{preview}\n```"})
 
 
+@step
 def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
     from .pretrain import load_pretrained, pretrain
 
@@ -86,14 +109,17 @@ def _dataset(step: str, kind: str, inputs: dict[str, str], cfg: DatasetConfig) -
                       frames={f"{step}.parquet": frame}, texts={"preview.md": frame.head(5).to_markdown(index=False)})
 
 
+@step
 def sft_dataset(inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
     return _dataset("sft_dataset", "demonstrations", inputs, cfg)
 
 
+@step
 def comparison_dataset(inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
     return _dataset("comparison_dataset", "comparisons", inputs, cfg)
 
 
+@step
 def sft_model(inputs: dict[str, str], cfg: SFTConfig) -> StepResult:
     from .evaluate import mean_gold
     from .generate import sample
@@ -116,6 +142,7 @@ def sft_model(inputs: dict[str, str], cfg: SFTConfig) -> StepResult:
     )
 
 
+@step
 def reward_model(inputs: dict[str, str], cfg: RewardConfig) -> StepResult:
     from transformers import AutoTokenizer
 
@@ -133,6 +160,7 @@ def reward_model(inputs: dict[str, str], cfg: RewardConfig) -> StepResult:
     )
 
 
+@step
 def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
     from .evaluate import mean_gold
     from .generate import Sample
@@ -160,6 +188,7 @@ def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
     )
 
 
+@step
 def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
     from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, side_by_side, source_prompt_pass_rates, win_rate
     from .models import load_causal_lm, load_reward_model

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 
 import torch
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rate: float, seed: int, n_examples: int) -> dict:
+def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rate: float, seed: int, n_examples: int, group_by_length: bool = False) -> dict:
     """Keyword arguments for `trl.SFTConfig` / `trl.RewardConfig`.
 
     bf16, gradient checkpointing and checkpoint saving are off: on CPU they cost
@@ -32,7 +36,7 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
         warmup_steps=max(1, int(0.05 * steps)),
         weight_decay=0.0,
         logging_steps=max(1, int(steps // 20)),
-        logging_nan_inf_filter=False,  # a NaN/inf loss must reach the log, where StopOnNonFiniteLoss stops the run
+        logging_nan_inf_filter=False,  # a NaN/inf loss must reach the log, where TrainingMonitor stops the run
         save_strategy="no",
         report_to=tracker(),
         disable_tqdm=True,
@@ -42,9 +46,10 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
         fp16=False,
         # TRL's configs turn it on by default: every decoder layer's forward ran twice per step
         # (py-spy of the base_model step, docs/benchmarks.md); the results are bit-for-bit the same without it.
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
 
 
@@ -69,11 +74,17 @@ class TrainingDivergedError(RuntimeError):
     """A loss or reward became NaN/inf; the message names the step and the iteration (PPO) or global step (TRL)."""
 
 
-class StopOnNonFiniteLoss(TrainerCallback):
-    """Stop a TRL run at the first logged NaN/inf loss, naming the asset and the global step, before anything is saved."""
+class TrainingMonitor(TrainerCallback):
+    """One log line per logged step (`<asset>: step N/M, loss L, T s left`, logger `rlhf_dag`) instead of the
+    trainer's raw dicts; and a stop at the first logged NaN/inf loss, naming the asset and the global step,
+    before anything is saved."""
 
     def __init__(self, step: str):
         self.step = step
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "train_loss"):
@@ -83,3 +94,14 @@ class StopOnNonFiniteLoss(TrainerCallback):
                     f"{self.step}: non-finite training loss ({logs[key]}) at global step {state.global_step} of {state.max_steps}"
                     f"{window}; lower learning_rate, or look for a bad batch"
                 )
+        if "loss" in logs and self.started is not None and state.global_step:
+            elapsed = time.perf_counter() - self.started
+            left = elapsed / state.global_step * (state.max_steps - state.global_step)
+            logger.info("%s: step %d/%d, loss %.3f, %.0f s left", self.step, state.global_step, state.max_steps, logs["loss"], left)
+
+
+def monitored(trainer, step: str):
+    """The trainer with `TrainingMonitor` in place of transformers' dict printer."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(TrainingMonitor(step))
+    return trainer
