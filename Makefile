@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup run test bench ui mlflow-ui labels ui-test-deps clean
+.PHONY: setup run test mutants bench ui mlflow-ui labels ui-test-deps clean
 
 setup: $(STAMP)
 
@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml
 run: setup  ## materialize the whole graph (RLHF_DAG_PROFILE=default unless set)
 	$(BIN)/rlhf-dag run
 
+# PYTEST_ARGS: e.g. `--random-order-bucket=global` (what CI adds) runs the tests in a random order.
+PYTEST_ARGS ?=
 test: setup  ## the test suite (fails when a test fails or none ran)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+mutants: setup  ## break the code on purpose, one way at a time; a test must catch each (docs/testing.md; ~10 min)
+	OMP_NUM_THREADS=1 $(BIN)/python tests/mutants.py -v
 
 # The benchmarks of docs/benchmarks.md: about 30 minutes on the 2-core CPU at the default profile
 # (BENCH_PROFILE=smoke: a few minutes, to check that they run). Run them on a quiet machine.

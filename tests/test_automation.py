@@ -52,3 +52,22 @@ def test_models_retrain_at_the_cron_tick_only_after_a_label_edit(smoke_run, isol
 def _materialize(defs, instance, asset: str) -> bool:
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)]).success
+
+
+def test_the_automation_sensor_runs_by_default_and_automation_off_stops_it(monkeypatch):
+    """README: saving a label file is enough, since the sensor starts running; RLHF_DAG_AUTOMATION=off starts it stopped."""
+    import importlib
+
+    from rlhf_dag.pipeline import automation
+
+    try:
+        monkeypatch.delenv("RLHF_DAG_AUTOMATION", raising=False)
+        assert importlib.reload(automation).automation_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        monkeypatch.setenv("RLHF_DAG_AUTOMATION", "off")
+        assert importlib.reload(automation).automation_sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    finally:
+        monkeypatch.undo()
+        importlib.reload(automation)
+    from rlhf_dag.definitions import build_definitions
+
+    assert build_definitions().get_sensor_def("rlhf_automation").default_status == automation.automation_sensor.default_status

@@ -64,7 +64,27 @@ def test_a_bad_line_fails_comparison_dataset_naming_file_and_line(smoke_run, iso
     after = instance.get_latest_materialization_event(dg.AssetKey("comparison_dataset"))
     assert after.run_id == before.run_id  # the previous materialization is still the current one
     handle = defs.load_asset_value("comparison_dataset", instance=instance)
-    assert len(pd.read_parquet(handle.path)) == 1536
+    assert len(pd.read_parquet(handle.path)) == n_lines  # built from the file as it was, without the bad line
+
+
+@pytest.mark.parametrize("asset,labels", [("ppo_policy", "prompts"), ("policy_evaluation", "eval_prompts")])
+def test_a_bad_prompt_file_fails_its_model_before_loading_anything(smoke_run, isolated_env, asset, labels):
+    """The prompt files have no dataset asset: the model asset that reads one validates it first."""
+    defs, instance, _ = smoke_run
+    path = isolated_env / "labels" / f"{labels}.jsonl"
+    original = path.read_bytes()
+    before = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    path.write_bytes(original + b'{"id": "bad-prompt"}\n')
+    try:
+        result = _materialize(defs, instance, asset)
+    finally:
+        path.write_bytes(original)
+    assert not result.success
+    message = _failure_message(result)
+    line = original.count(b"\n") + 1
+    assert f"{path}:{line}: field 'prompt': missing" in message, message
+    assert instance.get_latest_materialization_event(dg.AssetKey(asset)).run_id == before.run_id
+    assert not (artifacts_dir() / asset / result.run_id).exists()
 
 
 def test_an_empty_file_fails_naming_the_file(smoke_run, isolated_env):

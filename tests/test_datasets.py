@@ -81,11 +81,25 @@ def test_write_parquet_round_trips_and_leaves_no_temp_file(tmp_path):
     assert set(train["split"]) == {"train"} and set(validation["split"]) == {"validation"}
 
 
-def test_a_failed_write_keeps_the_previous_file(tmp_path):
+def test_a_write_failing_halfway_leaves_the_previous_file_and_no_temp_file(tmp_path, monkeypatch):
+    """The real writer writes half the rows, then the disk fills up: the half-written file never replaces the previous one."""
+    import pyarrow.parquet as pq
+
     path = tmp_path / "demonstrations.parquet"
-    good = pd.DataFrame({"id": ["d0"], "prompt": ["What is 1 + 1?"]})
-    write_parquet(good, path)
-    with pytest.raises(Exception):
-        write_parquet(pd.DataFrame({"id": ["d1"], "prompt": [object()]}), path)  # not serializable
-    pd.testing.assert_frame_equal(pd.read_parquet(path), good)
+    previous = build_dataset(labels(demos(many_prompts(10))), 0.5, SALT)
+    write_parquet(previous, path)
+    write_table, written = pq.write_table, []
+
+    def write_half_then_fail(table, where, *args, **kwargs):
+        write_table(table.slice(0, table.num_rows // 2), where, *args, **kwargs)  # `where`: the handle pandas opened
+        (partial,) = tmp_path.glob(".tmp-*")
+        written.append((partial.name, len(pd.read_parquet(partial))))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_parquet(build_dataset(labels(demos(many_prompts(30, offset=50))), 0.5, SALT), path)
+    assert len(written) == 1 and written[0][0].startswith(".tmp-demonstrations.parquet-")
+    assert written[0][1] == 15  # it failed halfway through a real file: 15 of the 30 rows were on disk
     assert [p.name for p in tmp_path.iterdir()] == ["demonstrations.parquet"]
+    pd.testing.assert_frame_equal(pd.read_parquet(path), previous)

@@ -1,4 +1,4 @@
-"""A NaN/inf loss in SFT or reward-model training fails the asset naming the step and the global step; nothing is saved."""
+"""A NaN/inf loss in pretraining, SFT or reward-model training fails the asset naming the step and the global step; nothing is saved."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rlhf_dag.config import artifacts_dir
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("model", ["sft_model", "reward_model"])
+@pytest.mark.parametrize("model", ["base_model", "sft_model", "reward_model"])
 def test_a_diverging_learning_rate_stops_training_naming_the_global_step(smoke_run, model):
     defs, instance, _ = smoke_run
     before = instance.get_latest_materialization_event(dg.AssetKey(model))

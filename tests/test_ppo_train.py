@@ -1,9 +1,6 @@
 """`ppo_train` itself, end to end, on models small enough to reason about by hand (docs/ppo.md, tags [PPO-n]).
 
-The vocabulary is four special tokens and eight words. Policies are 1-layer
-Llamas; a "context-free" policy has a zeroed output matrix, so its next-token
-distribution is softmax(bias / T) at every position, which makes EOS, KL and
-entropy computable by hand. Reward models are either a real tiny
+Policies and critics are the toy Llamas of tests/toy.py. Reward models are either a real tiny
 sequence-classification Llama or a stub with `per_token_scores`' interface
 whose score is rigged (a count of one word in the response, or a constant).
 """
@@ -17,19 +14,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from toy import A_ID, ASSISTANT_ID, SAMPLED, WORDS, causal_lm, toy_tokenizer, value_model
 
 from rlhf_dag.config import PPOConfig
-from rlhf_dag.training.chat import ASSISTANT, EOS, PAD, USER
+from rlhf_dag.training.chat import EOS
 from rlhf_dag.training.ppo import ppo_train
+from rlhf_dag.training.trainer_args import TrainingDivergedError
 
-WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
-VOCAB = {token: i for i, token in enumerate([PAD, EOS, USER, ASSISTANT, *WORDS])}
-PAD_ID, EOS_ID, ASSISTANT_ID, A_ID = VOCAB[PAD], VOCAB[EOS], VOCAB[ASSISTANT], VOCAB["a"]
-SAMPLED = len(WORDS) + 1  # what a policy may emit: the words and EOS
 PROMPTS = ["a b", "c d e f", "g", "h a b c d e"]  # different lengths, so rollouts are left-padded
-HIDDEN = 16
 
 
 @pytest.fixture(autouse=True)
@@ -39,44 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def toy_tokenizer() -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.WordLevel(VOCAB, unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, additional_special_tokens=[USER, ASSISTANT])
-
-
-def llama_config() -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(VOCAB), hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, num_labels=1,
-                       pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=EOS_ID)
-
-
-def causal_lm(seed: int = 0, bias: dict[str, float] | None = None) -> LlamaForCausalLM:
-    """A random 1-layer Llama whose output layer has a bias of -30 on PAD and the chat tokens.
-
-    A real SFT model gives them ~0 mass; a random one would sample PAD mid-response,
-    which ppo_train reads as padding. With `bias` (word or EOS -> logit, others 0)
-    the output weights are zeroed: the policy is softmax(bias / T) whatever the context.
-    """
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config())
-    head = nn.Linear(HIDDEN, len(VOCAB), bias=True)
-    with torch.no_grad():
-        head.weight.copy_(model.lm_head.weight if bias is None else torch.zeros_like(head.weight))
-        head.bias.zero_()
-        head.bias[[PAD_ID, VOCAB[USER], ASSISTANT_ID]] = -30.0
-        for token, logit in (bias or {}).items():
-            head.bias[VOCAB[token]] = logit
-    model.lm_head = head
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = PAD_ID, EOS_ID
-    return model
-
-
-def value_model(seed: int = 1) -> LlamaForSequenceClassification:
-    torch.manual_seed(seed)
-    return LlamaForSequenceClassification(llama_config())
 
 
 class RiggedReward(nn.Module):
@@ -249,3 +203,32 @@ def test_kl_coefficient_is_constant_without_the_controller():
     cfg = ppo_config(iterations=2, learning_rate=0.0, kl_coef=0.1, adaptive_kl=False, target_kl=1.0)
     result = train(causal_lm(bias={"a": 30.0}), RiggedReward(A_ID), cfg, reference=causal_lm(bias={}))
     assert [row["kl_coef"] for row in result.history] == [0.1, 0.1]
+
+
+# ---------------------------------------------------------------- [PPO-6] whitened advantages
+
+
+def test_advantages_are_whitened_over_the_rollout_batch():
+    """[PPO-6]: with one epoch and one minibatch holding the whole rollout, the one logged pg_loss is computed
+    before any update (ratio 1), so it is -mean(advantages) over response tokens: 0 once whitened.
+
+    The RM always says 5 and the critic starts near 0, so unwhitened advantages would all be near +5 * 0.95^k.
+    """
+    cfg = ppo_config(iterations=2, rollout_batch_size=16, minibatch_size=16, ppo_epochs=1)
+    history = train(causal_lm(0), RiggedReward(weight=0.0, bias=5.0), cfg).history
+    for row in history:
+        assert row["rm_score"] == pytest.approx(5.0)
+        assert abs(row["pg_loss"]) < 1e-5, row
+
+
+def test_a_non_finite_loss_stops_ppo_naming_the_iteration():
+    """A critic whose values are NaN leaves the rewards finite (they come from the RM and the KL) but not the loss:
+    the optimize step refuses it before any weight is updated."""
+    critic = value_model()
+    with torch.no_grad():
+        critic.score.weight.fill_(float("nan"))
+    policy = causal_lm(0)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    with pytest.raises(TrainingDivergedError, match=r"ppo_policy: non-finite loss at iteration 1 \(optimize step\)"):
+        train(policy, RiggedReward(A_ID), ppo_config(iterations=1), critic=critic)
+    assert all(torch.equal(v, before[k]) for k, v in policy.state_dict().items())

@@ -13,15 +13,18 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlhf_dag.artifacts import atomic_dir
 from rlhf_dag.pipeline.resources import _public
-from rlhf_dag.training.models import load_causal_lm, require_safetensors
+from rlhf_dag.training.models import load_causal_lm, load_reward_model, require_safetensors
+from rlhf_dag.training.pretrain import load_pretrained
 
 
-def test_a_pickle_only_model_directory_is_refused_with_an_explanation(tmp_path):
+@pytest.mark.parametrize("loader", [load_causal_lm, load_reward_model, load_pretrained], ids=["load_causal_lm", "load_reward_model", "base_model.pretrained"])
+def test_a_pickle_only_model_directory_is_refused_with_an_explanation(tmp_path, loader):
+    """Every loader: upstream causal LMs, reward models and critics, and a user's `base_model.pretrained` directory."""
     model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2))
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     model.config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"no \.safetensors weights \(found config\.json, pytorch_model\.bin\).*pickle"):
-        load_causal_lm(tmp_path)
+        loader(str(tmp_path))
 
 
 def test_a_missing_model_directory_names_the_path(tmp_path):

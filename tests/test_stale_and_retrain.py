@@ -48,21 +48,29 @@ def test_editing_demonstrations_leaves_base_model_fresh(smoke_run, isolated_env)
 def test_editing_comparisons_stales_exactly_four_assets_and_retrain_refreshes_them(smoke_run, isolated_env):
     defs, instance, _ = smoke_run
     path = isolated_env / "labels" / "comparisons.jsonl"
-    _append(path, {"id": "new-pair", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."})
-    assert set(_stale(defs, instance)) == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
+    original = _append(path, {"id": "new-pair", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."})
+    try:
+        assert set(_stale(defs, instance)) == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
 
-    plan, _ = retrain(defs, instance, dry_run=True)
-    assert set(plan) == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
-    before = {k: instance.get_latest_materialization_event(dg.AssetKey(k)).run_id for k in ALL}
-    plan, result = retrain(defs, instance)
-    assert result.success
-    materialized = {e.event_specific_data.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
-    after = {k: instance.get_latest_materialization_event(dg.AssetKey(k)).run_id for k in ALL}
-    assert {k for k in ALL if after[k] != before[k]} == materialized
+        plan, _ = retrain(defs, instance, dry_run=True)
+        assert set(plan) == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
+        before = {k: instance.get_latest_materialization_event(dg.AssetKey(k)).run_id for k in ALL}
+        plan, result = retrain(defs, instance)
+        assert result.success
+        materialized = {e.event_specific_data.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert materialized == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
+        after = {k: instance.get_latest_materialization_event(dg.AssetKey(k)).run_id for k in ALL}
+        assert {k for k in ALL if after[k] != before[k]} == materialized
+        assert _stale(defs, instance) == {}
+        # the retrained reward model was trained on the edited file
+        dataset = result.output_for_node("comparison_dataset").metrics
+        assert dataset["train_records"] + dataset["validation_records"] == original.count(b"\n") + 1
+    finally:
+        path.write_bytes(original)
+        # back to the shipped file's versions, for the tests after this one
+        plan, restored = retrain(defs, instance)
+        assert set(plan) == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"} and restored.success
     assert _stale(defs, instance) == {}
-    # the retrained reward model was trained on the edited file
-    assert result.output_for_node("comparison_dataset").metrics["train_records"] + result.output_for_node("comparison_dataset").metrics["validation_records"] == 1537
 
 
 def test_a_config_change_makes_its_asset_stale(smoke_run, monkeypatch):

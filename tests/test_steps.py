@@ -75,3 +75,49 @@ def test_step_results_round_trip_through_their_folder(tmp_path):
     assert (loaded.metrics, loaded.inputs, loaded.tags, loaded.main_file) == (result.metrics, result.inputs, result.tags, result.main_file)
     assert loaded.texts == result.texts and loaded.records == result.records and loaded.curves == result.curves
     assert pd.read_parquet(tmp_path / "x.parquet")["a"].tolist() == [1]
+
+
+@pytest.mark.slow
+def test_the_evaluation_compares_ppo_with_sft_samples(smoke_run, isolated_env, monkeypatch):
+    """Win rates pair each model's gold scores with its opponent's, from the models the inputs name.
+
+    evaluate_policies is replaced by one returning known gold scores per sample: PPO 0.6 everywhere; SFT 0.4 on
+    the first quarter of the samples, 0.6 on the second, 0.8 on the second half; base 0.5. So PPO vs SFT wins a
+    quarter, ties a quarter and loses half: (1/4 + 1/8) = 0.375; SFT vs base loses a quarter: 0.75; PPO vs base 1.0.
+    (PPO against its own samples would tie everywhere: 0.5.)
+    """
+    import torch
+
+    from rlhf_dag.data.labels import load_labels
+    from rlhf_dag.training import evaluate
+    from rlhf_dag.training.generate import Sample
+    from rlhf_dag.training.models import load_causal_lm
+
+    _, _, result = smoke_run
+    inputs = {name: result.output_for_node(name).path for name in ("base_model", "sft_model", "ppo_policy", "reward_model")}
+    inputs["eval_prompts"] = str(isolated_env / "labels" / "eval_prompts.jsonl")
+    seen = {}
+
+    def known_scores(policies, tokenizer, reward_model, prompts, cfg):
+        seen.update(policies)
+        repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+        n = len(repeated)
+        gold = {"ppo": [0.6] * n, "base": [0.5] * n, "sft": [0.4 if i < n // 4 else 0.6 if i < n // 2 else 0.8 for i in range(n)]}
+        return {name: {"samples": [Sample(p, "2 + 2 = 4.", True, 4) for p in repeated], "gold": gold[name], "rm": [0.0] * n,
+                       "gold_mean": sum(gold[name]) / n, "gold_judged": n, "rm_mean": 0.0, "eos_rate": 1.0, "response_tokens": 4.0}
+                for name in policies}
+
+    monkeypatch.setattr(evaluate, "evaluate_policies", known_scores)
+    cfg = resolve("policy_evaluation", {"samples_per_prompt": 4})  # 4 x 80 prompts: the quarters split evenly
+    metrics = policy_evaluation(inputs, cfg).metrics
+    assert metrics["samples"] == 4 * len(load_labels(inputs["eval_prompts"], "eval_prompts").records)
+    assert metrics["win_rate_ppo_vs_sft"] == pytest.approx(0.375)
+    assert metrics["win_rate_sft_vs_base"] == pytest.approx(0.75)
+    assert metrics["win_rate_ppo_vs_base"] == pytest.approx(1.0)
+    assert {name: instruct for name, (_, instruct) in seen.items()} == {"base": False, "sft": True, "ppo": True}
+    for name in ("base", "sft", "ppo"):  # each model is the one its input names (PPO moved away from SFT)
+        asset = {"base": "base_model", "sft": "sft_model", "ppo": "ppo_policy"}[name]
+        expected = load_causal_lm(inputs[asset])[0].state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in seen[name][0].state_dict().items()), name
+    sft_weights = load_causal_lm(inputs["sft_model"])[0].state_dict()
+    assert any(not torch.equal(v, sft_weights[k]) for k, v in seen["ppo"][0].state_dict().items())

@@ -1,0 +1,203 @@
+"""`make mutants`: break the code on purpose, one way at a time, and check that a test notices.
+
+Each mutation is a textual patch of one file (exact snippets, so a change to the
+code shows up as "patch did not apply", never as a silent pass). The script
+copies the working tree (tracked and untracked, not ignored files) to a scratch
+folder with the venv linked in, then for each mutation patches the copy, runs
+the tests that should catch it (`pytest -x`, in the order listed, fastest
+first), prints one line, restores the file, and ends with `caught N of M`. It
+exits non-zero if a mutation survives, a patch does not apply, or the tests do
+not pass on the unmutated copy. Not part of `make test`; the table of results
+is in docs/testing.md.
+
+    .venv/bin/python tests/mutants.py                  # all mutations (what `make mutants` runs)
+    .venv/bin/python tests/mutants.py -k gate          # those whose name contains "gate"
+    .venv/bin/python tests/mutants.py --tests-from REV # the whole suite as of git REV instead (the "before" column)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PPO = "tests/test_ppo_train.py::"
+GATES = "tests/test_gates.py::"
+UNIT_GATE = GATES + "test_each_gate_passes_at_its_threshold_and_refuses_past_it"
+
+
+@dataclass
+class Mutation:
+    name: str
+    file: str
+    patches: list[tuple[str, str]]  # (snippet that must occur exactly once, its replacement)
+    tests: list[str]  # pytest node ids, fastest first
+
+
+MUTATIONS = [
+    Mutation("RM trained with chosen and rejected swapped", "rlhf_dag/training/reward.py",
+             [('"chosen": list(train["chosen"]), "rejected": list(train["rejected"])', '"chosen": list(train["rejected"]), "rejected": list(train["chosen"])')],
+             ["tests/test_smoke_graph.py::test_the_reward_model_beats_chance_and_its_starting_accuracy"]),
+    Mutation("KL penalty's sign flipped", "rlhf_dag/training/ppo.py",
+             [("rewards = -kl_coef * kl", "rewards = kl_coef * kl")],
+             ["tests/test_ppo_math.py::test_kl_penalty_on_every_token_and_score_on_the_last_real_token"]),
+    Mutation("advantages not whitened", "rlhf_dag/training/ppo.py",
+             [("advantages = masked_whiten(advantages, mask)", "advantages = advantages")],
+             [PPO + "test_advantages_are_whitened_over_the_rollout_batch"]),
+    Mutation("missing-EOS penalty inverted (given to responses that end)", "rlhf_dag/training/ppo.py",
+             [("torch.where(ended, score,", "torch.where(~ended, score,")],
+             [PPO + "test_missing_eos_penalty_replaces_the_score_of_unended_responses", PPO + "test_missing_eos_penalty_on_a_mixed_rollout"]),
+    Mutation("reference reloaded from the policy every iteration", "rlhf_dag/training/ppo.py",
+             [("    for iteration in range(1, cfg.iterations + 1):\n",
+               "    for iteration in range(1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
+             [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
+    Mutation("reference in the optimizer and trained through a KL term of the loss", "rlhf_dag/training/ppo.py",
+             [("params = list(policy.parameters()) + list(value_model.parameters())",
+               "params = list(policy.parameters()) + list(value_model.parameters()) + list(ref_policy.requires_grad_(True).parameters())"),
+              ("loss = pg_loss + cfg.vf_coef * vf_loss",
+               "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * masked_mean(new_logprobs - response_logprobs(ref_policy, query_response[mb], "
+               "attention_mask[mb], n_query, cfg.temperature)[0], mask[mb])")],
+             [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
+    Mutation("SFT loss on prompt tokens too", "rlhf_dag/training/sft.py",
+             [("completion_only_loss=True", "completion_only_loss=False")],
+             ["tests/test_sft.py::test_sft_trains_on_the_response_and_never_on_the_prompt"]),
+    Mutation("eval win rate computed PPO vs PPO", "rlhf_dag/training/steps.py",
+             [('win_rate(results[a]["gold"], results[b]["gold"])', 'win_rate(results[a]["gold"], results["ppo" if a == "ppo" else b]["gold"])')],
+             ["tests/test_steps.py::test_the_evaluation_compares_ppo_with_sft_samples"]),
+    Mutation("gate base_model_learned always passes", "rlhf_dag/pipeline/checks.py",
+             [('passed = m["final_loss"] < m["initial_loss"] and math.isfinite(m["final_loss"])', "passed = True")],
+             [UNIT_GATE + "[base_model_learned]", GATES + "test_a_model_that_learned_nothing_blocks_its_downstream[base_model]"]),
+    Mutation("gate sft_beats_base always passes", "rlhf_dag/pipeline/checks.py",
+             [('passed = m["validation_loss"] < m["base_validation_loss"]', "passed = True")],
+             [UNIT_GATE + "[sft_beats_base]", GATES + "test_a_model_that_learned_nothing_blocks_its_downstream[sft_model]"]),
+    Mutation("gate reward_model_accuracy always passes", "rlhf_dag/pipeline/checks.py",
+             [("return _gate(accuracy >= floor,", "return _gate(True,")],
+             [UNIT_GATE + "[reward_model_accuracy]", GATES + "test_a_reward_model_below_its_accuracy_floor_blocks_ppo"]),
+    Mutation("gate ppo_within_kl_budget always passes", "rlhf_dag/pipeline/checks.py",
+             [("return _gate(kl <= budget,", "return _gate(True,")],
+             [UNIT_GATE + "[ppo_within_kl_budget]", GATES + "test_a_ppo_policy_past_a_gate_blocks_the_evaluation[kl_budget]"]),
+    Mutation("gate ppo_emits_eos always passes", "rlhf_dag/pipeline/checks.py",
+             [("return _gate(rate >= floor,", "return _gate(True,")],
+             [UNIT_GATE + "[ppo_emits_eos]", GATES + "test_a_ppo_policy_past_a_gate_blocks_the_evaluation[eos_rate_floor]"]),
+    Mutation("gate ppo_finite always passes", "rlhf_dag/pipeline/checks.py",
+             [('passed = finite and ppo_policy.metrics["finite"] == 1.0', "passed = True")],
+             [UNIT_GATE + "[ppo_finite-inf]", UNIT_GATE + "[ppo_finite-flag]"]),
+    Mutation("a failed atomic write leaves its temporary file", "rlhf_dag/artifacts.py",
+             [("    finally:\n        if tmp.is_dir():\n            shutil.rmtree(tmp, ignore_errors=True)\n        else:\n            tmp.unlink(missing_ok=True)\n",
+               "    finally:\n        pass\n")],
+             ["tests/test_datasets.py::test_a_write_failing_halfway_leaves_the_previous_file_and_no_temp_file"]),
+]
+
+# The tests of a whole old suite that cannot catch these mutations and take minutes (the UI, kills, concurrent runs).
+SLOW_UNRELATED = ["tests/test_webserver.py", "tests/test_kill_mid_training.py", "tests/test_concurrent_runs.py"]
+
+
+def scratch_copy(tests_from: str | None) -> Path:
+    """The working tree's files (tracked and untracked, not ignored) in a temporary folder, with .venv linked."""
+    root = Path(tempfile.mkdtemp(prefix="rlhf_dag_mutants_")) / "repo"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    (root / ".venv").symlink_to(REPO / ".venv")
+    if tests_from:
+        shutil.rmtree(root / "tests")
+        archive = subprocess.run(["git", "archive", tests_from, "tests"], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
+
+
+def environment(root: Path) -> dict:
+    # PYTHONPATH first: the venv's editable install would otherwise import the real repo's rlhf_dag.
+    return {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def pytest(root: Path, tests: list[str], extra: list[str] = ()) -> tuple[int, str, float]:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", *extra, *tests],
+                          cwd=root, env=environment(root), capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - started
+
+
+def apply(root: Path, mutation: Mutation) -> str:
+    """Patch the scratch copy; return the original text. Raises if a snippet is missing or ambiguous."""
+    path = root / mutation.file
+    original = text = path.read_text(encoding="utf-8")
+    for old, new in mutation.patches:
+        if text.count(old) != 1:
+            raise LookupError(f"patch did not apply: {mutation.file} contains {old!r} {text.count(old)} times (expected once)")
+        text = text.replace(old, new)
+    compile(text, str(path), "exec")  # a patch that breaks the syntax would fail every test for the wrong reason
+    path.write_text(text, encoding="utf-8")
+    return original
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="run only the mutations whose name contains this")
+    parser.add_argument("--tests-from", metavar="REV", help=f"run the whole suite as of this git revision (less {', '.join(SLOW_UNRELATED)})")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the first lines of each failed assertion")
+    args = parser.parse_args(argv)
+    mutations = [m for m in MUTATIONS if args.k in m.name]
+    root = scratch_copy(args.tests_from)
+    print(f"scratch copy: {root}", flush=True)
+    try:
+        imported = subprocess.run([sys.executable, "-c", "import rlhf_dag; print(rlhf_dag.__file__)"], cwd=root, env=environment(root),
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        if not imported.startswith(str(root)):
+            print(f"the scratch copy imports rlhf_dag from {imported}, not from itself")
+            return 2
+        if args.tests_from:
+            selection, extra = ["tests"], [arg for path in SLOW_UNRELATED for arg in ("--ignore", path)]
+        else:
+            selection, extra = list(dict.fromkeys(t for m in mutations for t in m.tests)), []
+        code, output, seconds = pytest(root, selection, extra)
+        if code != 0:
+            print(output[-4000:])
+            print(f"the tests do not pass on the unmutated copy (exit {code}); nothing to compare against")
+            return 2
+        print(f"unmutated: {len(selection)} test selections pass ({seconds:.0f}s)", flush=True)
+        caught, errors = 0, 0
+        for mutation in mutations:
+            try:
+                original = apply(root, mutation)
+            except (LookupError, SyntaxError) as error:
+                print(f"ERROR       {mutation.name}: {error}", flush=True)
+                errors += 1
+                continue
+            try:
+                code, output, seconds = pytest(root, mutation.tests if not args.tests_from else selection, extra)
+            finally:
+                (root / mutation.file).write_text(original, encoding="utf-8")
+            failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.M)
+            if code == 1 and failed:
+                caught += 1
+                print(f"caught      {mutation.name} ({mutation.file}) by {failed[0]} ({seconds:.0f}s)", flush=True)
+                if args.verbose:
+                    print("".join(f"              {line[:200]}\n" for line in re.findall(r"^E .*$", output, flags=re.M)[:3]), end="")
+            elif code == 0:
+                print(f"NOT caught  {mutation.name} ({mutation.file}) ({seconds:.0f}s)", flush=True)
+            else:
+                print(output[-3000:])
+                print(f"ERROR       {mutation.name}: pytest exited {code} (not a test failure)", flush=True)
+                errors += 1
+        print(f"caught {caught} of {len(mutations)}" + (f" ({errors} could not run)" if errors else ""))
+        return 0 if caught == len(mutations) else 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(root.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
