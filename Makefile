@@ -27,7 +27,7 @@ PYTEST_ARGS ?=
 test: setup  ## the test suite (fails when a test fails or none ran)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-mutants: setup  ## break the code on purpose, one way at a time; a test must catch each (docs/testing.md; ~10 min)
+mutants: setup  ## break the code on purpose, one way at a time; a test must catch each (docs/testing.md; 3-5 min)
 	OMP_NUM_THREADS=1 $(BIN)/python tests/mutants.py -v
 
 # The benchmarks of docs/benchmarks.md: about 30 minutes on the 2-core CPU at the default profile

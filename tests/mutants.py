@@ -60,11 +60,13 @@ MUTATIONS = [
                "    for iteration in range(1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
     Mutation("reference in the optimizer and trained through a KL term of the loss", "rlhf_dag/training/ppo.py",
-             [("params = list(policy.parameters()) + list(value_model.parameters())",
+             [("\ndef response_logprobs(",
+               "\ndef _with_reference(policy, reference, *args):\n    logprobs, entropy = response_logprobs(policy, *args)\n"
+               "    return logprobs, entropy, response_logprobs(reference, *args)[0]\n\n\ndef response_logprobs("),
+              ("params = list(policy.parameters()) + list(value_model.parameters())",
                "params = list(policy.parameters()) + list(value_model.parameters()) + list(ref_policy.requires_grad_(True).parameters())"),
-              ("loss = pg_loss + cfg.vf_coef * vf_loss",
-               "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * masked_mean(new_logprobs - response_logprobs(ref_policy, query_response[mb], "
-               "attention_mask[mb], n_query, cfg.temperature)[0], mask[mb])")],
+              ("new_logprobs, entropy = response_logprobs(policy, ", "new_logprobs, entropy, ref_new_logprobs = _with_reference(policy, ref_policy, "),
+              ("loss = pg_loss + cfg.vf_coef * vf_loss", "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * (new_logprobs - ref_new_logprobs).mean()")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
     Mutation("SFT loss on prompt tokens too", "rlhf_dag/training/sft.py",
              [("completion_only_loss=True", "completion_only_loss=False")],
@@ -181,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 (root / mutation.file).write_text(original, encoding="utf-8")
             failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.M)
-            if code == 1 and failed:
+            if code == 1 and failed and not re.search(r"AssertionError|^E\s+Failed: ", output, flags=re.M):
+                print(output[-3000:])
+                print(f"ERROR       {mutation.name}: the tests crashed instead of failing an assertion; fix the patch", flush=True)
+                errors += 1
+            elif code == 1 and failed:
                 caught += 1
                 print(f"caught      {mutation.name} ({mutation.file}) by {failed[0]} ({seconds:.0f}s)", flush=True)
                 if args.verbose:
