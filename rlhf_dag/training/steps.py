@@ -193,14 +193,14 @@ def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
     from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, side_by_side, source_prompt_pass_rates, win_rate
     from .models import load_causal_lm, load_reward_model
 
+    labels = load_labels(inputs["eval_prompts"], "eval_prompts")  # a bad line fails first, naming its file and line
+    prompts = [r["prompt"] for r in labels.records]
     trained_against = read_inputs(inputs["ppo_policy"]).get("reward_model")
     if trained_against is not None and Path(trained_against).resolve() != Path(inputs["reward_model"]).resolve():
         raise ValueError(
             f"policy_evaluation: ppo_policy ({inputs['ppo_policy']}) was trained against the reward model {trained_against}, "
             f"but the reward_model input is {inputs['reward_model']}; re-materialize ppo_policy so both use the same reward model"
         )
-    labels = load_labels(inputs["eval_prompts"], "eval_prompts")
-    prompts = [r["prompt"] for r in labels.records]
     base, tokenizer = load_causal_lm(inputs["base_model"])
     sft, _ = load_causal_lm(inputs["sft_model"])
     ppo, _ = load_causal_lm(inputs["ppo_policy"])
