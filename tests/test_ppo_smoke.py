@@ -50,7 +50,7 @@ def test_ppo_raises_the_reward_and_changes_the_policy(smoke_run):
     for key in ("kl", "approx_kl", "clipfrac", "entropy", "vf_loss", "eos_rate", "kl_coef"):
         assert key in result.history[-1]
     # [PPO-2] on a real model: before each iteration's first update the ratio is 1 and nothing is clipped
-    assert all(row["first_minibatch_max_ratio_error"] < 1e-5 and row["first_minibatch_clipfrac"] == 0 for row in result.history)
+    assert all(row["first_minibatch_max_ratio_error"] < 1e-4 and row["first_minibatch_clipfrac"] == 0 for row in result.history)
 
 
 def test_a_non_finite_reward_stops_ppo_naming_the_iteration(smoke_run):

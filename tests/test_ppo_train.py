@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
-from toy import A_ID, ASSISTANT_ID, SAMPLED, WORDS, causal_lm, toy_tokenizer, value_model
+from toy import A_ID, ASSISTANT_ID, SAMPLED, WORDS, causal_lm, one_thread, toy_tokenizer, value_model  # noqa: F401  (one_thread: an autouse fixture)
 
 from rlhf_dag.config import PPOConfig
 from rlhf_dag.training.chat import EOS
@@ -23,14 +23,6 @@ from rlhf_dag.training.trainer_args import TrainingDivergedError
 
 PROMPTS = ["a b", "c d e f", "g", "h a b c d e"]  # different lengths, so rollouts are left-padded
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run fastest on one thread; a second only waits on the first (and on a busy machine, far longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class RiggedReward(nn.Module):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 import torch
-from toy import causal_lm, toy_tokenizer
+from toy import causal_lm, one_thread, toy_tokenizer  # noqa: F401  (one_thread: an autouse fixture)
 
 from rlhf_dag.config import SFTConfig
 from rlhf_dag.training.chat import format_prompt
@@ -13,13 +12,6 @@ from rlhf_dag.training.sft import supervised_finetune
 
 PROMPT = "b c d e f g h"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ entropy computable by hand.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -58,3 +59,14 @@ def causal_lm(seed: int = 0, bias: dict[str, float] | None = None) -> LlamaForCa
 def value_model(seed: int = 1) -> LlamaForSequenceClassification:
     torch.manual_seed(seed)
     return LlamaForSequenceClassification(llama_config())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small run fastest on one thread; a second only waits on the first (and on a busy machine, far longer).
+
+    Autouse in every test module that imports it (`from toy import one_thread`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
