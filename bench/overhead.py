@@ -100,18 +100,13 @@ def direct_graph(work: Path) -> dict[str, float]:
     The same functions the assets run (rlhf_dag/training/steps.py), on the same inputs, minus Dagster and MLflow.
     """
     from rlhf_dag.config import labels_dir, resolve
-    from rlhf_dag.training.steps import STEPS
+    from rlhf_dag.training.steps import STEP_INPUTS, STEPS
 
     labels = {name: str(labels_dir() / f"{name}.jsonl") for name in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
-    edges = {  # the asset graph's edges (rlhf_dag/pipeline/assets.py)
-        "pretraining_corpus": [], "base_model": ["pretraining_corpus"], "sft_dataset": ["demonstrations"], "sft_model": ["base_model", "sft_dataset"],
-        "comparison_dataset": ["comparisons"], "reward_model": ["sft_model", "comparison_dataset"], "ppo_policy": ["sft_model", "reward_model", "prompts"],
-        "policy_evaluation": ["base_model", "sft_model", "reward_model", "ppo_policy", "eval_prompts"],
-    }
     paths, seconds = dict(labels), {}
     for step, function in STEPS.items():
         t = time.perf_counter()
-        result = function({name: paths[name] for name in edges[step]}, resolve(step))
+        result = function({name: paths[name] for name in STEP_INPUTS[step]}, resolve(step))
         folder = work / step
         folder.mkdir(parents=True)
         result.save(folder)

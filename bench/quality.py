@@ -50,14 +50,13 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse the SFT model and RM of the previous run")
     args = parser.parse_args()
     os.environ["RLHF_DAG_PROFILE"] = args.profile
-    from rlhf_dag.config import REPO_ROOT, resolve
+    from rlhf_dag.config import labels_dir, resolve
+    from rlhf_dag.training.steps import STEP_INPUTS
 
     info = machine()
     warn_if_busy(info)
     root = SCRATCH / f"quality-{args.profile}"
-    labels = {name: str(REPO_ROOT / "assets" / f"{name}.jsonl") for name in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
-    edges = {"base_model": ["pretraining_corpus"], "sft_dataset": ["demonstrations"], "sft_model": ["base_model", "sft_dataset"],
-             "comparison_dataset": ["comparisons"], "reward_model": ["sft_model", "comparison_dataset"]}
+    labels = {name: str(labels_dir() / f"{name}.jsonl") for name in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
     paths, upstream_metrics, seconds = dict(labels), {}, {}
     if args.reuse:
         paths.update({step: (root / "shared" / f"{step}.path").read_text() for step in UPSTREAM})
@@ -65,7 +64,7 @@ def main() -> int:
     else:
         shutil.rmtree(root, ignore_errors=True)
         for step in UPSTREAM:
-            paths[step], upstream_metrics[step], seconds[step] = run(step, {n: paths[n] for n in edges.get(step, [])}, root / "shared")
+            paths[step], upstream_metrics[step], seconds[step] = run(step, {n: paths[n] for n in STEP_INPUTS[step]}, root / "shared")
             print(f"  {step}: {seconds[step]:.1f}s", flush=True)
         (root / "shared" / "metrics.json").write_text(json.dumps(upstream_metrics))
 
@@ -73,9 +72,8 @@ def main() -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         work = root / f"seed-{seed}"
         shutil.rmtree(work, ignore_errors=True)
-        ppo_path, ppo, ppo_seconds = run("ppo_policy", {n: paths[n] for n in ("sft_model", "reward_model", "prompts")}, work, {"seed": seed})
-        inputs = {n: paths[n] for n in ("base_model", "sft_model", "reward_model", "eval_prompts")} | {"ppo_policy": ppo_path}
-        _, ev, eval_seconds = run("policy_evaluation", inputs, work, {"seed": seed})
+        paths["ppo_policy"], ppo, ppo_seconds = run("ppo_policy", {n: paths[n] for n in STEP_INPUTS["ppo_policy"]}, work, {"seed": seed})
+        _, ev, eval_seconds = run("policy_evaluation", {n: paths[n] for n in STEP_INPUTS["policy_evaluation"]}, work, {"seed": seed})
         per_seed.append({"seed": seed, "ppo": ppo, "evaluation": ev, "ppo_seconds": ppo_seconds, "evaluation_seconds": eval_seconds})
         print(f"  seed {seed}: PPO vs SFT {ev['win_rate_ppo_vs_sft']:.3f} [{ev['win_rate_ppo_vs_sft_ci_low']:.3f}, {ev['win_rate_ppo_vs_sft_ci_high']:.3f}] "
               f"({ppo_seconds:.0f}s PPO)", flush=True)

@@ -58,10 +58,7 @@ def atomic_path(final: Path | str, directory: bool = False):
         yield tmp
         os.replace(tmp, final)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
 
 
 def atomic_dir(final: Path | str):
@@ -79,11 +76,15 @@ def _remove_stale_temp_dirs(folder: Path) -> None:
     for tmp in folder.glob(".tmp-*"):
         owner, _, pid = tmp.name.rpartition("-")
         if owner.endswith(f"-{host}") and pid.isdigit() and not process_alive(int(pid)):
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
+            _remove(tmp)
             logger.info("removed %s: left by a killed run (process %s is gone)", tmp, pid)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:

@@ -43,6 +43,15 @@ def test_asset_graph_shape_matches_the_contract():
     assert shape == EXPECTED_GRAPH
 
 
+def test_the_step_functions_read_exactly_the_graph_edges():
+    """bench/ runs the step functions without Dagster from STEP_INPUTS: it must be the assets' own wiring."""
+    from rlhf_dag.training.steps import STEP_INPUTS
+
+    labels = {"prompts", "demonstrations", "comparisons", "eval_prompts"}
+    wiring = {step: sorted(f"labels/{n}" if n in labels else n for n in inputs) for step, inputs in STEP_INPUTS.items()}
+    assert wiring == {k: v for k, v in EXPECTED_GRAPH.items() if not k.startswith("labels/")}
+
+
 def test_label_files_are_observable_sources():
     graph = defs.resolve_asset_graph()
     for name in ("prompts", "demonstrations", "comparisons", "eval_prompts"):

@@ -35,24 +35,24 @@ def observe_labels(defs: dg.Definitions, instance: dg.DagsterInstance, run_confi
     defs.resolve_job_def("observe_labels").execute_in_process(instance=instance, run_config=run_config)
 
 
-def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, is_source: bool) -> str | None:
-    """A source's latest observed data version, or an asset's latest materialized one."""
+def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, is_source: bool, latest: dict | None = None) -> str | None:
+    """A source's latest observed data version, or an asset's latest materialized one (from `latest`, events already read)."""
     if is_source:
         records = instance.fetch_observations(key, limit=1).records
         return records[0].asset_observation.tags.get(DATA_VERSION_TAG) if records else None
-    event = instance.get_latest_materialization_event(key)
+    event = latest[key] if latest is not None and key in latest else instance.get_latest_materialization_event(key)
     return event.asset_materialization.tags.get(DATA_VERSION_TAG) if event else None
 
 
 def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[AssetStatus]:
     """Every materializable asset in topological order, with the reasons it is stale spelled out."""
     graph = defs.resolve_asset_graph()
-    out, changing = [], set()
+    out, changing, latest = [], set(), {}
     for key in graph.toposorted_asset_keys:
         node = graph.get(key)
         if not node.is_materializable:
             continue
-        event = instance.get_latest_materialization_event(key)
+        event = latest[key] = instance.get_latest_materialization_event(key)
         if event is None:
             changing.add(key)
             out.append(AssetStatus(key.to_user_string(), MISSING, ["never materialized"]))
@@ -67,7 +67,7 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[A
                 causes.append(f"upstream {name} is stale or missing")
                 continue
             recorded = tags.get(INPUT_VERSION_TAG + name)
-            current = current_data_version(instance, parent, not graph.get(parent).is_materializable)
+            current = current_data_version(instance, parent, not graph.get(parent).is_materializable, latest)
             if recorded != current:
                 causes.append(f"{name} changed ({(recorded or '?')[:12]} -> {(current or '?')[:12]})")
         if causes:

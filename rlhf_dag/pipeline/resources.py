@@ -71,9 +71,12 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow
 
         self.log_metrics(result.metrics)
+        by_step: dict[int, dict[str, float]] = {}
         for name, points in result.curves.items():
             for step, value in points:
-                self.log_metrics({name: value}, step=step)
+                by_step.setdefault(step, {})[name] = value
+        for step, values in by_step.items():  # one call per step, not per point
+            self.log_metrics(values, step=step)
         mlflow.set_tags(result.tags)
         for name in [*result.texts, *result.figures, *result.records, "README.md"]:
             if (folder / name).is_file():

@@ -247,6 +247,20 @@ STEPS = {
 }
 
 
+# What each step reads: upstream assets, and labeled files by name (`<labels dir>/<name>.jsonl`).
+# These are the graph's edges; tests/test_definitions.py checks them against the assets.
+STEP_INPUTS = {
+    "pretraining_corpus": (),
+    "base_model": ("pretraining_corpus",),
+    "sft_dataset": ("demonstrations",),
+    "sft_model": ("base_model", "sft_dataset"),
+    "comparison_dataset": ("comparisons",),
+    "reward_model": ("sft_model", "comparison_dataset"),
+    "ppo_policy": ("sft_model", "reward_model", "prompts"),
+    "policy_evaluation": ("base_model", "sft_model", "reward_model", "ppo_policy", "eval_prompts"),
+}
+
+
 def run_step(step: str, inputs: dict[str, str], config: dict) -> StepResult:
     """Run a step with `config` over the active profile (RLHF_DAG_PROFILE), as an asset resolves its run config."""
     if step not in STEPS:
