@@ -71,3 +71,30 @@ def test_the_automation_sensor_runs_by_default_and_automation_off_stops_it(monke
     from rlhf_dag.definitions import build_definitions
 
     assert build_definitions().get_sensor_def("rlhf_automation").default_status == automation.automation_sensor.default_status
+
+
+def test_an_edit_observed_while_no_daemon_ran_is_picked_up_when_it_starts(smoke_run, isolated_env):
+    """`rlhf-dag status` observed the edit before `make ui` started: the first evaluation (a fresh cursor) still sees
+    the dataset stale and the labels get observed; at the next nightly tick the models downstream retrain."""
+    defs, instance, _ = smoke_run
+    today = dt.datetime.now(dt.timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0)
+    path = isolated_env / "labels" / "comparisons.jsonl"
+    original = path.read_bytes()
+    path.write_bytes(original + (json.dumps({"id": "offline", "prompt": "What is 2 + 1?", "chosen": "3.", "rejected": "4."}) + "\n").encode())
+    try:
+        observe_labels(defs, instance)  # what `rlhf-dag status` does, with no daemon running
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today)
+        assert _requested(start) - {f"labels/{n}" for n in ("prompts", "demonstrations", "comparisons", "eval_prompts")} == {"comparison_dataset"}
+        assert "labels/comparisons" in _requested(start)
+        again = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today + dt.timedelta(minutes=1), cursor=start.cursor)
+        assert "comparison_dataset" not in _requested(again)  # requested once, not at every evaluation
+        # no model retrains on the stale dataset, even at the nightly tick
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today + dt.timedelta(hours=15, minutes=5), cursor=again.cursor)
+        assert _requested(tick) & MODELS == set()
+        assert _materialize(defs, instance, "comparison_dataset")  # the run the first evaluation requested
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=today + dt.timedelta(days=1, hours=15, minutes=5), cursor=tick.cursor)
+        assert _requested(tick) & MODELS == {"reward_model", "ppo_policy", "policy_evaluation"}
+    finally:
+        path.write_bytes(original)
+        observe_labels(defs, instance)
+        assert _materialize(defs, instance, "comparison_dataset")

@@ -8,12 +8,8 @@ from rlhf_dag.definitions import defs
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The contract's graph (DESIGN.md, "The asset graph"): asset -> the assets it reads.
-EXPECTED_GRAPH = {
-    "labels/prompts": [],
-    "labels/demonstrations": [],
-    "labels/comparisons": [],
-    "labels/eval_prompts": [],
+# The contract's graph (DESIGN.md, "The asset graph"): asset -> the assets and labeled files it reads.
+EXPECTED_INPUTS = {
     "pretraining_corpus": [],
     "base_model": ["pretraining_corpus"],
     "sft_dataset": ["labels/demonstrations"],
@@ -22,6 +18,19 @@ EXPECTED_GRAPH = {
     "reward_model": ["comparison_dataset", "sft_model"],
     "ppo_policy": ["labels/prompts", "reward_model", "sft_model"],
     "policy_evaluation": ["base_model", "labels/eval_prompts", "ppo_policy", "reward_model", "sft_model"],
+}
+# Dagster's graph: the inputs, plus every labeled file upstream of an asset as a dependency of its own,
+# so that the UI marks the asset unsynced when that file changes (pipeline/assets.py).
+EXPECTED_GRAPH = {
+    "labels/prompts": [],
+    "labels/demonstrations": [],
+    "labels/comparisons": [],
+    "labels/eval_prompts": [],
+    **EXPECTED_INPUTS,
+    "reward_model": ["comparison_dataset", "labels/comparisons", "labels/demonstrations", "sft_model"],
+    "sft_model": ["base_model", "labels/demonstrations", "sft_dataset"],
+    "ppo_policy": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "reward_model", "sft_model"],
+    "policy_evaluation": ["base_model", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts", "ppo_policy", "reward_model", "sft_model"],
 }
 
 EXPECTED_BLOCKING_CHECKS = {
@@ -49,7 +58,7 @@ def test_the_step_functions_read_exactly_the_graph_edges():
 
     labels = {"prompts", "demonstrations", "comparisons", "eval_prompts"}
     wiring = {step: sorted(f"labels/{n}" if n in labels else n for n in inputs) for step, inputs in STEP_INPUTS.items()}
-    assert wiring == {k: v for k, v in EXPECTED_GRAPH.items() if not k.startswith("labels/")}
+    assert wiring == EXPECTED_INPUTS
 
 
 def test_label_files_are_observable_sources():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -113,4 +116,28 @@ def test_materialization_metadata_shows_samples_and_metrics(smoke_run):
     eval_meta = _metadata(smoke_run, "policy_evaluation")
     assert 0.0 <= eval_meta["win_rate_ppo_vs_sft"].value <= 1.0
     assert "Harry Potter" in eval_meta["side_by_side"].value
-    assert Path(eval_meta["rm_vs_gold_plot"].value).is_file()
+    run_id = eval_meta["mlflow_run_id"].value
+    assert eval_meta["rm_vs_gold_plot"].value == f"![rm_vs_gold.png](http://127.0.0.1:5000/get-artifact?path=rm_vs_gold.png&run_uuid={run_id})"
+    embedded = re.fullmatch(r"!\[rm_vs_gold\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)\n\n`(.+)`", eval_meta["rm_vs_gold_png"].value)
+    assert base64.b64decode(embedded[1]) == Path(embedded[2]).read_bytes()
+
+
+def test_the_path_on_each_asset_page_is_its_own_materialization(smoke_run):
+    """Not the IO manager's handle file: the folder (or Parquet file) under artifacts/<asset>/<run id>/ a user opens."""
+    _, _, result = smoke_run
+    for asset in MODEL_ASSETS:
+        path = Path(_metadata(smoke_run, asset)["path"].value)
+        run_dir = Path(os.environ["RLHF_DAG_HOME"]) / "artifacts" / asset / result.run_id
+        assert path == Path(_handle(smoke_run, asset).path) and run_dir in (path, path.parent) and path.exists(), (asset, path)
+
+
+def test_mlflow_opens_on_training_runs_and_each_model_run_keeps_its_card(smoke_run):
+    _, _, result = smoke_run
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    assert mlflow.get_experiment_by_name("rlhf-dag").tags["mlflow.experimentKind"] == "custom_model_development"
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["rlhf-dag"], filter_string=f"tags.`dagster.run_id` = '{result.run_id}'", output_format="list")
+    artifacts = {r.data.tags["dagster.asset_key"]: {a.path for a in client.list_artifacts(r.info.run_id)} for r in runs}
+    for model in ("base_model", "sft_model", "reward_model", "ppo_policy"):
+        assert "README.md" in artifacts[model], (model, artifacts[model])
+    assert {"rm_vs_gold.png", "side_by_side.md", "samples.json"} <= artifacts["policy_evaluation"]

@@ -2,15 +2,16 @@
 
 Each body only names its inputs: the step function (training/steps.py) does the
 work and the publisher (publish.py) owns the MLflow run, the atomic save, the
-handle and the metadata. Labeled files are inputs through `labels=`, each also
-declared as a dependency on its `labels/<name>` source.
+handle and the metadata. The labeled files a step reads (training/steps.py,
+STEP_INPUTS) reach it by path; every `labels/<name>` source upstream of an asset
+is declared as its dependency.
 """
 
 import dagster as dg
 
 from ..artifacts import ArtifactHandle
 from .automation import dataset_automation, model_automation
-from .publish import asset_config_class, profile_version, publish
+from .publish import asset_config_class, profile_version, publish, upstream_labels
 from .resources import MlflowTracking
 
 PretrainingCorpusConfig = asset_config_class("pretraining_corpus")
@@ -27,10 +28,13 @@ def _labels(*names: str) -> list[dg.AssetKey]:
     return [dg.AssetKey(["labels", name]) for name in names]
 
 
-def _asset(description: str, automation, kind: str, labels: tuple[str, ...] = ()):
+def _asset(description: str, automation, kind: str):
+    """An asset of the graph. Besides its inputs it depends on every labeled file upstream of it, so that Dagster's
+    stale status (the UI's "Unsynced") marks it as soon as such a file is edited, as `rlhf-dag status` does."""
+
     def decorate(fn):
         return dg.asset(name=fn.__name__, code_version=profile_version(fn.__name__), automation_condition=automation, group_name="rlhf",
-                        kinds={kind}, deps=_labels(*labels), description=description)(fn)
+                        kinds={kind}, deps=_labels(*upstream_labels(fn.__name__)), description=description)(fn)
 
     return decorate
 
@@ -45,9 +49,9 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, mlflo
     return publish(context, config, mlflow, pretraining_corpus=pretraining_corpus)
 
 
-@_asset("Validated, de-duplicated demonstrations with a fixed train/validation split.", dataset_automation, "parquet", labels=("demonstrations",))
+@_asset("Validated, de-duplicated demonstrations with a fixed train/validation split.", dataset_automation, "parquet")
 def sft_dataset(context: dg.AssetExecutionContext, config: SftDatasetConfig, mlflow: MlflowTracking) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, labels=("demonstrations",))
+    return publish(context, config, mlflow)
 
 
 @_asset("The base model fine-tuned on demonstrations with TRL SFTTrainer (RLHF step 2).", model_automation, "pytorch")
@@ -55,9 +59,9 @@ def sft_model(context: dg.AssetExecutionContext, config: SftModelConfig, mlflow:
     return publish(context, config, mlflow, base_model=base_model, sft_dataset=sft_dataset)
 
 
-@_asset("Validated (prompt, chosen, rejected) comparisons with a fixed held-out split.", dataset_automation, "parquet", labels=("comparisons",))
+@_asset("Validated (prompt, chosen, rejected) comparisons with a fixed held-out split.", dataset_automation, "parquet")
 def comparison_dataset(context: dg.AssetExecutionContext, config: ComparisonDatasetConfig, mlflow: MlflowTracking) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, labels=("comparisons",))
+    return publish(context, config, mlflow)
 
 
 @_asset("Scores <prompt, response>; trained with TRL RewardTrainer from the SFT model (RLHF step 3).", model_automation, "pytorch")
@@ -65,13 +69,13 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, m
     return publish(context, config, mlflow, sft_model=sft_model, comparison_dataset=comparison_dataset)
 
 
-@_asset("The SFT model optimized with PPO against the reward model, KL-penalized to the SFT model (RLHF step 4).", model_automation, "pytorch", labels=("prompts",))
+@_asset("The SFT model optimized with PPO against the reward model, KL-penalized to the SFT model (RLHF step 4).", model_automation, "pytorch")
 def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflow: MlflowTracking, sft_model: ArtifactHandle, reward_model: ArtifactHandle) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, labels=("prompts",), sft_model=sft_model, reward_model=reward_model)
+    return publish(context, config, mlflow, sft_model=sft_model, reward_model=reward_model)
 
 
 @_asset("Base vs SFT vs PPO on held-out prompts, scored by the RM PPO was trained against: gold win rates, RM and gold scores, KL, length, EOS rate.",
-        model_automation, "pytorch", labels=("eval_prompts",))
+        model_automation, "pytorch")
 def policy_evaluation(context: dg.AssetExecutionContext, config: PolicyEvaluationConfig, mlflow: MlflowTracking, base_model: ArtifactHandle, sft_model: ArtifactHandle,
                       reward_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, labels=("eval_prompts",), base_model=base_model, sft_model=sft_model, reward_model=reward_model, ppo_policy=ppo_policy)
+    return publish(context, config, mlflow, base_model=base_model, sft_model=sft_model, reward_model=reward_model, ppo_policy=ppo_policy)

@@ -8,6 +8,11 @@ when its definition's code version or an input's current data version differs
 from what its latest materialization recorded; and since a stale or missing
 asset will change when rebuilt, everything downstream of it is stale too (the
 set `retrain` must rebuild, in one run).
+
+Dagster's own stale status (the UI's "Unsynced") looks one edge up only; it
+agrees with this one because every asset also depends on the labeled files
+upstream of it and its code version covers the upstream assets' configs
+(pipeline/assets.py, publish.profile_version).
 """
 
 from __future__ import annotations
@@ -46,7 +51,11 @@ def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, is_sour
 
 def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[AssetStatus]:
     """Every materializable asset in topological order, with the reasons it is stale spelled out."""
-    graph = defs.resolve_asset_graph()
+    return graph_statuses(defs.resolve_asset_graph(), instance)
+
+
+def graph_statuses(graph, instance: dg.DagsterInstance) -> list[AssetStatus]:
+    """`asset_statuses` for an asset graph (what the automation sensor has, instead of the Definitions)."""
     out, changing, latest = [], set(), {}
     for key in graph.toposorted_asset_keys:
         node = graph.get(key)
@@ -60,7 +69,7 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[A
         tags = event.asset_materialization.tags or {}
         causes = []
         if tags.get(CODE_VERSION_TAG) != node.code_version:
-            causes.append(f"code version changed ({tags.get(CODE_VERSION_TAG)} -> {node.code_version}): its config changed")
+            causes.append(f"code version changed ({tags.get(CODE_VERSION_TAG)} -> {node.code_version}): its config or an upstream asset's changed")
         for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
             name = parent.to_user_string()
             if parent in changing:

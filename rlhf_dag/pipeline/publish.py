@@ -9,8 +9,11 @@ metadata the asset's page shows.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -18,7 +21,7 @@ from pydantic import Field, create_model
 
 from ..artifacts import ArtifactHandle, atomic_dir, run_dir
 from ..config import STEP_CONFIGS, StepConfig, active_profile, artifacts_dir, labels_dir, resolve
-from ..training.steps import STEPS
+from ..training.steps import STEP_INPUTS, STEPS
 from .resources import MlflowTracking
 
 
@@ -37,14 +40,34 @@ def asset_config_class(asset: str) -> type[dg.Config]:
     return create_model(name, __base__=dg.Config, __doc__=step_cls.__doc__, **fields)
 
 
+def upstream_assets(asset: str) -> list[str]:
+    """The assets (not labeled files) `asset` reads, directly or through others, nearest first."""
+    out = []
+    for name in STEP_INPUTS[asset]:
+        if name in STEP_INPUTS:
+            out += [name, *upstream_assets(name)]
+    return list(dict.fromkeys(out))
+
+
+def upstream_labels(asset: str) -> list[str]:
+    """The labeled files whose edit changes `asset`: those it reads and those any upstream asset reads."""
+    return sorted({name for a in (asset, *upstream_assets(asset)) for name in STEP_INPUTS[a] if name not in STEP_INPUTS})
+
+
 def profile_version(asset: str) -> str:
-    """The asset's code version: a hash of the config fields that change what it trains or builds.
+    """The asset's code version: a hash of the config fields that change what it trains or builds, its own and
+    every upstream asset's.
 
     Changing such a default in config.py or switching RLHF_DAG_PROFILE changes it,
     so the asset is stale ("code version changed") like one with an edited input.
+    Upstream configs count because Dagster's own stale status (the UI's "Unsynced")
+    looks one edge up only: a new base_model config must mark sft_model and
+    everything below it unsynced before base_model is rebuilt, as `rlhf-dag status` does.
     Gate thresholds are not step config at all (see checks.py).
     """
-    return resolve(asset).training_hash()
+    own = resolve(asset).training_hash()
+    upstream = [resolve(a).training_hash() for a in upstream_assets(asset)]
+    return hashlib.sha256("\n".join([own, *upstream]).encode()).hexdigest()[:16] if upstream else own
 
 
 def resolve_config(context: dg.AssetExecutionContext, config: dg.Config) -> StepConfig:
@@ -93,9 +116,18 @@ def _readable(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(f"{value:.4g}")
 
 
-def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: MlflowTracking, labels: tuple[str, ...] = (), **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+def embedded_image(png: Path) -> dg.MarkdownMetadataValue:
+    """A PNG inside the metadata itself, as a data URI, with its path: the asset page's "[Show Markdown]" shows it
+    with nothing else running. (`<figure>_plot` shows it in the table itself, served by the MLflow UI: the page
+    renders Markdown inline only under 1000 characters.)"""
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return dg.MetadataValue.md(f"![{png.stem}](data:image/png;base64,{data})\n\n`{png}`")
+
+
+def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: MlflowTracking, **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     """Run the asset's step on exactly its upstream versions and labeled files; save, track and return its handle."""
     asset = context.asset_key.path[-1]
+    labels = [name for name in STEP_INPUTS[asset] if name not in STEP_INPUTS]
     cfg = resolve_config(context, config)
     inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(labels_dir() / f"{name}.jsonl") for name in labels}
     final = run_dir(artifacts_dir(), asset, context.run_id)
@@ -116,6 +148,7 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
         **{k: _readable(result.metrics[k]) for k in result.headline if k in result.metrics},
         **{key.replace('.', '_'): value for key, value in result.tags.items()},
         **{name.rsplit(".", 1)[0]: dg.MetadataValue.md(text) for name, text in result.texts.items()},
-        **{name.rsplit(".", 1)[0] + "_plot": dg.MetadataValue.path(str(final / name)) for name in result.figures},
+        **{f"{name.rsplit('.', 1)[0]}_plot": dg.MetadataValue.md(f"![{name}]({mlflow.artifact_url(run, name)})") for name in result.figures},
+        **{f"{name.rsplit('.', 1)[0]}_png": embedded_image(final / name) for name in result.figures},
     }
     return dg.Output(handle, metadata=metadata)

@@ -16,6 +16,10 @@ from ..config import GATES, GateConfig, home_dir, mlflow_tracking_uri, resolve
 
 SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey")
 
+# MLflow 3's UI opens an experiment in the view this tag names; without it, an experiment
+# with no traces opens on the (empty) GenAI traces page instead of its training runs.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 
 def _public(params: dict) -> dict:
     """Drop anything that looks like a credential before it reaches MLflow or Dagster metadata."""
@@ -34,12 +38,14 @@ class MlflowTracking(dg.ConfigurableResource):
     def _experiment_id(self, mlflow) -> str:
         experiment = mlflow.get_experiment_by_name(self.experiment)
         if experiment is not None:
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return experiment.experiment_id
         location = None
         if self.resolved_uri().startswith("sqlite:"):
             # A SQLite store would otherwise put artifacts under the current directory.
             location = (home_dir() / "mlartifacts").as_uri()
-        return mlflow.create_experiment(self.experiment, artifact_location=location)
+        return mlflow.create_experiment(self.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
 
     @contextlib.contextmanager
     def start_run(self, context: dg.AssetExecutionContext, params: dict, tags: dict):
@@ -101,11 +107,18 @@ class MlflowTracking(dg.ConfigurableResource):
             if process_gone or dagster_run is None or dagster_run.is_finished:
                 MlflowClient().set_terminated(run.info.run_id, "KILLED")
 
-    def run_url(self, run) -> str:
-        """A link to the run: on the tracking server, or where `make mlflow-ui` serves a local store (http://127.0.0.1:5000)."""
+    def _ui_base(self) -> str:
+        """The tracking server, or where `make mlflow-ui` serves a local store."""
         uri = self.resolved_uri()
-        base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
-        return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        return uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+
+    def run_url(self, run) -> str:
+        """A link to the run in the MLflow UI."""
+        return f"{self._ui_base()}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+    def artifact_url(self, run, name: str) -> str:
+        """Where the MLflow UI serves one of the run's artifacts (an image a Markdown page can show)."""
+        return f"{self._ui_base()}/get-artifact?path={name}&run_uuid={run.info.run_id}"
 
 
 class QualityGates(dg.ConfigurableResource):
