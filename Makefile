@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup run test mutants bench ui mlflow-ui labels ui-test-deps clean
+.PHONY: setup run test mutants bench figures screenshots ui mlflow-ui labels ui-test-deps clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,9 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:5000
 
 labels: setup  ## regenerate assets/*.jsonl with the synthetic domain and the gold labeler
 	$(BIN)/rlhf-dag make-labels --seed 0 --out assets
+
+screenshots: setup  ## docs/images: the asset graph and asset pages, from the web-UI test's own pages (needs Chromium)
+	RLHF_DAG_SCREENSHOTS=$(CURDIR)/docs/images OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_webserver.py
 
 ui-test-deps:  ## Debian's Chromium, for the web-UI test (needs root or sudo)
 	command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
