@@ -52,6 +52,9 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:5000
 labels: setup  ## regenerate assets/*.jsonl with the synthetic domain and the gold labeler
 	$(BIN)/rlhf-dag make-labels --seed 0 --out assets
 
+figures: setup  ## README's run figures: `rlhf-dag run` in an isolated home, then the README's figures block rewritten with the machine (5 min, default profile)
+	$(BIN)/python bench/figures.py --profile default
+
 screenshots: setup  ## docs/images: the asset graph and asset pages, from the web-UI test's own pages (needs Chromium)
 	RLHF_DAG_SCREENSHOTS=$(CURDIR)/docs/images OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_webserver.py
 

@@ -1,0 +1,83 @@
+"""The README's run figures, regenerated: `make figures` runs `rlhf-dag run` (what `make run` calls) in an isolated
+home and rewrites the block between the README's `figures:begin` and `figures:end` markers with the machine, the
+figures and how much they vary between CPUs.
+
+    python bench/figures.py [--profile default] [--readme README.md]
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from harness import REPO, bench_parser, isolated_env, machine, machine_line, run_child, warn_if_busy
+
+BEGIN = "<!-- figures:begin: written by `make figures` (bench/figures.py); edit that script, not this block -->"
+END = "<!-- figures:end -->"
+ASSETS = ("pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation")
+
+# Measured, not guessed: the same commit's default run on two CPUs (issue #14) and on other seeds (bench/quality.py).
+VARIATION = """**Which figures vary, and by how much.** On one CPU a run is deterministic: two runs give the
+same figures to the last digit. Across CPUs they are not (floating-point kernels differ): the same
+commit's default run gave, on an AMD EPYC vs an Intel Xeon, PPO-vs-SFT win rate 0.641 vs 0.675,
+PPO's KL to SFT 3.31 vs 1.80, RM accuracy 0.877 vs 0.890, and base_model 7011 vs 9584 tokens/s.
+Expect the win rate to move by about ±0.05 between CPUs and seeds (`bench/results/quality.md`),
+the RM accuracy by about ±0.02, KL by up to 2x; throughput and seconds follow the CPU. Counts
+(parameters, records) never vary."""
+
+
+def figure_lines(log: str) -> list[str]:
+    """The per-asset figure lines `rlhf-dag run` ends with (`<asset>: name value, ...`)."""
+    return [line for line in log.splitlines() if line.split(":", 1)[0] in ASSETS and ": " in line and "step " not in line and "saved to" not in line
+            and "profile '" not in line]
+
+
+def block(info: dict, profile: str, commit: str, wall: float, lines: int, figures: list[str]) -> str:
+    return "\n".join([
+        BEGIN,
+        f"Measured by `make figures` on {machine_line(info)}; profile `{profile}`, commit `{commit}`:",
+        f"`rlhf-dag run` took {wall:.0f} s in all and printed {lines} lines, ending with",
+        "",
+        "```",
+        *figures,
+        "```",
+        "",
+        VARIATION,
+        END,
+    ])
+
+
+def replace_block(text: str, new: str, where: str) -> str:
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+    if len(pattern.findall(text)) != 1:
+        raise ValueError(f"{where}: expected one block between {BEGIN!r} and {END!r}")
+    return pattern.sub(lambda _: new, text)
+
+
+def main() -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--readme", default=str(REPO / "README.md"), help="the file whose figures block is rewritten (default: README.md)")
+    args = parser.parse_args()
+    info = machine()
+    warn_if_busy(info)
+    root, env = isolated_env("figures", args.profile)
+    child = run_child([sys.executable, "-m", "rlhf_dag.cli", "run"], env, root / "run.log")
+    log = child.log.read_text(errors="replace")
+    figures = figure_lines(log)
+    if not figures:
+        raise RuntimeError(f"`rlhf-dag run` printed no figures; see {child.log}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or "unknown"
+    new = block(info, args.profile, commit, child.wall_seconds, len(log.splitlines()), figures)
+    readme = args.readme
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(replace_block(text, new, readme))
+    print(new)
+    print(f"\n(written to {readme})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
