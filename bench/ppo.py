@@ -109,13 +109,13 @@ def ours_worker(settings: dict, report: str) -> None:
         marks.append(mark)
         return out
 
-    def marked_logprobs(model, *a, **k):
-        if torch.is_grad_enabled() and "optimize_start" not in marks[-1]:
+    def marked_minibatch(*a, **k):
+        if "optimize_start" not in marks[-1]:
             marks[-1]["optimize_start"] = time.perf_counter()
-        return original_logprobs(model, *a, **k)
+        return original_minibatch(*a, **k)
 
-    original_logprobs = ppo.response_logprobs
-    ppo.generate_tokens, ppo.response_logprobs = timed_generation, marked_logprobs
+    original_minibatch = ppo.packed_logprobs_and_values
+    ppo.generate_tokens, ppo.packed_logprobs_and_values = timed_generation, marked_minibatch
     prompts = settings["prompts"]
     train_started = time.perf_counter()
     ppo.ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg)
@@ -130,7 +130,7 @@ def ours_worker(settings: dict, report: str) -> None:
             "optimize_seconds": stop - mark["optimize_start"],
             **{k: mark[k] for k in ("response_width", "generated_positions", "response_tokens", "eos_rate")},
         })
-    ppo.generate_tokens, ppo.response_logprobs = generate_tokens, original_logprobs
+    ppo.generate_tokens, ppo.packed_logprobs_and_values = generate_tokens, original_minibatch
     peak_after_training = peak_rss_mb()  # before the sampling comparison below allocates anything
     write_report(report, {
         "implementation": "ours (rlhf_dag/training/ppo.py)",

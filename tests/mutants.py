@@ -60,12 +60,11 @@ MUTATIONS = [
                "    for iteration in range(1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
     Mutation("reference in the optimizer and trained through a KL term of the loss", "rlhf_dag/training/ppo.py",
-             [("\ndef response_logprobs(",
-               "\ndef _with_reference(policy, reference, *args):\n    logprobs, entropy = response_logprobs(policy, *args)\n"
-               "    return logprobs, entropy, response_logprobs(reference, *args)[0]\n\n\ndef response_logprobs("),
-              ("params = list(policy.parameters()) + list(value_model.parameters())",
+             [("params = list(policy.parameters()) + list(value_model.parameters())",
                "params = list(policy.parameters()) + list(value_model.parameters()) + list(ref_policy.requires_grad_(True).parameters())"),
-              ("new_logprobs, entropy = response_logprobs(policy, ", "new_logprobs, entropy, ref_new_logprobs = _with_reference(policy, ref_policy, "),
+              ("new_logprobs, entropy, new_values = packed_logprobs_and_values(policy, value_model, packed, cfg.temperature)",
+               "new_logprobs, entropy, new_values = packed_logprobs_and_values(policy, value_model, packed, cfg.temperature)\n"
+               "                ref_new_logprobs = packed_logprobs_and_values(ref_policy, value_model, packed, cfg.temperature)[0]"),
               ("loss = pg_loss + cfg.vf_coef * vf_loss", "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * (new_logprobs - ref_new_logprobs).mean()")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
     Mutation("SFT loss on prompt tokens too", "rlhf_dag/training/sft.py",

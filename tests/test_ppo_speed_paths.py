@@ -1,4 +1,4 @@
-"""PPO's two savings keep what is computed: sampling-pass log-probs ([PPO-12]) and minibatches cut to their own width ([PPO-13])."""
+"""PPO's two savings keep what is computed: sampling-pass log-probs ([PPO-12]) and minibatches packed without padding ([PPO-13])."""
 
 from __future__ import annotations
 
@@ -36,23 +36,6 @@ def test_sampling_pass_log_probs_match_a_fresh_forward(rollout):
     assert not torch.allclose(sampled * mask, at_one * mask, atol=1e-2)  # the comparison can fail: temperature matters
 
 
-def test_a_minibatch_cut_to_its_own_width_scores_as_the_full_width(rollout):
-    """Dropping the all-pad query columns on the left and response columns on the right changes no log-prob or value."""
-    policy, _, n_query, query_response, attention, mask, _ = rollout
-    critic = value_model()
-    mb = torch.tensor([0, 2, 4])
-    q0, width = int(attention[mb, :n_query].any(dim=0).float().argmax()), int(mask[mb].sum(dim=1).max())
-    assert q0 > 0 and width < mask.shape[1]  # something is cut on both sides
-    with torch.no_grad():
-        full, _ = response_logprobs(policy, query_response[mb], attention[mb], n_query, 0.7)
-        cut, _ = response_logprobs(policy, query_response[mb, q0 : n_query + width], attention[mb, q0 : n_query + width], n_query - q0, 0.7)
-        full_values = per_token_scores(critic, query_response[mb], attention[mb])[:, n_query - 1 : -1]
-        cut_values = per_token_scores(critic, query_response[mb, q0 : n_query + width], attention[mb, q0 : n_query + width])[:, n_query - q0 - 1 : -1]
-    m = mask[mb, :width]
-    assert torch.allclose(full[:, :width] * m, cut * m, atol=1e-5)
-    assert torch.allclose(full_values[:, :width] * m, cut_values * m, atol=1e-5)
-
-
 def test_length_buckets_cover_every_rollout_once_with_similar_lengths():
     torch.manual_seed(0)
     lengths = torch.tensor([5.0, 40, 6, 39, 7, 41, 8, 38])
@@ -61,3 +44,25 @@ def test_length_buckets_cover_every_rollout_once_with_similar_lengths():
     assert all(float(lengths[b].max() - lengths[b].min()) <= 2 for b in buckets)
     orders = {tuple(tuple(b.tolist()) for b in length_buckets(lengths, 2)) for _ in range(10)}
     assert len(orders) > 1  # the minibatch order is shuffled each epoch
+
+
+def test_a_packed_minibatch_scores_as_the_padded_rollout(rollout):
+    """Queries without their left padding and responses without their right padding, rows left-padded to the
+    minibatch's longest ([PPO-13]): every response token's log-prob and value is what the padded rollout gives."""
+    from rlhf_dag.training.ppo import pack_minibatch, packed_logprobs_and_values
+
+    policy, tokenizer, n_query, query_response, attention, mask, _ = rollout
+    critic = value_model()
+    mb = torch.tensor([0, 2, 4, 5])
+    lengths = mask.sum(dim=1)
+    packed = pack_minibatch(query_response[mb, :n_query], attention[mb, :n_query], query_response[mb, n_query:], lengths[mb], tokenizer.pad_token_id)
+    assert packed.input_ids.shape[1] < n_query + mask.shape[1]  # padding really dropped
+    assert (packed.attention_mask.sum(dim=1) == attention[mb].sum(dim=1)).all()  # and no real token lost
+    with torch.no_grad():
+        padded, _ = response_logprobs(policy, query_response[mb], attention[mb], n_query, 0.7)
+        padded_values = per_token_scores(critic, query_response[mb], attention[mb])[:, n_query - 1 : -1]
+        logprobs, _, values = packed_logprobs_and_values(policy, critic, packed, 0.7)
+    m = mask[mb, : packed.width]
+    assert m.sum() > len(mb)
+    assert torch.allclose(padded[:, : packed.width] * m, logprobs * m, atol=1e-5)
+    assert torch.allclose(padded_values[:, : packed.width] * m, values * m, atol=1e-5)

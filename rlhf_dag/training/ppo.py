@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PPOConfig
+from . import distributed
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .reward import per_token_scores
@@ -32,8 +33,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    """Zero mean, unit variance over the masked entries; under several processes, those of every rank's shard of the batch."""
+    total, count = distributed.all_sum((x * mask).sum(), mask.sum())
+    mean = total / count.clamp(min=1)
+    (squares,) = distributed.all_sum(((x - mean) ** 2 * mask).sum())
+    var = squares / count.clamp(min=1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     return whitened if shift_mean else whitened + mean
 
@@ -78,24 +82,82 @@ def response_logprobs(model, query_response: torch.Tensor, attention_mask: torch
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     logits = model(input_ids=query_response, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
     logits = logits[:, n_query - 1 : -1] / temperature  # [PPO-2] same temperature as the rollout
+    return _token_logprobs(logits, query_response[:, n_query:])
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logp_all = F.log_softmax(logits.float(), dim=-1)
-    logprobs = logp_all.gather(-1, query_response[:, n_query:].unsqueeze(-1)).squeeze(-1)
+    logprobs = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():  # logged only, never optimized
         entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logprobs, entropy
 
 
+@dataclass
+class PackedMinibatch:
+    """Rollouts laid out without inner padding ([PPO-13]): each row is its query's real tokens then its
+    response's, left-padded to the minibatch's longest row. `slots` [B, W] picks, among the last W + 1
+    positions, the one whose output predicts response token j of row i."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    responses: torch.Tensor  # [B, W] the response tokens, right-padded, as in the rollout
+    slots: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return self.responses.shape[1]
+
+
+def pack_minibatch(query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, response_lengths: torch.Tensor, pad_id: int) -> PackedMinibatch:
+    """Drop the query's left padding and the response's right padding of each rollout, then left-pad the rows to one width."""
+    q_lengths, r_lengths = query_mask.sum(dim=1).long(), response_lengths.long()
+    width, total = int(r_lengths.max()), int((q_lengths + r_lengths).max())
+    rows = [torch.cat([q[m], r[:n]]) for q, m, r, n in zip(query, query_mask, response, r_lengths.tolist())]
+    input_ids = torch.full((len(rows), total), pad_id, dtype=query.dtype, device=query.device)
+    for i, row in enumerate(rows):
+        input_ids[i, total - len(row):] = row
+    attention_mask = torch.arange(total, device=query.device) >= (total - (q_lengths + r_lengths)).unsqueeze(1)
+    j = torch.arange(width, device=query.device)
+    slots = (width - r_lengths.unsqueeze(1) + j).clamp(max=width)  # past a row's end: masked out anyway
+    return PackedMinibatch(input_ids, attention_mask, response[:, :width], slots)
+
+
+def packed_logprobs_and_values(policy, value_model, mb: PackedMinibatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-probs, entropy, values) [B, W] of a packed minibatch; the policy's vocabulary projection runs only
+    on the W + 1 last positions (`logits_to_keep`), not on the queries."""
+    position_ids = (mb.attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    keep = mb.width + 1
+    logits = policy(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=keep).logits
+    logits = logits.gather(1, mb.slots.unsqueeze(-1).expand(-1, -1, logits.shape[-1])) / temperature  # [PPO-2]
+    logprobs, entropy = _token_logprobs(logits, mb.responses)
+    values = per_token_scores(value_model, mb.input_ids, mb.attention_mask)[:, -keep:].gather(1, mb.slots)
+    return logprobs, entropy, values
+
+
 def length_buckets(lengths: torch.Tensor, minibatch_size: int) -> list[torch.Tensor]:
-    """Minibatches of rollouts of similar response length, in random order ([PPO-13]).
+    """Minibatches of rollouts of similar length (query + response), in random order ([PPO-13]).
 
     The rollouts are shuffled, sorted by length (stably, so ties stay shuffled),
     cut into minibatches, and the minibatches shuffled: each minibatch pads only
-    to its own longest response, where a random split pads to the batch's.
+    to its own longest rollout, where a random split pads to the batch's.
     """
     shuffled = torch.randperm(len(lengths))
     by_length = shuffled[torch.sort(lengths[shuffled], stable=True).indices]
     buckets = list(by_length.split(minibatch_size))
     return [buckets[i] for i in torch.randperm(len(buckets)).tolist()]
+
+
+class Learner(torch.nn.Module):
+    """Policy and critic as one module: under several processes one DistributedDataParallel wrapper
+    all-reduces the gradients of both in the backward pass, and every rank takes the same optimizer step."""
+
+    def __init__(self, policy, value_model):
+        super().__init__()
+        self.policy, self.value_model = policy, value_model
+
+    def forward(self, mb: PackedMinibatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return packed_logprobs_and_values(self.policy, self.value_model, mb, temperature)
 
 
 @dataclass
@@ -109,20 +171,25 @@ class PPOResult:
 def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts: list[str], cfg: PPOConfig,
               monitor: Callable[[list[str], list[str], list[bool]], float] | None = None) -> PPOResult:
     """Optimize `policy` to maximize RM score - kl_coef * KL(policy || ref). `monitor` (e.g. a gold judge) only observes."""
-    start, rng = time.perf_counter(), random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    start, rng = time.perf_counter(), random.Random(cfg.seed)  # the prompt order: the same on every rank
+    torch.manual_seed(cfg.seed + distributed.rank())  # each rank samples its own rollouts
+    n_rollouts, n_minibatch = distributed.shard_size(cfg.rollout_batch_size, "rollout_batch_size"), distributed.shard_size(cfg.minibatch_size, "minibatch_size")
+    rollout_shard = slice(distributed.rank() * n_rollouts, (distributed.rank() + 1) * n_rollouts)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     for frozen in (ref_policy, reward_model):
         frozen.eval().requires_grad_(False)
     params = list(policy.parameters()) + list(value_model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5)
+    learner = Learner(policy, value_model)
+    if distributed.world_size() > 1:
+        learner = torch.nn.parallel.DistributedDataParallel(learner)
     kl_coef, history, order = cfg.kl_coef, [], []
 
     for iteration in range(1, cfg.iterations + 1):
         # ---- rollout: sample responses from the current policy
         while len(order) < cfg.rollout_batch_size:
             order += rng.sample(range(len(prompts)), len(prompts))
-        batch_prompts = [prompts[order.pop()] for _ in range(cfg.rollout_batch_size)]
+        batch_prompts = [prompts[order.pop()] for _ in range(cfg.rollout_batch_size)][rollout_shard]
         policy.eval()
         # [PPO-12] the log-probs of the sampling pass are the rollout's old log-probs: no second policy forward
         query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
@@ -154,14 +221,14 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         policy.train(), value_model.train()
         stats = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")}
         lengths = mask.sum(dim=1)
+        query_mask = attention_mask[:, :n_query]
         for epoch in range(cfg.ppo_epochs):  # [PPO-9] several epochs over minibatches
-            for step, mb in enumerate(length_buckets(lengths, cfg.minibatch_size)):
-                # [PPO-13] each minibatch is cut to its own width: no forward or backward pass over all-pad columns
-                q0, width = int(attention_mask[mb, :n_query].any(dim=0).float().argmax()), int(lengths[mb].max())
-                qr, am = query_response[mb, q0 : n_query + width], attention_mask[mb, q0 : n_query + width]
+            for step, mb in enumerate(length_buckets(lengths + query_mask.sum(dim=1), n_minibatch)):
+                # [PPO-13] rollouts packed without inner padding: no forward or backward pass over pad tokens
+                packed = pack_minibatch(query[mb], query_mask[mb], response[mb], lengths[mb], pad)
+                width = packed.width
                 old_logprobs, mb_mask, mb_advantages = logprobs[mb, :width], mask[mb, :width], advantages[mb, :width]
-                new_logprobs, entropy = response_logprobs(policy, qr, am, n_query - q0, cfg.temperature)
-                new_values = per_token_scores(value_model, qr, am)[:, n_query - q0 - 1 : -1]
+                new_logprobs, entropy, new_values = learner(packed, cfg.temperature)
                 pg_loss, clipfrac = clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range)  # [PPO-7]
                 vf_loss = clipped_value_loss(new_values, values[mb, :width], returns[mb, :width], mb_mask, cfg.clip_range_value)  # [PPO-8]
                 loss = pg_loss + cfg.vf_coef * vf_loss
@@ -182,7 +249,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                                            "first_minibatch_max_ratio_error": ((new_logprobs - old_logprobs).exp() - 1).abs().mul(mb_mask).max().item()}
 
         # ---- log
-        seq_kl = kl.sum(dim=1).mean().item()
+        seq_kl = distributed.all_mean({"kl": kl.sum(dim=1).mean().item()})["kl"]  # the global batch's: kl_coef stays the same on every rank
         if cfg.adaptive_kl:  # [PPO-10] proportional controller toward target_kl (Ziegler et al. 2019)
             kl_coef *= 1 + max(-0.2, min(0.2, seq_kl / cfg.target_kl - 1)) * cfg.rollout_batch_size / 10000
         row = {
@@ -200,6 +267,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         if monitor is not None:
             texts = [tokenizer.decode([t for t in r.tolist() if t not in (pad, eos)], skip_special_tokens=True) for r in response]
             row["gold_score"] = monitor(batch_prompts, texts, ended.tolist())
+        row = distributed.all_mean(row, maxima=("first_minibatch_max_ratio_error",)) | {"iteration": iteration}  # the global batch's figures
         history.append(row)
         logger.info("ppo iteration %d/%d: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "iteration"), iteration, cfg.iterations)
 
