@@ -124,11 +124,13 @@ def test_materialization_metadata_shows_samples_and_metrics(smoke_run):
 
 def test_the_path_on_each_asset_page_is_its_own_materialization(smoke_run):
     """Not the IO manager's handle file: the folder (or Parquet file) under artifacts/<asset>/<run id>/ a user opens."""
-    _, _, result = smoke_run
+    _, instance, _ = smoke_run
+    home = Path(os.environ["RLHF_DAG_HOME"])
     for asset in MODEL_ASSETS:
-        path = Path(_metadata(smoke_run, asset)["path"].value)
-        run_dir = Path(os.environ["RLHF_DAG_HOME"]) / "artifacts" / asset / result.run_id
-        assert path == Path(_handle(smoke_run, asset).path) and run_dir in (path, path.parent) and path.exists(), (asset, path)
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))  # other tests may have re-materialized it
+        path = Path(event.asset_materialization.metadata["path"].value)
+        handle = json.loads((home / "handles" / asset / f"{event.run_id}.json").read_text())
+        assert path == Path(handle["path"]) and home / "artifacts" / asset / event.run_id in (path, path.parent) and path.exists(), (asset, path)
 
 
 def test_mlflow_opens_on_training_runs_and_each_model_run_keeps_its_card(smoke_run):
