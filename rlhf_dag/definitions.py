@@ -14,6 +14,7 @@ from .pipeline.automation import automation_sensor
 from .pipeline.checks import ASSET_CHECKS
 from .pipeline.labels import LABEL_SOURCES
 from .pipeline.handles import HandleIOManager
+from .pipeline.launch import StepLauncher
 from .pipeline.resources import MlflowTracking, QualityGates
 
 LABEL_KEYS = [source.key for source in LABEL_SOURCES]
@@ -46,6 +47,7 @@ def build_definitions() -> dg.Definitions:
         resources={
             "mlflow": MlflowTracking(),
             "gates": QualityGates(),
+            "launcher": StepLauncher(),  # how the trained steps run: RLHF_DAG_LAUNCHER (in-process, torchrun:N, accelerate:<config>, k8s)
             "io_manager": HandleIOManager(base_dir=str(home_dir() / "handles")),
         },
         # Steps run one after another in one process: the graph is a chain of

@@ -12,6 +12,7 @@ import dagster as dg
 from ..artifacts import ArtifactHandle
 from .automation import dataset_automation, model_automation
 from .publish import asset_config_class, profile_version, publish, upstream_labels
+from .launch import StepLauncher
 from .resources import MlflowTracking
 
 PretrainingCorpusConfig = asset_config_class("pretraining_corpus")
@@ -45,8 +46,9 @@ def pretraining_corpus(context: dg.AssetExecutionContext, config: PretrainingCor
 
 
 @_asset("Tokenizer + causal LM that only continues text (RLHF step 1).", model_automation, "pytorch")
-def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, mlflow: MlflowTracking, pretraining_corpus: ArtifactHandle) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, pretraining_corpus=pretraining_corpus)
+def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, mlflow: MlflowTracking, launcher: StepLauncher,
+               pretraining_corpus: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, launcher, pretraining_corpus=pretraining_corpus)
 
 
 @_asset("Validated, de-duplicated demonstrations with a fixed train/validation split.", dataset_automation, "parquet")
@@ -55,8 +57,9 @@ def sft_dataset(context: dg.AssetExecutionContext, config: SftDatasetConfig, mlf
 
 
 @_asset("The base model fine-tuned on demonstrations with TRL SFTTrainer (RLHF step 2).", model_automation, "pytorch")
-def sft_model(context: dg.AssetExecutionContext, config: SftModelConfig, mlflow: MlflowTracking, base_model: ArtifactHandle, sft_dataset: ArtifactHandle) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, base_model=base_model, sft_dataset=sft_dataset)
+def sft_model(context: dg.AssetExecutionContext, config: SftModelConfig, mlflow: MlflowTracking, launcher: StepLauncher, base_model: ArtifactHandle,
+              sft_dataset: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, launcher, base_model=base_model, sft_dataset=sft_dataset)
 
 
 @_asset("Validated (prompt, chosen, rejected) comparisons with a fixed held-out split.", dataset_automation, "parquet")
@@ -65,13 +68,15 @@ def comparison_dataset(context: dg.AssetExecutionContext, config: ComparisonData
 
 
 @_asset("Scores <prompt, response>; trained with TRL RewardTrainer from the SFT model (RLHF step 3).", model_automation, "pytorch")
-def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, mlflow: MlflowTracking, sft_model: ArtifactHandle, comparison_dataset: ArtifactHandle) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, sft_model=sft_model, comparison_dataset=comparison_dataset)
+def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, mlflow: MlflowTracking, launcher: StepLauncher, sft_model: ArtifactHandle,
+                 comparison_dataset: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, launcher, sft_model=sft_model, comparison_dataset=comparison_dataset)
 
 
 @_asset("The SFT model optimized with PPO against the reward model, KL-penalized to the SFT model (RLHF step 4).", model_automation, "pytorch")
-def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflow: MlflowTracking, sft_model: ArtifactHandle, reward_model: ArtifactHandle) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, sft_model=sft_model, reward_model=reward_model)
+def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflow: MlflowTracking, launcher: StepLauncher, sft_model: ArtifactHandle,
+               reward_model: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, launcher, sft_model=sft_model, reward_model=reward_model)
 
 
 @_asset("Base vs SFT vs PPO on held-out prompts, scored by the RM PPO was trained against: gold win rates, RM and gold scores, KL, length, EOS rate.",

@@ -21,7 +21,9 @@ from pydantic import Field, create_model
 
 from ..artifacts import ArtifactHandle, atomic_dir, run_dir
 from ..config import STEP_CONFIGS, StepConfig, active_profile, artifacts_dir, labels_dir, resolve
+from ..training.result import StepResult
 from ..training.steps import STEP_INPUTS, STEPS
+from .launch import StepLauncher
 from .resources import MlflowTracking
 
 
@@ -124,8 +126,13 @@ def embedded_image(png: Path) -> dg.MarkdownMetadataValue:
     return dg.MetadataValue.md(f"![{png.stem}](data:image/png;base64,{data})\n\n`{png}`")
 
 
-def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: MlflowTracking, **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
-    """Run the asset's step on exactly its upstream versions and labeled files; save, track and return its handle."""
+def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: MlflowTracking, launcher: StepLauncher | None = None,
+            **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    """Run the asset's step on exactly its upstream versions and labeled files; save, track and return its handle.
+
+    With a `launcher` other than in-process, the step runs in a child (torchrun, accelerate, a pod) that saves
+    its result into the same run folder; everything around it (MLflow run, handle, metadata) is the same.
+    """
     asset = context.asset_key.path[-1]
     labels = [name for name in STEP_INPUTS[asset] if name not in STEP_INPUTS]
     cfg = resolve_config(context, config)
@@ -133,9 +140,13 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
     final = run_dir(artifacts_dir(), asset, context.run_id)
     mlflow.end_orphaned_runs(context.instance, asset)
     with mlflow.start_run(context, cfg.model_dump(mode="json"), lineage_tags(upstream)) as run, training_logs(context):
-        result = STEPS[asset](inputs, cfg)
-        with atomic_dir(final) as tmp:
-            result.save(tmp, lineage={"mlflow_run_id": run.info.run_id})
+        if launcher is None or launcher.in_process:
+            result = STEPS[asset](inputs, cfg)
+            with atomic_dir(final) as tmp:
+                result.save(tmp, lineage={"mlflow_run_id": run.info.run_id})
+        else:
+            launcher.launch(context, asset, inputs, cfg, final, run.info.run_id, mlflow.resolved_uri())
+            result = StepResult.load(final)
         mlflow.log_result(result, final)
     context.log.info(f"{asset}: saved to {final}")
     handle = ArtifactHandle(asset, str(final / result.main_file) if result.main_file else str(final), cfg.config_hash(), run.info.run_id,
@@ -145,6 +156,7 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
         "mlflow_run_id": run.info.run_id,
         "mlflow": dg.MetadataValue.url(mlflow.run_url(run)),
         "config_hash": handle.config_hash,
+        **({"launcher": launcher.resolved(), "world_size": int(result.metrics.get("world_size", 1))} if launcher is not None else {}),
         **{k: _readable(result.metrics[k]) for k in result.headline if k in result.metrics},
         **{key.replace('.', '_'): value for key, value in result.tags.items()},
         **{name.rsplit(".", 1)[0]: dg.MetadataValue.md(text) for name, text in result.texts.items()},

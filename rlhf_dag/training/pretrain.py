@@ -118,6 +118,9 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> Trai
         trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), "base_model")
         held_out_set = Dataset.from_dict({"text": held_out[:256]})
         initial_loss = trainer.evaluate(held_out_set)["eval_loss"]
+        # accelerate marks a model it prepared for evaluation as prepared, and then never wraps it in DDP for
+        # training: under torchrun every rank would train alone (tests/test_launchers.py, the rank checksums)
+        model._is_accelerate_prepared = False
         result = trainer.train()
         final_loss = trainer.evaluate(held_out_set)["eval_loss"]
     seconds = time.perf_counter() - start

@@ -59,11 +59,11 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     return scores
 
 
-def pairwise_accuracy(model, tokenizer, frame: pd.DataFrame) -> tuple[float, float]:
-    """(share of pairs where chosen outscores rejected, mean margin) on a comparison frame."""
+def pairwise_accuracy(model, tokenizer, frame: pd.DataFrame) -> tuple[float, float, float]:
+    """(share of pairs where chosen outscores rejected, mean margin, pairwise loss) on a comparison frame."""
     chosen = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["chosen"])))
     rejected = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["rejected"])))
-    return float((chosen > rejected).float().mean()), float((chosen - rejected).mean())
+    return float((chosen > rejected).float().mean()), float((chosen - rejected).mean()), float(pairwise_loss(chosen, rejected))
 
 
 def reward_model_from_sft(sft_path: str, tokenizer):
@@ -83,7 +83,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         train = fit_responses(tokenizer, train, ("chosen", "rejected"), cfg.max_length)
     torch.manual_seed(cfg.seed)
     model = reward_model_from_sft(sft_path, tokenizer)
-    initial_accuracy, _ = pairwise_accuracy(model, tokenizer, validation)
+    initial_accuracy, _, _ = pairwise_accuracy(model, tokenizer, validation)
     dataset = Dataset.from_dict(
         {"prompt": [format_prompt(p) for p in train["prompt"]], "chosen": list(train["chosen"]), "rejected": list(train["rejected"])}
     )
@@ -95,12 +95,13 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         )
         trainer = monitored(RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), "reward_model")
         result = trainer.train()
-    accuracy, margin = pairwise_accuracy(model, tokenizer, validation)
-    train_accuracy, _ = pairwise_accuracy(model, tokenizer, train.head(256))
+    accuracy, margin, validation_loss = pairwise_accuracy(model, tokenizer, validation)
+    train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
     logger.info("reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f", accuracy, initial_accuracy, margin)
     metrics = {
         "validation_accuracy": accuracy,
         "validation_margin": margin,
+        "validation_loss": validation_loss,
         "initial_validation_accuracy": initial_accuracy,
         "train_accuracy": train_accuracy,
         "training_loss": result.training_loss,

@@ -268,25 +268,61 @@ def run_step(step: str, inputs: dict[str, str], config: dict) -> StepResult:
     return STEPS[step](inputs, resolve(step, config))
 
 
-def run_spec(spec_path: str | Path) -> Path:
-    """Run the step a spec file describes and save its result to the spec's output folder (atomically)."""
+def run_spec(spec_path: str | Path) -> tuple[Path, StepResult]:
+    """Run the step a spec file describes and save its result to the spec's output folder (atomically).
+
+    Started as one rank of a multi-process job (torchrun, accelerate launch), every rank trains its
+    replica; rank 0 alone saves, after checking that all ranks ended with the same weights. An optional
+    `lineage` field of the spec (the MLflow run) goes into the model card.
+    """
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     missing = {"step", "inputs", "config", "output"} - set(spec)
     if missing:
         raise ValueError(f"{spec_path}: missing field(s) {', '.join(sorted(missing))}")
+    from . import distributed
+
+    distributed.init()
     result = run_step(spec["step"], spec["inputs"], spec["config"])
+    if result.model is not None:
+        _record_replicas(result)
     output = Path(spec["output"])
-    with atomic_dir(output) as tmp:
-        result.save(tmp)
-    return output
+    if distributed.rank() == 0:
+        with atomic_dir(output) as tmp:
+            result.save(tmp, lineage=spec.get("lineage"))
+    distributed.barrier()
+    return output, result
+
+
+def _record_replicas(result: StepResult) -> None:
+    """World size, the distributed type accelerate set up for the trainers, and each rank's weight checksum;
+    ranks that ended with different weights trained apart (e.g. each alone on all the data) and fail the step."""
+    import torch
+    from accelerate import PartialState
+
+    from . import distributed
+
+    checksums = distributed.all_gather(distributed.checksum(result))
+    result.metrics["world_size"] = distributed.world_size()
+    result.tags["distributed_type"] = str(PartialState(cpu=not torch.cuda.is_available()).distributed_type).rsplit(".", 1)[-1]
+    result.tags["rank_checksums"] = ",".join(checksums)
+    if len(set(checksums)) > 1:
+        raise RuntimeError(f"{result.step}: the ranks ended with different weights (checksums {checksums}); their gradients were not all-reduced")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    # a failing rank writes its traceback where torchrun (and the launcher that started it) finds it
+    return record(_run_from_command_line)(argv)
+
+
+def _run_from_command_line(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf_dag.training.steps", description="Run one RLHF step from a spec file, without Dagster.")
-    parser.add_argument("--spec", required=True, help="JSON file: step, inputs, config, output")
+    parser.add_argument("--spec", required=True, help="JSON file: step, inputs, config, output (optional: lineage)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(run_spec(args.spec))
+    output, _ = run_spec(args.spec)
+    print(output)
     return 0
 
 

@@ -24,13 +24,20 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
     time and the asset saves the final model itself. A loss is logged about 20
     times per run so MLflow gets a curve even from short runs: through
     transformers' own MLflow integration, into the asset's run (see `tracker`).
+
+    Under a multi-process launcher (WORLD_SIZE > 1) `batch_size` stays the global batch: each rank
+    takes its share of it, and on CPU the ranks all-reduce over gloo (`use_cpu` and `ddp_backend`
+    together: without them each rank would train alone on all the data).
     """
+    from .distributed import backend, shard_size, world_size
+
     steps = max(1, math.ceil(n_examples / batch_size) * epochs)
     return dict(
         output_dir=output_dir,
         num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
+        per_device_train_batch_size=shard_size(batch_size, "batch_size"),
+        per_device_eval_batch_size=shard_size(batch_size, "batch_size"),
+        ddp_backend=backend() if world_size() > 1 else None,
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, int(0.05 * steps)),
@@ -85,6 +92,9 @@ class TrainingMonitor(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
+        if args.world_size > 1:
+            logger.info("%s: %d processes (%s), global batch %d", self.step, args.world_size, args.distributed_state.distributed_type,
+                        args.per_device_train_batch_size * args.world_size)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "train_loss"):
