@@ -38,6 +38,7 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
         per_device_train_batch_size=shard_size(batch_size, "batch_size"),
         per_device_eval_batch_size=shard_size(batch_size, "batch_size"),
         ddp_backend=backend() if world_size() > 1 else None,
+        ddp_find_unused_parameters=False,  # every parameter takes part in the loss: no extra pass over the autograd graph
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, int(0.05 * steps)),
