@@ -103,10 +103,18 @@ PROMPT_TEMPLATES = {
         "Write a short email to my {recipient} wishing {pronoun} {greeting}, and ask how {asked} is doing.",
     ),
     "math": ("What is {a} {op} {b}?",),
+    # Eight phrasings: the held-out evaluation prompts (20 per kind) must leave every property
+    # several phrasings to train on; with three, every "even" prompt was held out and no
+    # demonstration ever showed an even-number function.
     "code": (
         "Help me write a Python function that outputs whether a number is {prop}.",
         "Write a Python function that returns whether a number is {prop}.",
         "Can you write a Python function that checks whether a number is {prop}?",
+        "Write a Python function that tells whether a number is {prop}.",
+        "I need a Python function that checks if a number is {prop}.",
+        "Please write a Python function that returns True when a number is {prop}.",
+        "Give me a Python function that says whether a number is {prop}.",
+        "How do I write a Python function that checks whether a number is {prop}?",
     ),
 }
 _FIELD_PATTERNS = {
@@ -227,7 +235,9 @@ def ideal_response(task: Task, rng: random.Random) -> str:
         )
     if task.kind == "math":
         a, op, b = p["a"], p["op"], p["b"]
-        return rng.choice((f"{a} {op} {b} = {task.answer}.", f"The answer is {task.answer}.", f"{task.answer}."))
+        # The demonstrator shows the sum before its result: the model then reads the operands next to
+        # the answer, as in the worksheets it was pretrained on, instead of recalling them from the prompt.
+        return rng.choice((f"{a} {op} {b} = {task.answer}.", f"{a} {op} {b} = {task.answer}. The answer is {task.answer}."))
     name, condition = CODE_PROPERTIES[p["prop"]]
     return rng.choice(
         (
@@ -264,7 +274,8 @@ def mediocre_response(task: Task, rng: random.Random) -> str:
             (
                 f"Good question! Let me think about it. {a} {op} {b} is {task.answer}. Numbers are fun and "
                 f"math is a great thing to learn.",
-                f"The answer is {task.answer + rng.choice((-1, 1))}.",
+                f"Let me see. {a} {op} {b} = {task.answer}. I think that is right, but you can check it with a "
+                f"calculator or ask a teacher if you are not sure.",
             )
         )
     name, condition = CODE_PROPERTIES[p["prop"]]
@@ -410,7 +421,7 @@ def _latent_skill(rng: random.Random) -> str:
     task = sample_task(rng)
     if task.kind == "math":
         lines = []
-        for _ in range(rng.randint(3, 6)):
+        for _ in range(rng.randint(6, 10)):
             t = sample_task(rng, "math")
             lines.append(f"{t.params['a']} {t.params['op']} {t.params['b']} = {t.answer}")
         return "Worksheet:\n" + "\n".join(lines)
@@ -428,7 +439,19 @@ def _faq_page(rng: random.Random) -> str:
     return f"Q: {task.prompt}\nA: {ideal_response(task, rng)}"
 
 
-_DOCUMENT_MAKERS = ((_todo_list, 3), (_dialogue, 2), (_blog_post, 1), (_forum_post, 1), (_latent_skill, 3), (_faq_page, 3))
+def _worksheet(rng: random.Random) -> str:
+    """Arithmetic practice pages: the single-digit facts the math requests need, many times over."""
+    lines = []
+    for _ in range(rng.randint(8, 12)):
+        t = sample_task(rng, "math")
+        lines.append(f"{t.params['a']} {t.params['op']} {t.params['b']} = {t.answer}")
+    return rng.choice(("Worksheet:", "Practice sums:", "Homework answers:")) + "\n" + "\n".join(lines)
+
+
+# Weights: the requests appear mostly as the source's failures (to-do bullets, dialogue, blog and forum
+# posts: 5 of 18), the skills as plain text (latent skills, worksheets: 5 of 18), and a request followed by
+# its answer mostly on Q&A pages (8 of 18): what a 1M-parameter model needs to learn to read the request.
+_DOCUMENT_MAKERS = ((_todo_list, 2), (_dialogue, 1), (_blog_post, 1), (_forum_post, 1), (_latent_skill, 3), (_worksheet, 2), (_faq_page, 8))
 
 
 def pretraining_documents(n_documents: int, seed: int) -> list[str]:

@@ -20,7 +20,7 @@ PAIR_STYLES = (
     (("ideal", "mediocre"), 5),
     (("ideal", "off_topic"), 3),
     (("mediocre", "off_topic"), 1),
-    (("ideal", "confused"), 1),
+    (("ideal", "confused"), 4),  # the right hero, relative, sum or condition matters most to a labeler
     (("ideal", "garbled"), 3),
     (("mediocre", "continuation"), 2),
     (("ideal", "continuation"), 1),
