@@ -143,3 +143,18 @@ def test_mlflow_opens_on_training_runs_and_each_model_run_keeps_its_card(smoke_r
     for model in ("base_model", "sft_model", "reward_model", "ppo_policy"):
         assert "README.md" in artifacts[model], (model, artifacts[model])
     assert {"rm_vs_gold.png", "side_by_side.md", "samples.json"} <= artifacts["policy_evaluation"]
+    assert "validation_pairs.md" in artifacts["reward_model"]  # what a reviewer reads: held-out pairs and their scores
+
+
+def test_each_trained_step_logs_a_validation_curve_beside_its_training_loss(smoke_run):
+    """transformers' MLflow callback logs `eval_loss` at every evaluation of base, SFT and RM training: a curve, not one number."""
+    _, _, result = smoke_run
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["rlhf-dag"], filter_string=f"tags.`dagster.run_id` = '{result.run_id}'", output_format="list")
+    by_asset = {r.data.tags["dagster.asset_key"]: r.info.run_id for r in runs}
+    for model in ("base_model", "sft_model", "reward_model"):
+        validation = client.get_metric_history(by_asset[model], "eval_loss")
+        training = client.get_metric_history(by_asset[model], "loss")
+        assert len({m.step for m in validation}) >= 3, (model, validation)  # evaluated during training, not only before and after
+        assert len(training) >= 2, model

@@ -106,7 +106,7 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> Trai
     n_tokens = sum(len(ids) + 1 for ids in tokenizer(texts)["input_ids"])  # +1: the EOS between documents
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts), cfg.group_by_length),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts), cfg.group_by_length, evaluations=5 if len(held_out) else 0),
             max_length=cfg.max_length,
             dataset_text_field="text",
             # One document per sequence, never packed: attention must not cross a document boundary.
@@ -115,8 +115,9 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> Trai
             # unpacked it copies them (README, "Why pretraining does not pack documents").
             packing=False,
         )
-        trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), "base_model")
-        held_out_set = Dataset.from_dict({"text": held_out[:256]})
+        held_out_set = Dataset.from_dict({"text": held_out[:256]})  # the gate's loss, and the validation curve
+        trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out_set if len(held_out_set) else None,
+                                       processing_class=tokenizer), "base_model")
         initial_loss = trainer.evaluate(held_out_set)["eval_loss"]
         # accelerate marks a model it prepared for evaluation as prepared, and then never wraps it in DDP for
         # training: under torchrun every rank would train alone (tests/test_launchers.py, the rank checksums)

@@ -93,7 +93,10 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
             max_length=cfg.max_length,
             center_rewards_coefficient=0.01,
         )
-        trainer = monitored(RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), "reward_model")
+        held_out = Dataset.from_dict(  # the validation curve
+            {"prompt": [format_prompt(p) for p in validation["prompt"]], "chosen": list(validation["chosen"]), "rejected": list(validation["rejected"])}
+        )
+        trainer = monitored(RewardTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer), "reward_model")
         result = trainer.train()
     accuracy, margin, validation_loss = pairwise_accuracy(model, tokenizer, validation)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))

@@ -37,13 +37,15 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
     dataset = Dataset.from_dict({"prompt": [format_prompt(p) for p in train["prompt"]], "completion": list(train["response"])})
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), cfg.group_by_length),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), cfg.group_by_length, evaluations=5 if len(validation) else 0),
             max_length=cfg.max_length,
             truncation_mode="keep_start",  # what overlong: truncate documents (training/overlong.py)
             completion_only_loss=True,
             packing=False,
         )
-        trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), "sft_model")
+        held_out = Dataset.from_dict({"prompt": val_prompts, "completion": list(validation["response"])})  # the validation curve
+        trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out if len(held_out) else None,
+                                       processing_class=tokenizer), "sft_model")
         result = trainer.train()
     val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
     logger.info("SFT validation loss on responses: base %.3f -> sft %.3f", base_val_loss, val_loss)

@@ -142,6 +142,22 @@ def sft_model(inputs: dict[str, str], cfg: SFTConfig) -> StepResult:
     )
 
 
+def _pair_table(model, tokenizer, pairs: pd.DataFrame) -> str:
+    """Held-out pairs with the reward model's score of each side: what a reviewer reads before trusting its accuracy."""
+    from .reward import score_texts
+
+    chosen = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["chosen"]))
+    rejected = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["rejected"]))
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+
+    rows = ["| prompt | chosen | score | rejected | score | right? |", "|---|---|---|---|---|---|"]
+    rows += [f"| {cell(p)} | {cell(c)} | {sc:.2f} | {cell(r)} | {sr:.2f} | {'yes' if sc > sr else 'no'} |"
+             for p, c, r, sc, sr in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], chosen, rejected)]
+    return "\n".join(rows)
+
+
 @step
 def reward_model(inputs: dict[str, str], cfg: RewardConfig) -> StepResult:
     from transformers import AutoTokenizer
@@ -155,7 +171,7 @@ def reward_model(inputs: dict[str, str], cfg: RewardConfig) -> StepResult:
     result = train_reward_model(inputs["sft_model"], tokenizer, train, validation, cfg)
     return StepResult(
         "reward_model", result.metrics, ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss", "overlong_records"],
-        inputs=inputs, model=result.model, tokenizer=tokenizer,
+        inputs=inputs, model=result.model, tokenizer=tokenizer, texts={"validation_pairs.md": _pair_table(result.model, tokenizer, validation.head(16))},
         card=ModelCard("rlhf-dag reward model", "Scores a <prompt, response> pair (AutoModelForSequenceClassification, one label). Read the score at the EOS that closes `apply_chat_template([user, assistant])`."),
     )
 

@@ -17,13 +17,16 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rate: float, seed: int, n_examples: int, group_by_length: bool = False) -> dict:
+def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rate: float, seed: int, n_examples: int, group_by_length: bool = False,
+                   evaluations: int = 5) -> dict:
     """Keyword arguments for `trl.SFTConfig` / `trl.RewardConfig`.
 
     bf16, gradient checkpointing and checkpoint saving are off: on CPU they cost
     time and the asset saves the final model itself. A loss is logged about 20
     times per run so MLflow gets a curve even from short runs: through
     transformers' own MLflow integration, into the asset's run (see `tracker`).
+    With an `eval_dataset` the trainer also evaluates `evaluations` times during
+    training: the validation curve (`eval_loss`) beside the training loss.
 
     Under a multi-process launcher (WORLD_SIZE > 1) `batch_size` stays the global batch: each rank
     takes its share of it, and on CPU the ranks all-reduce over gloo (`use_cpu` and `ddp_backend`
@@ -44,6 +47,8 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
         warmup_steps=max(1, int(0.05 * steps)),
         weight_decay=0.0,
         logging_steps=max(1, int(steps // 20)),
+        eval_strategy="steps" if evaluations else "no",
+        eval_steps=max(1, int(steps // max(1, evaluations))),
         logging_nan_inf_filter=False,  # a NaN/inf loss must reach the log, where TrainingMonitor stops the run
         save_strategy="no",
         report_to=tracker(),
@@ -109,6 +114,9 @@ class TrainingMonitor(TrainerCallback):
             elapsed = time.perf_counter() - self.started
             left = elapsed / state.global_step * (state.max_steps - state.global_step)
             logger.info("%s: step %d/%d, loss %.3f, %.0f s left", self.step, state.global_step, state.max_steps, logs["loss"], left)
+        if "eval_loss" in logs and state.global_step < state.max_steps:
+            extra = f", accuracy {logs['eval_accuracy']:.3f}" if "eval_accuracy" in logs else ""
+            logger.info("%s: step %d/%d, validation loss %.3f%s", self.step, state.global_step, state.max_steps, logs["eval_loss"], extra)
 
 
 def monitored(trainer, step: str):
