@@ -62,7 +62,7 @@ MUTATIONS = [
     Mutation("reference in the optimizer and trained through a KL term of the loss", "rlhf_dag/training/ppo.py",
              [("params = list(policy.parameters()) + list(value_model.parameters())",
                "params = list(policy.parameters()) + list(value_model.parameters()) + list(ref_policy.requires_grad_(True).parameters())"),
-              ("new_logprobs, entropy, new_values = learner(packed, cfg.temperature)",
+              ("new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)",
                "new_logprobs, entropy, new_values = packed_logprobs_and_values(policy, value_model, packed, cfg.temperature)\n"
                "                ref_new_logprobs = packed_logprobs_and_values(ref_policy, value_model, packed, cfg.temperature)[0]"),
               ("loss = pg_loss + cfg.vf_coef * vf_loss", "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * (new_logprobs - ref_new_logprobs).mean()")],

@@ -66,3 +66,22 @@ def test_a_packed_minibatch_scores_as_the_padded_rollout(rollout):
     assert m.sum() > len(mb)
     assert torch.allclose(padded[:, : packed.width] * m, logprobs * m, atol=1e-5)
     assert torch.allclose(padded_values[:, : packed.width] * m, values * m, atol=1e-5)
+
+
+def test_pad_is_never_sampled_and_scoring_excludes_it_as_sampling_did():
+    """A policy that likes PAD (a barely trained one does) must not write it inside a response: every mask,
+    length and the RM's last token would read it as padding. Scoring then excludes PAD the same way, so the
+    rollout's log-probs still equal a fresh forward's ([PPO-2])."""
+    torch.manual_seed(0)
+    policy, tokenizer = causal_lm(seed=5).eval(), toy_tokenizer()
+    with torch.no_grad():
+        policy.lm_head.bias[tokenizer.pad_token_id] = 3.0  # PAD the likeliest token in every context
+    query, response, sampled = generate_tokens(policy, tokenizer, [format_prompt(p) for p in PROMPTS], 10, 1.0, return_logprobs=True)
+    response, _ = truncate_after_eos(response, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    mask = response != tokenizer.pad_token_id
+    assert mask.sum() > len(PROMPTS)
+    assert (mask.long().cumsum(dim=1) == torch.arange(1, mask.shape[1] + 1)).where(mask, True).all()  # no PAD before a real token
+    query_response = torch.cat([query, response], dim=1)
+    with torch.no_grad():
+        recomputed, _ = response_logprobs(policy, query_response, query_response != tokenizer.pad_token_id, query.shape[1], 1.0, tokenizer.pad_token_id)
+    assert torch.allclose(sampled * mask, recomputed * mask, atol=1e-4)

@@ -37,6 +37,9 @@ def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, tem
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        # PAD is not a word: sampled inside a response it would read as padding everywhere downstream
+        # (masks, response lengths, the RM's last token). PPO scores with the same exclusion (`ppo.PAD_EXCLUDED`).
+        suppress_tokens=[tokenizer.pad_token_id],
         use_cache=True,
         output_scores=return_logprobs,
         return_dict_in_generate=True,
@@ -47,7 +50,8 @@ def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, tem
         return batch["input_ids"], response
     # `scores` are the processed logits each token was drawn from: logits / temperature (top_k=0, top_p=1 change nothing)
     logprobs = torch.log_softmax(torch.stack(out.scores, dim=1).float(), dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
-    return batch["input_ids"], response, logprobs
+    # PAD is suppressed, so every PAD here is padding after a row's EOS (its log-prob -inf): 0, as everywhere else
+    return batch["input_ids"], response, logprobs.masked_fill(response == tokenizer.pad_token_id, 0.0)
 
 
 def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

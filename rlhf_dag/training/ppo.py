@@ -77,15 +77,19 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
-def response_logprobs(model, query_response: torch.Tensor, attention_mask: torch.Tensor, n_query: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each response token, entropy) under `model`, with logits scaled as at sampling."""
+def response_logprobs(model, query_response: torch.Tensor, attention_mask: torch.Tensor, n_query: int, temperature: float,
+                      pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each response token, entropy) under `model`, with logits scaled as at sampling
+    and, given `pad_id`, PAD excluded as sampling excludes it (`generate_tokens`)."""
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     logits = model(input_ids=query_response, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
     logits = logits[:, n_query - 1 : -1] / temperature  # [PPO-2] same temperature as the rollout
-    return _token_logprobs(logits, query_response[:, n_query:])
+    return _token_logprobs(logits, query_response[:, n_query:], pad_id)
 
 
-def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if pad_id is not None:  # [PPO-2] the distribution the rollout was sampled from never includes PAD
+        logits = logits.float().index_fill(-1, torch.tensor([pad_id], device=logits.device), -1e9)
     logp_all = F.log_softmax(logits.float(), dim=-1)
     logprobs = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():  # logged only, never optimized
@@ -123,14 +127,14 @@ def pack_minibatch(query: torch.Tensor, query_mask: torch.Tensor, response: torc
     return PackedMinibatch(input_ids, attention_mask, response[:, :width], slots)
 
 
-def packed_logprobs_and_values(policy, value_model, mb: PackedMinibatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def packed_logprobs_and_values(policy, value_model, mb: PackedMinibatch, temperature: float, pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-probs, entropy, values) [B, W] of a packed minibatch; the policy's vocabulary projection runs only
     on the W + 1 last positions (`logits_to_keep`), not on the queries."""
     position_ids = (mb.attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     keep = mb.width + 1
     logits = policy(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=keep).logits
     logits = logits.gather(1, mb.slots.unsqueeze(-1).expand(-1, -1, logits.shape[-1])) / temperature  # [PPO-2]
-    logprobs, entropy = _token_logprobs(logits, mb.responses)
+    logprobs, entropy = _token_logprobs(logits, mb.responses, pad_id)
     values = per_token_scores(value_model, mb.input_ids, mb.attention_mask)[:, -keep:].gather(1, mb.slots)
     return logprobs, entropy, values
 
@@ -156,8 +160,8 @@ class Learner(torch.nn.Module):
         super().__init__()
         self.policy, self.value_model = policy, value_model
 
-    def forward(self, mb: PackedMinibatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return packed_logprobs_and_values(self.policy, self.value_model, mb, temperature)
+    def forward(self, mb: PackedMinibatch, temperature: float, pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return packed_logprobs_and_values(self.policy, self.value_model, mb, temperature, pad_id)
 
 
 @dataclass
@@ -203,7 +207,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
 
         # ---- score: RM score at the end, per-token KL to the reference, values from the critic
         with torch.no_grad():
-            ref_logprobs, _ = response_logprobs(ref_policy, query_response, attention_mask, n_query, cfg.temperature)
+            ref_logprobs, _ = response_logprobs(ref_policy, query_response, attention_mask, n_query, cfg.temperature, pad)
             values = per_token_scores(value_model, query_response, attention_mask)[:, n_query - 1 : -1]
             last = n_query + mask.sum(dim=1).long() - 1
             score = per_token_scores(reward_model, query_response, attention_mask)[torch.arange(len(last)), last]
@@ -228,7 +232,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                 packed = pack_minibatch(query[mb], query_mask[mb], response[mb], lengths[mb], pad)
                 width = packed.width
                 old_logprobs, mb_mask, mb_advantages = logprobs[mb, :width], mask[mb, :width], advantages[mb, :width]
-                new_logprobs, entropy, new_values = learner(packed, cfg.temperature)
+                new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)
                 pg_loss, clipfrac = clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range)  # [PPO-7]
                 vf_loss = clipped_value_loss(new_values, values[mb, :width], returns[mb, :width], mb_mask, cfg.clip_range_value)  # [PPO-8]
                 loss = pg_loss + cfg.vf_coef * vf_loss
