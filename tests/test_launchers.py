@@ -114,7 +114,7 @@ def test_the_k8s_launcher_submits_a_step_pod_with_image_command_env_gpus_and_the
     sft_model, caught at the Kubernetes API (no cluster here): what the pod runs and what it mounts."""
     import kubernetes
 
-    defs, instance, result = smoke_run
+    defs, instance, _ = smoke_run
     submitted = {}
 
     def create_namespaced_pod(self, namespace, body, **kwargs):
@@ -137,7 +137,10 @@ def test_the_k8s_launcher_submits_a_step_pod_with_image_command_env_gpus_and_the
     assert container.image == "registry.example/rlhf-dag:1.0"
     assert container.command[:3] == ["python", "-m", "rlhf_dag.pipes_step"]
     assert spec["step"] == "sft_model" and spec["output"].endswith(f"sft_model/{run.run_id}")
-    assert spec["inputs"] == {name: result.output_for_node(name).path for name in ("base_model", "sft_dataset")}
+    # the inputs are the latest materializations (another test may have re-materialized one since smoke_run)
+    latest = {name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata["path"].value
+              for name in ("base_model", "sft_dataset")}
+    assert spec["inputs"] == latest
     env = {e.name: e.value for e in container.env}
     assert env["MLFLOW_RUN_ID"] == spec["lineage"]["mlflow_run_id"] and env["RLHF_DAG_PROFILE"] == "smoke"
     assert "DAGSTER_PIPES_CONTEXT" in env and "DAGSTER_PIPES_MESSAGES" in env  # rank 0 reports back through Pipes

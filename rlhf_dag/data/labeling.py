@@ -137,7 +137,11 @@ def make_label_files(
     }
     if policy_sampler is not None:
         files["comparisons"][1].extend(_policy_comparisons(policy_sampler, random.Random(seed + 1), held_out, n_policy_comparisons, all_policy_pairs))
+    counts = {}
     for name, (prefix, records) in files.items():
-        records = [{"id": f"{prefix}{i:04d}", **r} for i, r in enumerate(records)]
+        # a pair of the policy's own samples can repeat a synthetic pair word for word: keep the first
+        unique = list({tuple(sorted(r.items())): r for r in reversed(records)}.values())[::-1]
+        records = [{"id": f"{prefix}{i:04d}", **r} for i, r in enumerate(unique)]
         write_jsonl(out_dir / f"{name}.jsonl", records)
-    return {name: len(records) for name, (_, records) in files.items()}
+        counts[name] = len(records)
+    return counts
