@@ -56,7 +56,8 @@ def run_in_chromium(chromium: str, port: int, script) -> object:
     """Start a headless Chromium, run `await script(page)` against its first tab, stop it; returns what `script` returns."""
 
     async def main():
-        with tempfile.TemporaryDirectory() as profile:
+        # Chromium's helper processes can still write to the profile for a moment after it exits
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
             proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                                      "--disable-component-update", "--disable-sync", f"--remote-debugging-port={port}", f"--user-data-dir={profile}",
                                      "--window-size=1600,1100", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -78,6 +79,10 @@ def run_in_chromium(chromium: str, port: int, script) -> object:
                     return await script(page)
             finally:
                 proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
                 proc.wait(timeout=30)
 
     return asyncio.run(main())
