@@ -13,7 +13,9 @@ def _use_persistent_instance() -> None:
     """DAGSTER_HOME defaults to RLHF_DAG_HOME/dagster, the instance `make ui` shows too."""
     from .config import home_dir
 
-    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home_dir() / "dagster")))
+    # Dagster refuses a relative DAGSTER_HOME; a user's `DAGSTER_HOME=.rlhf_dag/dagster` means this folder
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or home_dir() / "dagster").resolve()
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.is_file():  # Dagster's defaults, without its warning about a missing file or its telemetry banner

@@ -60,6 +60,18 @@ def test_status_shows_every_asset_fresh_after_a_run(smoke_run, capsys):
     assert {row[0]: row[1] for row in rows} == {asset: "FRESH" for asset in ASSETS}
 
 
+def test_status_takes_a_relative_dagster_home(smoke_run, monkeypatch, capsys):
+    """`DAGSTER_HOME=.rlhf_dag/dagster rlhf-dag status` from the repo root: Dagster itself refuses a relative path."""
+    import os
+
+    home = Path(os.environ["DAGSTER_HOME"])
+    monkeypatch.chdir(home.parent)
+    monkeypatch.setenv("DAGSTER_HOME", home.name)
+    assert main(["status"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert {row[0]: row[1] for row in rows} == {asset: "FRESH" for asset in ASSETS}
+
+
 @pytest.mark.slow
 def test_retrain_dry_run_names_what_an_edit_made_stale_and_does_nothing(smoke_run, isolated_env, capsys):
     _, instance, _ = smoke_run
