@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from .domain import pretraining_documents
 
 
 def _read_file(path: Path) -> list[str]:
     if path.suffix == ".parquet":
+        import pandas as pd
+
         frame = pd.read_parquet(path)
         if "text" not in frame.columns:
             raise ValueError(f"{path}: a Parquet corpus needs a 'text' column (found: {', '.join(frame.columns)})")

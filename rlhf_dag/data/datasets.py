@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported where it is used: `rlhf-dag status` never needs it
+    import pandas as pd
 
 from ..artifacts import atomic_path
 from .labels import LabelFile
@@ -44,6 +47,8 @@ def assign_splits(keys: list[str], validation_fraction: float, salt: str) -> lis
 
 def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> pd.DataFrame:
     """One row per record: the file's own columns, `split`, and `source` (`file:line`, for error messages)."""
+    import pandas as pd
+
     frame = pd.DataFrame(labels.records)[COLUMNS[labels.kind]]
     frame["split"] = assign_splits(list(frame["prompt"]), validation_fraction, salt)
     frame["source"] = [f"{labels.path}:{labels.lines[i]}" for i in frame["id"]]
@@ -57,5 +62,7 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def splits(path: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import pandas as pd
+
     frame = pd.read_parquet(path)
     return frame[frame["split"] == "train"].reset_index(drop=True), frame[frame["split"] == "validation"].reset_index(drop=True)

@@ -23,7 +23,10 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported where it is used: `rlhf-dag status` never needs it
+    import pandas as pd
 
 from ..artifacts import atomic_dir
 from ..config import CorpusConfig, DatasetConfig, EvalConfig, PPOConfig, PretrainConfig, RewardConfig, SampleSettings, SFTConfig, resolve
@@ -69,6 +72,8 @@ def _source_prompt_table(model, tokenizer, instruct: bool, cfg: SampleSettings, 
 @step
 def pretraining_corpus(inputs: dict[str, str], cfg: CorpusConfig) -> StepResult:
     documents = load_corpus(cfg.source, cfg.n_documents, cfg.seed)
+    import pandas as pd
+
     frame = pd.DataFrame({"text": documents, "split": assign_splits(documents, cfg.validation_fraction, "pretraining_corpus")})
     held_out = int((frame["split"] == "validation").sum())
     metrics = {"documents": len(documents), "held_out_documents": held_out, "characters": sum(map(len, documents))}
@@ -85,6 +90,8 @@ def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
         model, tokenizer = load_pretrained(cfg.pretrained)
         metrics = {"parameters": model.num_parameters()}
     else:
+        import pandas as pd
+
         corpus = pd.read_parquet(inputs["pretraining_corpus"])
         train = list(corpus.loc[corpus["split"] == "train", "text"])
         held_out = list(corpus.loc[corpus["split"] == "validation", "text"])
