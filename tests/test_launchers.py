@@ -79,7 +79,8 @@ def test_the_smoke_graph_under_torchrun_2_matches_one_process(smoke_run, isolate
 
 @pytest.mark.slow
 def test_a_failing_rank_fails_the_asset_with_its_traceback_in_the_run_log(smoke_run, monkeypatch):
-    """A global batch that does not split over 2 ranks fails every rank; the run log shows each rank's traceback."""
+    """A global batch that does not split over 2 ranks fails every rank; the run log shows a failed rank's traceback
+    (whichever rank wrote it before torchrun stopped the other: seen both ways)."""
     defs, instance, _ = smoke_run
     monkeypatch.setenv("RLHF_DAG_LAUNCHER", "torchrun:2")
     job = defs.resolve_implicit_global_asset_job_def()
@@ -89,7 +90,7 @@ def test_a_failing_rank_fails_the_asset_with_its_traceback_in_the_run_log(smoke_
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     description = failure.event_specific_data.user_failure_data.description  # what the run log shows under the failed step
     assert "the launched step failed (torchrun:2)" in description
-    assert "rank 0:" in description and "rank 1:" in description
+    assert "rank 0:\nTraceback" in description or "rank 1:\nTraceback" in description
     assert "rollout_batch_size=3 does not split over 2 processes" in description
 
 
