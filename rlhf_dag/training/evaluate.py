@@ -125,12 +125,17 @@ def reward_hacking_figure(history: list[dict]):
     return fig
 
 
+def markdown_cell(text: str) -> str:
+    """Text as one Markdown table cell: pipes escaped, line breaks kept as <br>."""
+    return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+
+
 def samples_markdown(samples: list[Sample], title: str = "response") -> str:
     """A table of prompt, response, gold score and EOS flag, for the asset's page and MLflow."""
     rows = [f"| prompt | {title} | gold | EOS |", "|---|---|---|---|"]
     for s in samples:
         gold = gold_score(s.prompt, s.response, s.ended_with_eos)
-        cell = s.response.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+        cell = markdown_cell(s.response)
         rows.append(f"| {s.prompt} | {cell} | {f'{gold.score:.2f}' if gold else '-'} | {'yes' if s.ended_with_eos else 'no'} |")
     return "\n".join(rows)
 

@@ -151,13 +151,11 @@ def sft_model(inputs: dict[str, str], cfg: SFTConfig) -> StepResult:
 
 def _pair_table(model, tokenizer, pairs: pd.DataFrame) -> str:
     """Held-out pairs with the reward model's score of each side: what a reviewer reads before trusting its accuracy."""
+    from .evaluate import markdown_cell as cell
     from .reward import score_texts
 
     chosen = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["chosen"]))
     rejected = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["rejected"]))
-
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
 
     rows = ["| prompt | chosen | score | rejected | score | right? |", "|---|---|---|---|---|---|"]
     rows += [f"| {cell(p)} | {cell(c)} | {sc:.2f} | {cell(r)} | {sr:.2f} | {'yes' if sc > sr else 'no'} |"
