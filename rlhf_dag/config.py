@@ -183,7 +183,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 64, "learning_rate": 6e-4},
         "sft_model": {"max_length": 256, "learning_rate": 2e-4},
         "reward_model": {"max_length": 256, "learning_rate": 1e-4},
-        "ppo_policy": {"iterations": 100, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5},
+        "ppo_policy": {"iterations": 64, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5},
         "policy_evaluation": {"samples_per_prompt": 4},
     },
 }

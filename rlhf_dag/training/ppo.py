@@ -23,7 +23,7 @@ from . import distributed
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .reward import per_token_scores
-from .trainer_args import TrainingDivergedError
+from .trainer_args import TrainingDivergedError, autocast
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +196,9 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         batch_prompts = [prompts[order.pop()] for _ in range(cfg.rollout_batch_size)][rollout_shard]
         policy.eval()
         # [PPO-12] the log-probs of the sampling pass are the rollout's old log-probs: no second policy forward
-        query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
-                                                    return_logprobs=True)
+        with autocast():
+            query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
+                                                        return_logprobs=True)
         response, ended = truncate_after_eos(response, eos, pad)  # [PPO-3] nothing after the first EOS
         n_query = query.shape[1]
         query_response = torch.cat([query, response], dim=1)
@@ -206,7 +207,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         logprobs = logprobs * mask
 
         # ---- score: RM score at the end, per-token KL to the reference, values from the critic
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             ref_logprobs, _ = response_logprobs(ref_policy, query_response, attention_mask, n_query, cfg.temperature, pad)
             values = per_token_scores(value_model, query_response, attention_mask)[:, n_query - 1 : -1]
             last = n_query + mask.sum(dim=1).long() - 1
@@ -232,7 +233,8 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                 packed = pack_minibatch(query[mb], query_mask[mb], response[mb], lengths[mb], pad)
                 width = packed.width
                 old_logprobs, mb_mask, mb_advantages = logprobs[mb, :width], mask[mb, :width], advantages[mb, :width]
-                new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)
+                with autocast():
+                    new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)
                 pg_loss, clipfrac = clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range)  # [PPO-7]
                 vf_loss = clipped_value_loss(new_values, values[mb, :width], returns[mb, :width], mb_mask, cfg.clip_range_value)  # [PPO-8]
                 loss = pg_loss + cfg.vf_coef * vf_loss

@@ -42,7 +42,7 @@ def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
-    return model.score(hidden).squeeze(-1)
+    return model.score(hidden).squeeze(-1).float()  # fp32 for GAE and the losses, also under bf16 autocast
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 
 import torch
@@ -17,12 +18,23 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bf16() -> bool:
+    """bf16 mixed precision (fp32 weights, bf16 matrix products) where the GPU has it; fp32 on CPU, where it only costs time."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def autocast():
+    """The precision of our own loops (PPO, sampling), the same as `bf16` gives the TRL trainers."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16())
+
+
 def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rate: float, seed: int, n_examples: int, group_by_length: bool = False,
                    evaluations: int = 5) -> dict:
     """Keyword arguments for `trl.SFTConfig` / `trl.RewardConfig`.
 
-    bf16, gradient checkpointing and checkpoint saving are off: on CPU they cost
-    time and the asset saves the final model itself. A loss is logged about 20
+    bf16 mixed precision on a GPU that has it (`bf16`), fp32 elsewhere; gradient
+    checkpointing and checkpoint saving are off: they cost time and the asset saves
+    the final model itself. A loss is logged about 20
     times per run so MLflow gets a curve even from short runs: through
     transformers' own MLflow integration, into the asset's run (see `tracker`).
     With an `eval_dataset` the trainer also evaluates `evaluations` times during
@@ -55,7 +67,7 @@ def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rat
         disable_tqdm=True,
         seed=seed,
         data_seed=seed,
-        bf16=False,
+        bf16=bf16(),
         fp16=False,
         # TRL's configs turn it on by default: every decoder layer's forward ran twice per step
         # (py-spy of the base_model step, docs/benchmarks.md); the results are bit-for-bit the same without it.
@@ -73,9 +85,10 @@ def tracker() -> str:
     evaluation curves into that run, with the trainer's arguments as params; a
     step called on its own (a benchmark, a test) tracks nothing.
     """
-    import mlflow
-
-    return "mlflow" if mlflow.active_run() is not None or os.environ.get("MLFLOW_RUN_ID") else "none"
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return "mlflow"
+    mlflow = sys.modules.get("mlflow")  # a process that never imported mlflow has no active run (and need not have mlflow installed)
+    return "mlflow" if mlflow is not None and mlflow.active_run() is not None else "none"
 
 
 def trained_tokens(trainer, columns: tuple[str, ...] = ("input_ids",)) -> int:
