@@ -34,9 +34,13 @@ TRAINERS = ("base_model", "sft_model", "reward_model")
 
 def worker(spec: str, report: str) -> None:
     """Run one step from its spec (as `python -m rlhf_dag.training.steps --spec` does) and report what the GPU saw."""
+    import logging
+
     import torch
 
     from rlhf_dag.training.steps import run_spec
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the steps' progress lines, in the child's log
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -54,7 +58,7 @@ def worker(spec: str, report: str) -> None:
         "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
         "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
         "attention": getattr(config, "_attn_implementation", None),
-        "dtype": "bf16 autocast" if cuda and torch.cuda.is_bf16_supported() else "fp32",
+        "dtype": "bf16 autocast" if result.step in TRAINERS and cuda and torch.cuda.is_bf16_supported() else "fp32",
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
     })
@@ -125,7 +129,7 @@ def main() -> int:
         markdown_table(["step", "wall s", "step s", "train s", "tokens/s", "peak GPU GiB", "MFU (est.)", "parameters", "headline figure"], rows),
         "",
         "Headline figure: held-out loss (base, SFT, RM), PPO final RM score, evaluation PPO-vs-SFT gold win rate.",
-        f"Precision: {next((r['dtype'] for r in reports.values() if r.get('dtype')), '?')}; attention: "
+        f"Precision: TRL trainers {reports['sft_model']['dtype']}, PPO fp32; attention: "
         f"{next((r['attention'] for r in reports.values() if r.get('attention')), '?')}. PPO: {ppo.iterations} iterations of {ppo.rollout_batch_size} rollouts, "
         f"{reports['ppo_policy']['metrics']['train_seconds'] / ppo.iterations:.2f} s per iteration.",
         "",

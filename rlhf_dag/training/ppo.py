@@ -23,7 +23,7 @@ from . import distributed
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .reward import per_token_scores
-from .trainer_args import TrainingDivergedError, autocast
+from .trainer_args import TrainingDivergedError
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def length_buckets(lengths: torch.Tensor, minibatch_size: int) -> list[torch.Ten
     cut into minibatches, and the minibatches shuffled: each minibatch pads only
     to its own longest rollout, where a random split pads to the batch's.
     """
-    shuffled = torch.randperm(len(lengths))
+    shuffled = torch.randperm(len(lengths)).to(lengths.device)
     by_length = shuffled[torch.sort(lengths[shuffled], stable=True).indices]
     buckets = list(by_length.split(minibatch_size))
     return [buckets[i] for i in torch.randperm(len(buckets)).tolist()]
@@ -196,9 +196,8 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         batch_prompts = [prompts[order.pop()] for _ in range(cfg.rollout_batch_size)][rollout_shard]
         policy.eval()
         # [PPO-12] the log-probs of the sampling pass are the rollout's old log-probs: no second policy forward
-        with autocast():
-            query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
-                                                        return_logprobs=True)
+        query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
+                                                    return_logprobs=True)
         response, ended = truncate_after_eos(response, eos, pad)  # [PPO-3] nothing after the first EOS
         n_query = query.shape[1]
         query_response = torch.cat([query, response], dim=1)
@@ -207,7 +206,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         logprobs = logprobs * mask
 
         # ---- score: RM score at the end, per-token KL to the reference, values from the critic
-        with torch.no_grad(), autocast():
+        with torch.no_grad():
             ref_logprobs, _ = response_logprobs(ref_policy, query_response, attention_mask, n_query, cfg.temperature, pad)
             values = per_token_scores(value_model, query_response, attention_mask)[:, n_query - 1 : -1]
             last = n_query + mask.sum(dim=1).long() - 1
@@ -233,8 +232,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                 packed = pack_minibatch(query[mb], query_mask[mb], response[mb], lengths[mb], pad)
                 width = packed.width
                 old_logprobs, mb_mask, mb_advantages = logprobs[mb, :width], mask[mb, :width], advantages[mb, :width]
-                with autocast():
-                    new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)
+                new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)
                 pg_loss, clipfrac = clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range)  # [PPO-7]
                 vf_loss = clipped_value_loss(new_values, values[mb, :width], returns[mb, :width], mb_mask, cfg.clip_range_value)  # [PPO-8]
                 loss = pg_loss + cfg.vf_coef * vf_loss

@@ -19,13 +19,9 @@ def device() -> torch.device:
 
 
 def bf16() -> bool:
-    """bf16 mixed precision (fp32 weights, bf16 matrix products) where the GPU has it; fp32 on CPU, where it only costs time."""
+    """bf16 mixed precision (fp32 weights, bf16 matrix products) for the TRL trainers where the GPU has it; fp32 on CPU,
+    where it only costs time. Our PPO loop stays fp32: under bf16 autocast it diverged on an H200 (docs/benchmarks.md)."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def autocast():
-    """The precision of our own loops (PPO, sampling), the same as `bf16` gives the TRL trainers."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16())
 
 
 def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rate: float, seed: int, n_examples: int, group_by_length: bool = False,
