@@ -67,7 +67,7 @@ def cmd_run(args) -> int:
     import dagster as dg
 
     from .config import active_profile, artifacts_dir, home_dir, labels_dir
-    from .definitions import defs
+    from .definitions import TRAINING_GRAPH, defs
 
     instance = dg.DagsterInstance.get()
     print(f"rlhf-dag: profile '{active_profile()}', labels from {labels_dir()}, writing to {home_dir()}")
@@ -75,9 +75,8 @@ def cmd_run(args) -> int:
     logs = _log_settings(args.verbose)
     defs.resolve_job_def("observe_labels").execute_in_process(instance=instance, run_config=logs)
     job = defs.resolve_implicit_global_asset_job_def()
-    selection = None
-    if args.select:
-        selection = list(dg.AssetSelection.from_string(args.select).resolve(defs.resolve_asset_graph()))
+    graph = dg.AssetSelection.from_string(args.select) if args.select else TRAINING_GRAPH
+    selection = list(graph.resolve(defs.resolve_asset_graph()))
     result = job.execute_in_process(instance=instance, asset_selection=selection, raise_on_error=False, run_config=logs)
     total = time.perf_counter() - started
     print(f"\n{'asset / check':<40} {'seconds':>8}")
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-pairs", action="store_true", help="with --policy: every pair of differently scored samples of a prompt, not only best vs worst")
     p.set_defaults(func=cmd_make_labels)
     p = sub.add_parser("run", help="observe the labeled files and materialize the graph into the persistent instance")
-    p.add_argument("--select", default=None, help="Dagster asset selection (default: everything), e.g. 'reward_model*'")
+    p.add_argument("--select", default=None, help="Dagster asset selection (default: the training graph, every asset but labeling_candidates), e.g. 'reward_model*'")
     p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="every asset: fresh / stale / missing, and why")

@@ -143,6 +143,17 @@ class EvalConfig(StepConfig):
     seed: int = Field(0, description="sampling seed")
 
 
+class LabelingConfig(StepConfig):
+    """`labeling_candidates`: K responses per prompt from a policy, for people to rank in Label Studio (one batch per partition)."""
+
+    policy: str = Field("sft_model", description="the policy that writes the responses: 'sft_model', or 'ppo_policy' to rank the RLHF policy's own outputs (InstructGPT's later rounds)")
+    prompts_per_batch: int = Field(32, description="prompts of labels/prompts in one batch (chosen by a hash of the batch name, so each batch has its own)")
+    responses_per_prompt: int = Field(4, description="K: responses sampled per prompt; one ranking of K gives C(K, 2) comparisons (InstructGPT: K = 4 to 9)")
+    temperature: float = Field(1.0, description="sampling temperature (1.0: the policy's own distribution)")
+    max_new_tokens: int = Field(48, description="response length cap (a labeler sees a cut-off response as it is)")
+    seed: int = Field(0, description="sampling seed (combined with the batch name)")
+
+
 class GateConfig(StepConfig):
     """Thresholds of the blocking asset checks. They live with the checks (the `gates` resource), not in
     any step's config, so changing one re-runs a check and never retrains a model."""
@@ -161,6 +172,7 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
     "reward_model": RewardConfig,
     "ppo_policy": PPOConfig,
     "policy_evaluation": EvalConfig,
+    "labeling_candidates": LabelingConfig,
 }
 # Not a step: the checks' thresholds, resolved per profile like the steps' configs.
 GATES = "gates"
@@ -177,6 +189,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "ppo_policy": {"iterations": 2, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 12},
         "gates": {"accuracy_floor": 0.0, "kl_budget": 1e6, "eos_rate_floor": 0.0},
         "policy_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1},
+        "labeling_candidates": {"prompts_per_batch": 3, "max_new_tokens": 24},
     },
     "gpu": {
         "pretraining_corpus": {"n_documents": 50000},

@@ -12,10 +12,11 @@ from .config import home_dir
 from .pipeline import assets
 from .pipeline.automation import automation_sensor
 from .pipeline.checks import ASSET_CHECKS
+from .pipeline.labeling import label_studio_pull
 from .pipeline.labels import LABEL_SOURCES
 from .pipeline.handles import HandleIOManager
 from .pipeline.launch import StepLauncher
-from .pipeline.resources import MlflowTracking, QualityGates
+from .pipeline.resources import LabelStudio, MlflowTracking, QualityGates
 
 LABEL_KEYS = [source.key for source in LABEL_SOURCES]
 
@@ -23,8 +24,10 @@ LABEL_KEYS = [source.key for source in LABEL_SOURCES]
 observe_labels = dg.define_asset_job("observe_labels", selection=dg.AssetSelection.assets(*LABEL_KEYS))
 
 
-# The whole graph as one job: what the launchpad, the CI command and the UI's graph page show.
-rlhf_graph = dg.define_asset_job("rlhf_graph", selection=dg.AssetSelection.all(), description="pretraining -> SFT -> reward model -> PPO -> evaluation")
+# The whole graph as one job: what the launchpad, the CI command and the UI's graph page show. Labeling batches
+# are made one at a time, on purpose (`rlhf-dag label-batch`), never by a run of the graph.
+TRAINING_GRAPH = dg.AssetSelection.all() - dg.AssetSelection.assets(assets.labeling_candidates)
+rlhf_graph = dg.define_asset_job("rlhf_graph", selection=TRAINING_GRAPH, description="pretraining -> SFT -> reward model -> PPO -> evaluation")
 
 
 def build_definitions() -> dg.Definitions:
@@ -40,13 +43,15 @@ def build_definitions() -> dg.Definitions:
             assets.reward_model,
             assets.ppo_policy,
             assets.policy_evaluation,
+            assets.labeling_candidates,
         ],
         asset_checks=ASSET_CHECKS,
         jobs=[observe_labels, rlhf_graph],
-        sensors=[automation_sensor],
+        sensors=[automation_sensor, label_studio_pull],
         resources={
             "mlflow": MlflowTracking(),
             "gates": QualityGates(),
+            "label_studio": LabelStudio(),  # LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY (docs/labeling.md)
             "launcher": StepLauncher(),  # how the trained steps run: RLHF_DAG_LAUNCHER (in-process, torchrun:N, accelerate:<config>, k8s)
             "io_manager": HandleIOManager(base_dir=str(home_dir() / "handles")),
         },

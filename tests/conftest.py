@@ -44,11 +44,11 @@ def smoke_run(isolated_env):
     """The whole graph, smoke profile, materialized in-process into the session's persistent instance."""
     import dagster as dg
 
-    from rlhf_dag.definitions import build_definitions
+    from rlhf_dag.definitions import TRAINING_GRAPH, build_definitions
 
     defs = build_definitions()
     instance = dg.DagsterInstance.get()
     defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance)
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=list(TRAINING_GRAPH.resolve(defs.resolve_asset_graph())))
     assert result.success
     return defs, instance, result

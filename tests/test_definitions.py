@@ -18,6 +18,7 @@ EXPECTED_INPUTS = {
     "reward_model": ["comparison_dataset", "sft_model"],
     "ppo_policy": ["labels/prompts", "reward_model", "sft_model"],
     "policy_evaluation": ["base_model", "labels/eval_prompts", "ppo_policy", "reward_model", "sft_model"],
+    "labeling_candidates": ["labels/prompts", "ppo_policy", "sft_model"],
 }
 # Dagster's graph: the inputs, plus every labeled file upstream of an asset as a dependency of its own,
 # so that the UI marks the asset unsynced when that file changes (pipeline/assets.py).
@@ -31,6 +32,7 @@ EXPECTED_GRAPH = {
     "sft_model": ["base_model", "labels/demonstrations", "sft_dataset"],
     "ppo_policy": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "reward_model", "sft_model"],
     "policy_evaluation": ["base_model", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts", "ppo_policy", "reward_model", "sft_model"],
+    "labeling_candidates": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "ppo_policy", "sft_model"],
 }
 
 EXPECTED_BLOCKING_CHECKS = {
@@ -92,6 +94,6 @@ def test_training_and_data_never_import_dagster():
     code = (
         "import sys, rlhf_dag.training.steps, rlhf_dag.training.pretrain, rlhf_dag.training.sft, rlhf_dag.training.reward, "
         "rlhf_dag.training.ppo, rlhf_dag.training.evaluate, rlhf_dag.data.labeling, rlhf_dag.data.corpus, "
-        "rlhf_dag.data.datasets; assert 'dagster' not in sys.modules, 'dagster was imported'"
+        "rlhf_dag.data.datasets, rlhf_dag.data.feedback, rlhf_dag.data.label_studio; assert 'dagster' not in sys.modules, 'dagster was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -1,7 +1,8 @@
 """Validated labeled files -> the Parquet datasets the trainers read, with a fixed split.
 
 A prompt's split is decided by a hash of the prompt text, so it never moves
-when other records are added or edited, and a prompt never sits in both splits.
+when other records are added or edited, and a prompt never sits in both splits
+(nor, then, do the pairs of one ranking, which share its prompt).
 (One exception, for files so small that no prompt hashes into validation: the
 prompt with the lowest hash is moved there, and adding records can change which.)
 """
@@ -50,6 +51,8 @@ def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> p
     import pandas as pd
 
     frame = pd.DataFrame(labels.records)[COLUMNS[labels.kind]]
+    if labels.kind == "comparisons":  # the pairs of one human ranking share its key; any other pair is a ranking of its own
+        frame["ranking"] = [r.get("ranking") or r["id"] for r in labels.records]
     frame["split"] = assign_splits(list(frame["prompt"]), validation_fraction, salt)
     frame["source"] = [f"{labels.path}:{labels.lines[i]}" for i in frame["id"]]
     return frame

@@ -18,11 +18,16 @@ logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 64 * 1024
 
+# Where a human-ranked comparison came from (data/feedback.py writes them): the annotation (`ranking`, shared by
+# the C(K, 2) pairs of one ranking), who ranked and when, the labeling batch, its Label Studio task, and the MLflow
+# run of the policy that wrote the responses.
+PROVENANCE = ("ranking", "labeler", "labeled_at", "batch", "task_id", "policy_run_id")
+
 # file stem -> (required string fields, optional string fields)
 SCHEMAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prompts": (("id", "prompt"), ()),
     "demonstrations": (("id", "prompt", "response"), ("quality",)),
-    "comparisons": (("id", "prompt", "chosen", "rejected"), ()),
+    "comparisons": (("id", "prompt", "chosen", "rejected"), PROVENANCE),
     "eval_prompts": (("id", "prompt"), ()),
 }
 LABEL_FILES = tuple(SCHEMAS)

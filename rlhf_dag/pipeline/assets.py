@@ -7,13 +7,17 @@ STEP_INPUTS) reach it by path; every `labels/<name>` source upstream of an asset
 is declared as its dependency.
 """
 
+from pathlib import Path
+
 import dagster as dg
 
 from ..artifacts import ArtifactHandle
+from ..training.result import StepResult
 from .automation import dataset_automation, model_automation
 from .publish import asset_config_class, profile_version, publish, upstream_labels
 from .launch import StepLauncher
-from .resources import MlflowTracking
+from .labeling import LABELING_BATCHES
+from .resources import LabelStudio, MlflowTracking
 
 PretrainingCorpusConfig = asset_config_class("pretraining_corpus")
 BaseModelConfig = asset_config_class("base_model")
@@ -23,6 +27,7 @@ ComparisonDatasetConfig = asset_config_class("comparison_dataset")
 RewardModelConfig = asset_config_class("reward_model")
 PpoPolicyConfig = asset_config_class("ppo_policy")
 PolicyEvaluationConfig = asset_config_class("policy_evaluation")
+LabelingCandidatesConfig = asset_config_class("labeling_candidates")
 
 
 def _labels(*names: str) -> list[dg.AssetKey]:
@@ -84,3 +89,15 @@ def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflo
 def policy_evaluation(context: dg.AssetExecutionContext, config: PolicyEvaluationConfig, mlflow: MlflowTracking, base_model: ArtifactHandle, sft_model: ArtifactHandle,
                       reward_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     return publish(context, config, mlflow, base_model=base_model, sft_model=sft_model, reward_model=reward_model, ppo_policy=ppo_policy)
+
+
+@dg.asset(partitions_def=LABELING_BATCHES, code_version=profile_version("labeling_candidates"), group_name="labeling", kinds={"labelstudio"},
+          deps=_labels(*upstream_labels("labeling_candidates")),
+          description="One labeling batch (a partition): K responses per prompt from a policy (sft_model unless configured), pushed to Label Studio for people to rank.")
+def labeling_candidates(context: dg.AssetExecutionContext, config: LabelingCandidatesConfig, mlflow: MlflowTracking, label_studio: LabelStudio,
+                        sft_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    output = publish(context, config, mlflow, sft_model=sft_model, ppo_policy=ppo_policy)
+    policy = {"sft_model": sft_model, "ppo_policy": ppo_policy}[output.value.tags["policy"]]
+    candidates = StepResult.load(Path(output.value.path).parent).records["candidates.json"]
+    pushed = label_studio.push_batch(context.partition_key, candidates, output.value.tags["policy"], policy.mlflow_run_id or "")
+    return dg.Output(output.value, metadata={**output.metadata, "policy_run_id": policy.mlflow_run_id or "", **pushed})

@@ -59,7 +59,8 @@ def graph_statuses(graph, instance: dg.DagsterInstance) -> list[AssetStatus]:
     out, changing, latest = [], set(), {}
     for key in graph.toposorted_asset_keys:
         node = graph.get(key)
-        if not node.is_materializable:
+        # a labeling batch (a partition of labeling_candidates) is made once, on purpose: never stale, never rebuilt
+        if not node.is_materializable or node.is_partitioned:
             continue
         event = latest[key] = instance.get_latest_materialization_event(key)
         if event is None:

@@ -137,6 +137,8 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
     labels = [name for name in STEP_INPUTS[asset] if name not in STEP_INPUTS]
     cfg = resolve_config(context, config)
     inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(labels_dir() / f"{name}.jsonl") for name in labels}
+    if context.has_partition_key:  # a labeling batch: its name is an input of the step
+        inputs["batch"] = context.partition_key
     final = run_dir(artifacts_dir(), asset, context.run_id)
     mlflow.end_orphaned_runs(context.instance, asset)
     with mlflow.start_run(context, cfg.model_dump(mode="json"), lineage_tags(upstream)) as run, training_logs(context):

@@ -134,3 +134,39 @@ class QualityGates(dg.ConfigurableResource):
 
     def thresholds(self) -> GateConfig:
         return resolve(GATES, {"accuracy_floor": self.accuracy_floor, "kl_budget": self.kl_budget, "eos_rate_floor": self.eos_rate_floor})
+
+
+class LabelStudio(dg.ConfigurableResource):
+    """A Label Studio server: where `labeling_candidates` pushes a batch, and where pulls read the rankings back.
+
+    URL and token come from the environment (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY: a personal access
+    token, docs/labeling.md); the token never reaches MLflow or a materialization's metadata.
+    """
+
+    url: str | None = Field(None, description="Label Studio's address; default LABEL_STUDIO_URL, else http://127.0.0.1:8080 (`make label-studio`)")
+
+    def resolved_url(self) -> str:
+        return self.url or os.environ.get("LABEL_STUDIO_URL") or "http://127.0.0.1:8080"
+
+    def client(self):
+        from ..data.label_studio import LabelStudioClient
+
+        return LabelStudioClient(self.resolved_url(), os.environ.get("LABEL_STUDIO_API_KEY", ""))
+
+    def push_batch(self, batch: str, candidates: list[dict], policy: str, policy_run_id: str) -> dict:
+        """Create the batch's project (titled with the batch name) and import one task per prompt; returns metadata.
+
+        A batch goes out once: a project of that name that already has tasks is an error, not a second copy.
+        """
+        from ..data.label_studio import LabelStudioError, task_data
+
+        client = self.client()
+        project = client.project_id(batch)
+        if project is not None and client.export(project):
+            raise LabelStudioError(f"batch {batch!r} is already in Label Studio ({self.resolved_url()}/projects/{project}); "
+                                   f"add a new partition of labeling_candidates for a new batch")
+        if project is None:
+            project = client.create_project(batch, f"rlhf-dag labeling batch {batch}: responses of {policy} (MLflow run {policy_run_id})")
+        tasks = [task_data(c["prompt_id"], c["prompt"], c["responses"], batch, policy, policy_run_id) for c in candidates]
+        return {"label_studio_project": dg.MetadataValue.url(f"{self.resolved_url()}/projects/{project}/data"),
+                "tasks_pushed": client.import_tasks(project, tasks)}

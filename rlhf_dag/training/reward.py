@@ -8,6 +8,7 @@ form, prompt + response + EOS, read at the EOS position.
 
 from __future__ import annotations
 
+import collections
 import logging
 import tempfile
 import time
@@ -31,6 +32,50 @@ logger = logging.getLogger(__name__)
 def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """The Bradley-Terry loss of InstructGPT's reward model: mean of -log sigmoid(r_chosen - r_rejected)."""
     return -F.logsigmoid(chosen - rejected).mean()
+
+
+def ranking_loss(chosen: torch.Tensor, rejected: torch.Tensor, pair_weight: torch.Tensor) -> torch.Tensor:
+    """InstructGPT's loss (section 3.5, eq. 1) with one ranking as one batch element: each of a ranking's C(K, 2)
+    pairs weighs 1 / C(K, 2) (`pair_weight`), and the batch's loss is the mean over its rankings. A lone pair weighs 1,
+    so a batch of lone pairs gives `pairwise_loss`. Treating each pair as its own element instead makes every
+    response appear in K - 1 elements of an epoch, and the RM overfits after one epoch (InstructGPT, section 3.5)."""
+    return -(F.logsigmoid(chosen - rejected) * pair_weight).sum() / pair_weight.sum()
+
+
+def pair_weights(rankings: list[str]) -> list[float]:
+    """1 / (pairs of its ranking) for each pair: the weight that makes one ranking one batch element."""
+    sizes = collections.Counter(rankings)
+    return [1.0 / sizes[key] for key in rankings]
+
+
+class RankingBatches(torch.utils.data.Sampler):
+    """Batches of whole rankings: a ranking's pairs are never split between batches, and a batch holds rankings up to
+    `batch_size` pairs (a larger ranking is a batch of its own). Reshuffled each epoch from `seed`."""
+
+    def __init__(self, rankings: list[str], batch_size: int, seed: int):
+        groups: dict[str, list[int]] = {}
+        for index, key in enumerate(rankings):
+            groups.setdefault(key, []).append(index)
+        self.groups, self.batch_size, self.seed, self.epoch = list(groups.values()), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self, order: list[int]) -> list[list[int]]:
+        batches, current = [], []
+        for g in order:
+            if current and len(current) + len(self.groups[g]) > self.batch_size:
+                batches.append(current)
+                current = []
+            current = current + self.groups[g]
+        return batches + ([current] if current else [])
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from self._batches(torch.randperm(len(self.groups), generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return len(self._batches(list(range(len(self.groups)))))
 
 
 def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -87,6 +132,13 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
     dataset = Dataset.from_dict(
         {"prompt": [format_prompt(p) for p in train["prompt"]], "chosen": list(train["chosen"]), "rejected": list(train["rejected"])}
     )
+    rankings = list(train["ranking"]) if "ranking" in train else list(train["id"])
+    grouped = len(set(rankings)) < len(rankings)  # people ranked K > 2 responses: one ranking, one batch element
+    trainer_class, collator = RewardTrainer, None
+    if grouped:
+        trainer_class, collator_class = _ranking_trainer_class()
+        collator = collator_class(pad_token_id=tokenizer.pad_token_id)
+        dataset = dataset.add_column("ranking", rankings).add_column("pair_weight", pair_weights(rankings))
     with tempfile.TemporaryDirectory() as out:
         args = RewardConfig(
             **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset)),
@@ -96,7 +148,11 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         held_out = Dataset.from_dict(  # the validation curve
             {"prompt": [format_prompt(p) for p in validation["prompt"]], "chosen": list(validation["chosen"]), "rejected": list(validation["rejected"])}
         )
-        trainer = monitored(RewardTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer), "reward_model")
+        if grouped:
+            held_out_rankings = list(validation["ranking"])
+            held_out = held_out.add_column("ranking", held_out_rankings).add_column("pair_weight", pair_weights(held_out_rankings))
+        trainer = monitored(trainer_class(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer,
+                                          data_collator=collator), "reward_model")
         result = trainer.train()
     accuracy, margin, validation_loss = pairwise_accuracy(model, tokenizer, validation)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
@@ -116,3 +172,32 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         "train_seconds": time.perf_counter() - start,
     }
     return TrainResult(model, tokenizer, metrics)
+
+
+def _ranking_trainer_class():
+    """TRL's RewardTrainer with `ranking_loss` over `RankingBatches` (built on first use: trl imports slowly)."""
+    from torch.utils.data import DataLoader
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class RankingCollator(DataCollatorForPreference):
+        def torch_call(self, examples):
+            return {**super().torch_call(examples), "pair_weight": torch.tensor([e["pair_weight"] for e in examples], dtype=torch.float)}
+
+    class RankingRewardTrainer(RewardTrainer):
+        def _set_signature_columns_if_needed(self):
+            self._signature_columns = ["chosen_ids", "rejected_ids", "pair_weight", "ranking"]
+
+        def get_train_dataloader(self):
+            dataset = self._remove_unused_columns(self.train_dataset, description="training")
+            batches = RankingBatches(dataset["ranking"], self.args.per_device_train_batch_size, self.args.seed)
+            return self.accelerator.prepare(DataLoader(dataset.remove_columns("ranking"), batch_sampler=batches, collate_fn=self.data_collator))
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weight = inputs.pop("pair_weight")
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            loss = ranking_loss(chosen, rejected, weight) + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+            return (loss, outputs) if return_outputs else loss
+
+    return RankingRewardTrainer, RankingCollator

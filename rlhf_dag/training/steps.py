@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pandas is imported where it is used: `rlhf-dag status` neve
     import pandas as pd
 
 from ..artifacts import atomic_dir
-from ..config import CorpusConfig, DatasetConfig, EvalConfig, PPOConfig, PretrainConfig, RewardConfig, SampleSettings, SFTConfig, resolve
+from ..config import CorpusConfig, DatasetConfig, EvalConfig, LabelingConfig, PPOConfig, PretrainConfig, RewardConfig, SampleSettings, SFTConfig, resolve
 from ..data.corpus import load_corpus
 from ..data.datasets import assign_splits, build_dataset, splits
 from ..data.domain import SOURCE_PROMPTS
@@ -106,8 +106,7 @@ def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
     )
 
 
-def _dataset(step: str, kind: str, inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
-    labels = load_labels(inputs[kind], kind)
+def _dataset(step: str, labels, inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
     frame = build_dataset(labels, cfg.validation_fraction, cfg.split_salt)
     n_val = int((frame["split"] == "validation").sum())
     metrics = {"train_records": len(frame) - n_val, "validation_records": n_val, "duplicates_dropped": labels.duplicates_dropped}
@@ -118,12 +117,28 @@ def _dataset(step: str, kind: str, inputs: dict[str, str], cfg: DatasetConfig) -
 
 @step
 def sft_dataset(inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
-    return _dataset("sft_dataset", "demonstrations", inputs, cfg)
+    return _dataset("sft_dataset", load_labels(inputs["demonstrations"], "demonstrations"), inputs, cfg)
 
 
 @step
 def comparison_dataset(inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
-    return _dataset("comparison_dataset", "comparisons", inputs, cfg)
+    """Validated pairs with a fixed split; where people ranked (data/feedback.py), their agreement with each other and
+    with the gold labeler, per batch and per labeler, and the labelers far below the others."""
+    from ..data.feedback import agreement
+    from ..data.gold import gold_score
+
+    labels = load_labels(inputs["comparisons"], "comparisons")
+    result = _dataset("comparison_dataset", labels, inputs, cfg)
+    human = [r for r in labels.records if r.get("labeler")]
+    if human:
+        figures = agreement(human, lambda prompt, response: (g := gold_score(prompt, response)) and g.score)
+        result.metrics.update({"human_pairs": len(human), "human_rankings": len({r["ranking"] for r in human}), **figures["metrics"]})
+        result.headline += [k for k in ("human_pairs", "human_rankings", "agreement_inter_labeler", "agreement_gold") if k in result.metrics]
+        result.tags["flagged_labelers"] = ", ".join(figures["flagged"]) or "none"
+        result.texts["agreement.md"] = figures["table"]
+        if figures["flagged"]:
+            logger.warning("comparison_dataset: labeler(s) far below the others' agreement: %s (agreement.md)", ", ".join(figures["flagged"]))
+    return result
 
 
 @step
@@ -255,6 +270,44 @@ def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
     )
 
 
+@step
+def labeling_candidates(inputs: dict[str, str], cfg: LabelingConfig) -> StepResult:
+    """K responses per prompt from the configured policy, for one labeling batch (`inputs["batch"]`, the partition)."""
+    import hashlib
+
+    from ..data.feedback import batch_prompts
+    from .generate import sample
+    from .models import load_causal_lm
+
+    if cfg.policy not in ("sft_model", "ppo_policy"):
+        raise ValueError(f"labeling_candidates: policy must be 'sft_model' or 'ppo_policy', got {cfg.policy!r}")
+    if cfg.responses_per_prompt < 2:
+        raise ValueError(f"labeling_candidates: responses_per_prompt must be at least 2 to rank, got {cfg.responses_per_prompt}")
+    batch = inputs["batch"]
+    prompts = batch_prompts(load_labels(inputs["prompts"], "prompts").records, batch, cfg.prompts_per_batch)
+    model, tokenizer = load_causal_lm(inputs[cfg.policy])
+    repeated = [r for r in prompts for _ in range(cfg.responses_per_prompt)]
+    seed = cfg.seed + int(hashlib.sha256(batch.encode()).hexdigest()[:8], 16)
+    samples = sample(model, tokenizer, [r["prompt"] for r in repeated], [format_prompt(r["prompt"]) for r in repeated], cfg.max_new_tokens, cfg.temperature, seed=seed)
+    candidates, duplicates, left_out = [], 0, 0
+    for n, record in enumerate(prompts):
+        drawn = [s.response.strip() for s in samples[n * cfg.responses_per_prompt : (n + 1) * cfg.responses_per_prompt]]
+        responses = list(dict.fromkeys(r for r in drawn if r))
+        duplicates += sum(1 for r in drawn if r) - len(responses)
+        if len(responses) < 2:  # nothing to rank
+            left_out += 1
+            continue
+        candidates.append({"prompt_id": record["id"], "prompt": record["prompt"], "responses": responses})
+    if not candidates:
+        raise ValueError(f"labeling_candidates: every prompt of batch {batch!r} got fewer than two different responses from {cfg.policy}; raise temperature")
+    responses = sum(len(c["responses"]) for c in candidates)
+    metrics = {"prompts": len(candidates), "responses": responses, "duplicates_dropped": duplicates, "prompts_left_out": left_out,
+               "comparisons_if_ranked": sum(len(c["responses"]) * (len(c["responses"]) - 1) // 2 for c in candidates)}
+    preview = "\n\n".join(f"**{c['prompt']}**\n" + "\n".join(f"- {r}" for r in c["responses"]) for c in candidates[:3])
+    return StepResult("labeling_candidates", metrics, list(metrics), inputs=inputs, tags={"policy": cfg.policy, "batch": batch},
+                      main_file="candidates.json", records={"candidates.json": candidates}, texts={"preview.md": preview})
+
+
 # The graph's steps in dependency order; each asset's inputs are the keys its function reads.
 STEPS = {
     "pretraining_corpus": pretraining_corpus,
@@ -265,6 +318,7 @@ STEPS = {
     "reward_model": reward_model,
     "ppo_policy": ppo_policy,
     "policy_evaluation": policy_evaluation,
+    "labeling_candidates": labeling_candidates,
 }
 
 
@@ -279,6 +333,8 @@ STEP_INPUTS = {
     "reward_model": ("sft_model", "comparison_dataset"),
     "ppo_policy": ("sft_model", "reward_model", "prompts"),
     "policy_evaluation": ("base_model", "sft_model", "reward_model", "ppo_policy", "eval_prompts"),
+    # both policies are inputs; its config says which one writes the responses. `batch` is the partition key.
+    "labeling_candidates": ("sft_model", "ppo_policy", "prompts"),
 }
 
 
