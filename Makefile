@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup run test mutants bench figures screenshots ui mlflow-ui labels ui-test-deps clean
+.PHONY: setup run test mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,25 @@ screenshots: setup  ## docs/images: the asset graph and asset pages, from the we
 
 ui-test-deps:  ## Debian's Chromium, for the web-UI test (needs root or sudo)
 	command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+# Label Studio pins Django, numpy and others that clash with the project's: it lives in its own virtualenv.
+LS_VENV := .venv-label-studio
+LS_STAMP := $(LS_VENV)/.installed
+LABEL_STUDIO_PORT ?= 8080
+LS_DATA := $(RLHF_DAG_HOME)/label-studio
+
+label-studio-setup: $(LS_STAMP)  ## Label Studio 1.23.2 in .venv-label-studio (about 2 minutes, once)
+
+$(LS_STAMP):
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet label-studio==1.23.2
+	touch $(LS_STAMP)
+
+label-studio: $(LS_STAMP)  ## Label Studio on http://127.0.0.1:8080 (LABEL_STUDIO_PORT), its SQLite store in RLHF_DAG_HOME/label-studio (docs/labeling.md)
+	mkdir -p $(LS_DATA)
+	LABEL_STUDIO_BASE_DATA_DIR=$(LS_DATA) $(LS_VENV)/bin/label-studio start --no-browser --internal-host 127.0.0.1 -p $(LABEL_STUDIO_PORT) \
+		--data-dir $(LS_DATA) --database $(LS_DATA)/label_studio.sqlite3
 
 clean:
 	rm -rf $(RLHF_DAG_HOME)

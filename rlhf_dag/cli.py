@@ -133,6 +133,54 @@ def cmd_retrain(args) -> int:
     return 0 if result.success else 1
 
 
+def cmd_label_batch(args) -> int:
+    """Add a labeling batch (a partition of labeling_candidates) and materialize it: candidates sampled, pushed to Label Studio."""
+    _use_persistent_instance()
+    import dagster as dg
+
+    from .definitions import defs
+    from .pipeline.labeling import LABELING_BATCHES
+
+    instance = dg.DagsterInstance.get()
+    batch = args.name or time.strftime("batch-%Y%m%d-%H%M%S", time.gmtime())
+    if instance.has_dynamic_partition(LABELING_BATCHES.name, batch):
+        print(f"rlhf-dag label-batch: batch {batch!r} already exists; choose another --name", file=sys.stderr)
+        return 1
+    instance.add_dynamic_partitions(LABELING_BATCHES.name, [batch])
+    config = {k: v for k, v in {"policy": args.policy, "prompts_per_batch": args.prompts, "responses_per_prompt": args.k}.items() if v is not None}
+    run_config = {**_log_settings(args.verbose), "ops": {"labeling_candidates": {"config": config}}}
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey("labeling_candidates")], partition_key=batch, run_config=run_config, raise_on_error=False)
+    if not result.success:
+        instance.delete_dynamic_partition(LABELING_BATCHES.name, batch)  # nothing went out: the batch does not exist
+        print(f"rlhf-dag label-batch: batch {batch!r} failed (see the errors above); nothing was kept", file=sys.stderr)
+        return 1
+    metadata = _materialized(result)["labeling_candidates"]
+    print(f"batch {batch}: {metadata['tasks_pushed'].value} tasks pushed to {metadata['label_studio_project'].value}")
+    return 0
+
+
+def cmd_pull_labels(args) -> int:
+    """Append the completed rankings of every labeling batch (and dropped-in exports) to comparisons.jsonl."""
+    _use_persistent_instance()
+    import dagster as dg
+
+    from .config import labels_dir
+    from .data.label_studio import LabelStudioError
+    from .pipeline.labeling import LABELING_BATCHES, pull_labels
+    from .pipeline.resources import LabelStudio
+
+    batches = args.batch or dg.DagsterInstance.get().get_dynamic_partitions(LABELING_BATCHES.name)
+    try:
+        report = pull_labels(LabelStudio(), batches)
+    except (LabelStudioError, ValueError) as err:
+        print(f"rlhf-dag pull-labels: {err}\nnothing was written", file=sys.stderr)
+        return 1
+    for line in report.lines(labels_dir() / "comparisons.jsonl"):
+        print(line, file=sys.stderr if line.startswith("REJECTED") else sys.stdout)
+    return 0
+
+
 def cmd_step(args) -> int:
     """Run one step from a spec file, without Dagster (what a launcher starts in a child process)."""
     from .training.steps import main as step_main
@@ -171,6 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_retrain)
+    p = sub.add_parser("label-batch", help="sample a labeling batch from a policy and push it to Label Studio (docs/labeling.md)")
+    p.add_argument("--name", default=None, help="the batch's name (default: batch-<UTC time>); also its Label Studio project's title")
+    p.add_argument("--policy", default=None, choices=["sft_model", "ppo_policy"], help="the policy that writes the responses (default: sft_model)")
+    p.add_argument("--prompts", type=int, default=None, help="prompts in the batch (default: the profile's prompts_per_batch)")
+    p.add_argument("-k", type=int, default=None, help="responses per prompt (default 4)")
+    p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
+    p.set_defaults(func=cmd_label_batch)
+    p = sub.add_parser("pull-labels", help="append completed Label Studio rankings (and exports in <labels>/label_studio/) to comparisons.jsonl")
+    p.add_argument("--batch", action="append", default=None, help="pull only this batch (repeatable; default: every batch)")
+    p.set_defaults(func=cmd_pull_labels)
     p = sub.add_parser("step", help="run one step from a JSON spec (step, inputs, config, output) without Dagster")
     p.add_argument("--spec", required=True, help="the spec file; see rlhf_dag/training/steps.py")
     p.set_defaults(func=cmd_step)

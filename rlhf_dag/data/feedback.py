@@ -144,12 +144,16 @@ def agreement(records: list[dict], gold=None) -> dict:
                 rates.setdefault(label, {})[name] = agree / total
     flagged = sorted({labeler for by in rates.values() for labeler, rate in by.items()
                       if len(by) >= 2 and rate < statistics.median([v for k, v in by.items() if k != labeler]) - OUTLIER_MARGIN})
-    labelers = sorted({r["labeler"] for r in human})
-    rows = ["| labeler | pairs | agreement with other labelers (pairs) | agreement with gold (pairs) | flagged |", "|---|---:|---|---|---|"]
-    for labeler in labelers:
-        def cell(counts):
-            agree, total = counts.get(("labeler", labeler), (0, 0))
-            return f"{agree / total:.3f} ({total})" if total else "-"
-        rows.append(f"| {labeler} | {sum(r['labeler'] == labeler for r in human)} | {cell(inter)} | {cell(versus_gold)} | {'yes' if labeler in flagged else ''} |")
-    return {"metrics": metrics, "flagged": flagged, "table": "\n".join(rows) if labelers else ""}
+    def cell(counts, scope):
+        agree, total = counts.get(scope, (0, 0))
+        return f"{agree / total:.3f} ({total})" if total else "-"
+
+    rows = []
+    for scope in ("labeler", "batch"):
+        names = sorted({r.get(scope, "") for r in human})
+        rows += [f"| {scope} | pairs | agreement with other labelers (pair judgements) | agreement with gold (pairs) |" + (" flagged |" if scope == "labeler" else ""),
+                 "|---|---:|---|---|" + ("---|" if scope == "labeler" else ""), *(
+                 f"| {name} | {sum(r.get(scope, '') == name for r in human)} | {cell(inter, (scope, name))} | {cell(versus_gold, (scope, name))} |"
+                 + (f" {'yes' if name in flagged else ''} |" if scope == "labeler" else "") for name in names), ""]
+    return {"metrics": metrics, "flagged": flagged, "table": "\n".join(rows).strip() if human else ""}
 
