@@ -195,3 +195,38 @@ def test_the_reward_trainer_sees_whole_rankings_each_weighing_one(smoke_run, mon
     for weights in seen:
         assert sum(weights) == pytest.approx(round(sum(weights)))
         assert sum(w == pytest.approx(1 / 6) for w in weights) % 6 == 0
+
+
+def test_the_sensor_appends_a_dropped_export_once_and_stops_with_the_file_intact_when_label_studio_is_down(isolated_env, tmp_path, monkeypatch):
+    import shutil
+
+    import dagster as dg
+
+    from rlhf_dag.pipeline.labeling import LABELING_BATCHES, label_studio_pull
+    from rlhf_dag.pipeline.resources import LabelStudio
+
+    labels = tmp_path / "labels"
+    (labels / "label_studio").mkdir(parents=True)
+    shutil.copy(isolated_env / "labels" / "comparisons.jsonl", labels / "comparisons.jsonl")
+    monkeypatch.setenv("RLHF_DAG_LABELS_DIR", str(labels))
+    export = [_export_task(1, ["4", "5", "It is 4."], [_ranked(10, ["r2", "r0", "r1"])])]
+    (labels / "label_studio" / "team-export.json").write_text(json.dumps(export))
+    shipped = (labels / "comparisons.jsonl").read_bytes()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_sensor_context(instance=instance, resources={"label_studio": LabelStudio(url=f"http://127.0.0.1:{port}")})
+
+    first = label_studio_pull(context)
+    assert isinstance(first, dg.RunRequest)  # observe labels/comparisons at once
+    assert len(load_labels(labels / "comparisons.jsonl").records) == len(load_labels(isolated_env / "labels" / "comparisons.jsonl").records) + 3
+    after = (labels / "comparisons.jsonl").read_bytes()
+    assert after.startswith(shipped)
+    assert isinstance(label_studio_pull(context), dg.SkipReason) and (labels / "comparisons.jsonl").read_bytes() == after
+
+    instance.add_dynamic_partitions(LABELING_BATCHES.name, ["batch-01"])
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "a-legacy-token")
+    with pytest.raises(LabelStudioError, match=f"not reachable at http://127.0.0.1:{port}"):
+        label_studio_pull(context)
+    assert (labels / "comparisons.jsonl").read_bytes() == after
