@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 PPO = "tests/test_ppo_train.py::"
 GATES = "tests/test_gates.py::"
 UNIT_GATE = GATES + "test_each_gate_passes_at_its_threshold_and_refuses_past_it"
+FEEDBACK = "tests/test_feedback.py::"
 
 
 @dataclass
@@ -95,6 +96,22 @@ MUTATIONS = [
              [("    finally:\n        if tmp.is_dir():\n            shutil.rmtree(tmp, ignore_errors=True)\n        else:\n            tmp.unlink(missing_ok=True)\n",
                "    finally:\n        pass\n")],
              ["tests/test_datasets.py::test_a_write_failing_halfway_leaves_the_previous_file_and_no_temp_file"]),
+    Mutation("a human ranking's pairs in reverse order", "rlhf_dag/data/feedback.py",
+             [('"chosen": ranking.responses[i], "rejected": ranking.responses[j]', '"chosen": ranking.responses[j], "rejected": ranking.responses[i]')],
+             [FEEDBACK + "test_a_ranking_of_k_gives_its_k_choose_2_pairs_in_rank_order_with_provenance"]),
+    Mutation("a ranking already pulled is appended again", "rlhf_dag/data/feedback.py",
+             [("new = [r for r in dict.fromkeys(rankings) if r.key not in present]", "new = list(dict.fromkeys(rankings))")],
+             [FEEDBACK + "test_appending_is_idempotent_keeps_the_old_bytes_and_the_result_loads"]),
+    Mutation("a task whose responses were edited in Label Studio is accepted", "rlhf_dag/data/label_studio.py",
+             [('if "responses" in data and data.get("responses_sha256")', 'if False and data.get("responses_sha256")')],
+             [FEEDBACK + "test_an_export_is_read_with_skips_ties_edits_and_pairwise_choices"]),
+    Mutation("RM loss averages pairs, not rankings (InstructGPT 3.5)", "rlhf_dag/training/reward.py",
+             [("return -(F.logsigmoid(chosen - rejected) * pair_weight).sum() / pair_weight.sum()", "return -F.logsigmoid(chosen - rejected).mean()")],
+             [FEEDBACK + "test_the_ranking_loss_makes_one_ranking_one_batch_element"]),
+    Mutation("RM batches cut through rankings", "rlhf_dag/training/reward.py",
+             [("            if current and len(current) + len(self.groups[g]) > self.batch_size:\n                batches.append(current)\n                current = []\n            current = current + self.groups[g]\n",
+               "            current = current + self.groups[g]\n            while len(current) >= self.batch_size:\n                batches.append(current[: self.batch_size])\n                current = current[self.batch_size :]\n")],
+             [FEEDBACK + "test_ranking_batches_never_split_a_ranking"]),
 ]
 
 # The tests of a whole old suite that cannot catch these mutations and take minutes (the UI, kills, concurrent runs).
