@@ -100,9 +100,10 @@ def direct_graph(work: Path) -> dict[str, float]:
     The same functions the assets run (rlhf_dag/training/steps.py), on the same inputs, minus Dagster and MLflow.
     """
     from rlhf_dag.config import labels_dir, resolve
+    from rlhf_dag.data.labels import LABEL_FILES, label_file
     from rlhf_dag.training.steps import STEP_INPUTS, STEPS
 
-    labels = {name: str(labels_dir() / f"{name}.jsonl") for name in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
+    labels = {name: str(label_file(labels_dir(), name)) for name in LABEL_FILES}
     paths, seconds = dict(labels), {}
     for step, function in STEPS.items():
         t = time.perf_counter()

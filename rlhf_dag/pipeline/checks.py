@@ -14,7 +14,7 @@ import dagster as dg
 
 from ..artifacts import ArtifactHandle
 from ..config import labels_dir
-from ..data.labels import leaked_prompts, load_labels
+from ..data.labels import label_file, leaked_prompts, load_labels
 from .resources import QualityGates
 
 
@@ -73,9 +73,10 @@ TRAINING_LABELS = ("prompts", "demonstrations", "comparisons")
     description="The eval prompts are held out: none appears in a training file (a warning, not a gate).",
 )
 def eval_prompts_held_out() -> dg.AssetCheckResult:
-    eval_prompts = load_labels(labels_dir() / "eval_prompts.jsonl")
-    leaked = {name: leaked_prompts(load_labels(labels_dir() / f"{name}.jsonl"), eval_prompts) for name in TRAINING_LABELS}
-    where = ", ".join(f"{n} in {name}.jsonl" for name, n in leaked.items() if n)
+    files = {name: label_file(labels_dir(), name) for name in (*TRAINING_LABELS, "eval_prompts")}
+    eval_prompts = load_labels(files["eval_prompts"])
+    leaked = {name: leaked_prompts(load_labels(files[name]), eval_prompts) for name in TRAINING_LABELS}
+    where = ", ".join(f"{n} in {files[name].name}" for name, n in leaked.items() if n)
     return dg.AssetCheckResult(
         passed=not any(leaked.values()), severity=dg.AssetCheckSeverity.WARN,
         metadata={"eval_prompts_leaked": sum(leaked.values()), **{f"leaked_into_{name}": n for name, n in leaked.items()}},

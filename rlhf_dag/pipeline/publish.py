@@ -21,6 +21,7 @@ from pydantic import Field, create_model
 
 from ..artifacts import ArtifactHandle, atomic_dir, run_dir
 from ..config import STEP_CONFIGS, StepConfig, active_profile, artifacts_dir, labels_dir, resolve
+from ..data.labels import label_file
 from ..training.result import StepResult
 from ..training.steps import STEP_INPUTS, STEPS
 from .launch import StepLauncher
@@ -136,7 +137,7 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
     asset = context.asset_key.path[-1]
     labels = [name for name in STEP_INPUTS[asset] if name not in STEP_INPUTS]
     cfg = resolve_config(context, config)
-    inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(labels_dir() / f"{name}.jsonl") for name in labels}
+    inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(label_file(labels_dir(), name)) for name in labels}
     final = run_dir(artifacts_dir(), asset, context.run_id)
     mlflow.end_orphaned_runs(context.instance, asset)
     with mlflow.start_run(context, cfg.model_dump(mode="json"), lineage_tags(upstream)) as run, training_logs(context):

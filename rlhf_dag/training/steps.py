@@ -268,7 +268,7 @@ STEPS = {
 }
 
 
-# What each step reads: upstream assets, and labeled files by name (`<labels dir>/<name>.jsonl`).
+# What each step reads: upstream assets, and labeled files by name (`<labels dir>/<name>.jsonl` or `.parquet`).
 # These are the graph's edges; tests/test_definitions.py checks them against the assets.
 STEP_INPUTS = {
     "pretraining_corpus": (),
