@@ -75,9 +75,7 @@ def cmd_run(args) -> int:
     logs = _log_settings(args.verbose)
     defs.resolve_job_def("observe_labels").execute_in_process(instance=instance, run_config=logs)
     job = defs.resolve_implicit_global_asset_job_def()
-    selection = None
-    if args.select:
-        selection = list(dg.AssetSelection.from_string(args.select).resolve(defs.resolve_asset_graph()))
+    selection = list(dg.AssetSelection.from_string(args.select or "group:rlhf").resolve(defs.resolve_asset_graph()))
     result = job.execute_in_process(instance=instance, asset_selection=selection, raise_on_error=False, run_config=logs)
     total = time.perf_counter() - started
     print(f"\n{'asset / check':<40} {'seconds':>8}")
@@ -134,6 +132,37 @@ def cmd_retrain(args) -> int:
     return 0 if result.success else 1
 
 
+def _registry():
+    import mlflow
+
+    from .config import mlflow_tracking_uri
+    from .pipeline.registry import PolicyRegistry
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    return mlflow.MlflowClient(), PolicyRegistry().model_name
+
+
+def cmd_promote(args) -> int:
+    """Point the champion alias at a registered version by hand, with the reason as a tag."""
+    from .pipeline.registry import set_champion
+
+    client, name = _registry()
+    client.get_model_version(name, args.version)  # fails, naming the version, if it does not exist
+    set_champion(client, name, args.version, f"promoted by hand: {args.reason}")
+    print(f"{name}: champion -> version {args.version} ({args.reason})")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    """Point the champion alias back at the previous champion, with the reason as a tag."""
+    from .pipeline.registry import rollback
+
+    client, name = _registry()
+    old, new = rollback(client, name, args.reason)
+    print(f"{name}: champion version {old} -> {new} ({args.reason})")
+    return 0
+
+
 def cmd_step(args) -> int:
     """Run one step from a spec file, without Dagster (what a launcher starts in a child process)."""
     from .training.steps import main as step_main
@@ -162,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-pairs", action="store_true", help="with --policy: every pair of differently scored samples of a prompt, not only best vs worst")
     p.set_defaults(func=cmd_make_labels)
     p = sub.add_parser("run", help="observe the labeled files and materialize the graph into the persistent instance")
-    p.add_argument("--select", default=None, help="Dagster asset selection (default: everything), e.g. 'reward_model*'")
+    p.add_argument("--select", default=None, help="Dagster asset selection (default: the core graph, 'group:rlhf'); '*' adds DPO, GRPO, RLOO and the method table")
     p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="every asset: fresh / stale / missing, and why")
@@ -172,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_retrain)
+    p = sub.add_parser("promote", help="move the registry's champion alias to a version by hand")
+    p.add_argument("version", help="registered model version (see the evaluations' registry_version, or the MLflow UI's Models page)")
+    p.add_argument("--reason", required=True, help="why: kept as the version's champion.reason tag")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rollback", help="move the champion alias back to the previous champion")
+    p.add_argument("--reason", required=True, help="why: kept as a tag on both versions")
+    p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("step", help="run one step from a JSON spec (step, inputs, config, output) without Dagster")
     p.add_argument("--spec", required=True, help="the spec file; see rlhf_dag/training/steps.py")
     p.set_defaults(func=cmd_step)

@@ -15,6 +15,7 @@ from .pipeline.checks import ASSET_CHECKS
 from .pipeline.labels import LABEL_SOURCES
 from .pipeline.handles import HandleIOManager
 from .pipeline.launch import StepLauncher
+from .pipeline.registry import PolicyRegistry
 from .pipeline.resources import MlflowTracking, QualityGates
 
 LABEL_KEYS = [source.key for source in LABEL_SOURCES]
@@ -23,8 +24,12 @@ LABEL_KEYS = [source.key for source in LABEL_SOURCES]
 observe_labels = dg.define_asset_job("observe_labels", selection=dg.AssetSelection.assets(*LABEL_KEYS))
 
 
-# The whole graph as one job: what the launchpad, the CI command and the UI's graph page show.
-rlhf_graph = dg.define_asset_job("rlhf_graph", selection=dg.AssetSelection.all(), description="pretraining -> SFT -> reward model -> PPO -> evaluation")
+# The core graph, what `rlhf-dag run` materializes; the alternatives to PPO are a job of their own
+# (`rlhf-dag run --select '*'` or the CI command materialize both).
+CORE = dg.AssetSelection.groups("rlhf")
+rlhf_graph = dg.define_asset_job("rlhf_graph", selection=CORE, description="pretraining -> SFT -> reward model -> PPO -> evaluation")
+alternatives = dg.define_asset_job("alternatives", selection=dg.AssetSelection.groups("alternatives"),
+                                   description="DPO, GRPO and RLOO beside PPO on the same labels, each evaluated vs SFT and registered; one method table")
 
 
 def build_definitions() -> dg.Definitions:
@@ -40,13 +45,21 @@ def build_definitions() -> dg.Definitions:
             assets.reward_model,
             assets.ppo_policy,
             assets.policy_evaluation,
+            assets.dpo_policy,
+            assets.grpo_policy,
+            assets.rloo_policy,
+            assets.dpo_evaluation,
+            assets.grpo_evaluation,
+            assets.rloo_evaluation,
+            assets.method_comparison,
         ],
         asset_checks=ASSET_CHECKS,
-        jobs=[observe_labels, rlhf_graph],
+        jobs=[observe_labels, rlhf_graph, alternatives],
         sensors=[automation_sensor],
         resources={
             "mlflow": MlflowTracking(),
             "gates": QualityGates(),
+            "registry": PolicyRegistry(),
             "launcher": StepLauncher(),  # how the trained steps run: RLHF_DAG_LAUNCHER (in-process, torchrun:N, accelerate:<config>, k8s)
             "io_manager": HandleIOManager(base_dir=str(home_dir() / "handles")),
         },

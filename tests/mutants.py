@@ -89,7 +89,7 @@ MUTATIONS = [
              [("return _gate(rate >= floor,", "return _gate(True,")],
              [UNIT_GATE + "[ppo_emits_eos]", GATES + "test_a_ppo_policy_past_a_gate_blocks_the_evaluation[eos_rate_floor]"]),
     Mutation("gate ppo_finite always passes", "rlhf_dag/pipeline/checks.py",
-             [('passed = finite and ppo_policy.metrics["finite"] == 1.0', "passed = True")],
+             [('passed = finite and metrics["finite"] == 1.0', "passed = True")],
              [UNIT_GATE + "[ppo_finite-inf]", UNIT_GATE + "[ppo_finite-flag]"]),
     Mutation("a failed atomic write leaves its temporary file", "rlhf_dag/artifacts.py",
              [("    finally:\n        if tmp.is_dir():\n            shutil.rmtree(tmp, ignore_errors=True)\n        else:\n            tmp.unlink(missing_ok=True)\n",
