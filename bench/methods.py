@@ -14,7 +14,6 @@ RM of the previous run (bench/results/tmp/methods-<profile>/shared/).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys

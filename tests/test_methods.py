@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import dagster as dg
 import pytest
-import torch
 
 from rlhf_dag.config import GateConfig, resolve
 from rlhf_dag.pipeline.registry import CHAMPION, champion_decision
