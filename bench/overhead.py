@@ -10,7 +10,7 @@ home, per profile:
   folder and handed on by path as the publisher hands it on;
 - materialize: `observe_labels`, then `dagster.materialize(...)` of every asset
   and check, in-process (what `rlhf-dag run` and the tests do);
-- cli: `dagster asset materialize -m rlhf_dag.definitions --select 'group:rlhf'` (what CI runs).
+- cli: `dagster asset materialize -m rlhf_dag.definitions --select 'group:rlhf or group:alternatives'` (what CI runs).
 
 The ratio orchestrated/direct is given after imports (the work) and for whole
 processes (what a user waits for). The materialize run is instrumented to say
@@ -100,9 +100,10 @@ def direct_graph(work: Path) -> dict[str, float]:
     The same functions the assets run (rlhf_dag/training/steps.py), on the same inputs, minus Dagster and MLflow.
     """
     from rlhf_dag.config import labels_dir, resolve
+    from rlhf_dag.data.labels import LABEL_FILES, label_file
     from rlhf_dag.training.steps import STEP_INPUTS, STEPS
 
-    labels = {name: str(labels_dir() / f"{name}.jsonl") for name in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
+    labels = {name: str(label_file(labels_dir(), name)) for name in LABEL_FILES}
     paths, seconds = dict(labels), {}
     for step, function in STEPS.items():
         if step == "labeling_candidates":  # a labeling batch, made on purpose: no part of a training run
@@ -181,7 +182,7 @@ def measure(profile: str) -> dict:
         report = root / "report.json"
         if mode == "cli":
             dagster = str(Path(sys.executable).parent / "dagster")
-            child = run_child([dagster, "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "group:rlhf"], env, root / "run.log")
+            child = run_child([dagster, "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "group:rlhf or group:alternatives"], env, root / "run.log")
             stats = run_child([sys.executable, __file__, "--worker", "cli-stats", "--report", str(report)], env, root / "stats.log", report)
             out[mode] = {"process_wall_seconds": child.wall_seconds, "peak_rss_mb": child.peak_rss_mb, **stats.report}
         else:

@@ -51,12 +51,13 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["RLHF_DAG_PROFILE"] = args.profile
     from rlhf_dag.config import labels_dir, resolve
+    from rlhf_dag.data.labels import LABEL_FILES, label_file
     from rlhf_dag.training.steps import STEP_INPUTS
 
     info = machine()
     warn_if_busy(info)
     root = SCRATCH / f"quality-{args.profile}"
-    labels = {name: str(labels_dir() / f"{name}.jsonl") for name in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
+    labels = {name: str(label_file(labels_dir(), name)) for name in LABEL_FILES}
     paths, upstream_metrics, seconds = dict(labels), {}, {}
     if args.reuse:
         paths.update({step: (root / "shared" / f"{step}.path").read_text() for step in UPSTREAM})

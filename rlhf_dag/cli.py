@@ -67,7 +67,7 @@ def cmd_run(args) -> int:
     import dagster as dg
 
     from .config import active_profile, artifacts_dir, home_dir, labels_dir
-    from .definitions import TRAINING_GRAPH, defs
+    from .definitions import CORE, TRAINING_GRAPH, defs
 
     instance = dg.DagsterInstance.get()
     print(f"rlhf-dag: profile '{active_profile()}', labels from {labels_dir()}, writing to {home_dir()}")
@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
     logs = _log_settings(args.verbose)
     defs.resolve_job_def("observe_labels").execute_in_process(instance=instance, run_config=logs)
     job = defs.resolve_implicit_global_asset_job_def()
-    graph = dg.AssetSelection.from_string(args.select) if args.select else TRAINING_GRAPH
+    graph = dg.AssetSelection.from_string(args.select) & TRAINING_GRAPH if args.select else CORE
     selection = list(graph.resolve(defs.resolve_asset_graph()))
     result = job.execute_in_process(instance=instance, asset_selection=selection, raise_on_error=False, run_config=logs)
     total = time.perf_counter() - started
@@ -178,6 +178,36 @@ def cmd_pull_labels(args) -> int:
         return 1
     for line in report.lines(labels_dir() / "comparisons.jsonl"):
         print(line, file=sys.stderr if line.startswith("REJECTED") else sys.stdout)
+
+
+def _registry():
+    import mlflow
+
+    from .config import mlflow_tracking_uri
+    from .pipeline.registry import PolicyRegistry
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    return mlflow.MlflowClient(), PolicyRegistry().model_name
+
+
+def cmd_promote(args) -> int:
+    """Point the champion alias at a registered version by hand, with the reason as a tag."""
+    from .pipeline.registry import set_champion
+
+    client, name = _registry()
+    client.get_model_version(name, args.version)  # fails, naming the version, if it does not exist
+    set_champion(client, name, args.version, f"promoted by hand: {args.reason}")
+    print(f"{name}: champion -> version {args.version} ({args.reason})")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    """Point the champion alias back at the previous champion, with the reason as a tag."""
+    from .pipeline.registry import rollback
+
+    client, name = _registry()
+    old, new = rollback(client, name, args.reason)
+    print(f"{name}: champion version {old} -> {new} ({args.reason})")
     return 0
 
 
@@ -209,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-pairs", action="store_true", help="with --policy: every pair of differently scored samples of a prompt, not only best vs worst")
     p.set_defaults(func=cmd_make_labels)
     p = sub.add_parser("run", help="observe the labeled files and materialize the graph into the persistent instance")
-    p.add_argument("--select", default=None, help="Dagster asset selection (default: the training graph, every asset but labeling_candidates), e.g. 'reward_model*'")
+    p.add_argument("--select", default=None, help="Dagster asset selection (default: the core graph, 'group:rlhf'); '*' adds DPO, GRPO, RLOO and the method table")
     p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="every asset: fresh / stale / missing, and why")
@@ -229,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pull-labels", help="append completed Label Studio rankings (and exports in <labels>/label_studio/) to comparisons.jsonl")
     p.add_argument("--batch", action="append", default=None, help="pull only this batch (repeatable; default: every batch)")
     p.set_defaults(func=cmd_pull_labels)
+    p = sub.add_parser("promote", help="move the registry's champion alias to a version by hand")
+    p.add_argument("version", help="registered model version (see the evaluations' registry_version, or the MLflow UI's Models page)")
+    p.add_argument("--reason", required=True, help="why: kept as the version's champion.reason tag")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rollback", help="move the champion alias back to the previous champion")
+    p.add_argument("--reason", required=True, help="why: kept as a tag on both versions")
+    p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("step", help="run one step from a JSON spec (step, inputs, config, output) without Dagster")
     p.add_argument("--spec", required=True, help="the spec file; see rlhf_dag/training/steps.py")
     p.set_defaults(func=cmd_step)

@@ -132,6 +132,50 @@ class PPOConfig(SampleSettings):
     seed: int = Field(0, description="sampling and data-order seed")
 
 
+class PolicyCheckSettings(SampleSettings):
+    """How a policy trained by a TRL trainer is sampled after training, for its gates (KL budget, EOS): PPO measures
+    both on its own rollouts; DPO never samples, and GRPO/RLOO log them per batch, so all three are measured the same way."""
+
+    check_prompts: int = Field(64, description="prompts sampled after training (DPO: held-out comparison prompts; GRPO/RLOO: training prompts)")
+    check_max_new_tokens: int = Field(48, description="length cap of those samples (as PPO's rollouts)")
+    check_temperature: float = Field(1.0, description="temperature of those samples (1.0: the policy's own distribution, as PPO's KL is measured)")
+
+
+class DPOConfig(PolicyCheckSettings):
+    """`dpo_policy`: TRL DPOTrainer on the comparisons, policy and reference from the SFT model; no reward model, no sampling."""
+
+    epochs: float = Field(2.0, description="passes over the comparisons")
+    batch_size: int = Field(32, description="pairs per optimizer step")
+    learning_rate: float = Field(5e-5, description="peak AdamW learning rate")
+    beta: float = Field(0.1, description="DPO's beta: strength of the implicit KL constraint to the SFT reference (Rafailov et al. 2023)")
+    max_length: int = Field(160, description="prompt+response tokens")
+    overlong: Overlong = Field(Overlong.reject, description="a pair over max_length: 'reject' fails naming its file and line; 'truncate' cuts each response to fit")
+    seed: int = Field(0, description="data-order seed")
+
+
+class OnlineConfig(PolicyCheckSettings):
+    """What GRPO and RLOO share: sample several responses per prompt, score them with the reward model, and use the
+    group's other rewards as the baseline instead of a critic; KL to the SFT reference with coefficient beta."""
+
+    steps: int = Field(32, description="optimizer steps (one generation batch each)")
+    prompts_per_step: int = Field(16, description="prompts per step; each is answered num_generations times")
+    num_generations: int = Field(4, description="responses sampled per prompt (the group the baseline is taken over)")
+    max_new_tokens: int = Field(48, description="response length cap during training")
+    temperature: float = Field(1.0, description="sampling temperature during training")
+    learning_rate: float = Field(5e-5, description="AdamW learning rate")
+    beta: float = Field(0.05, description="coefficient of the KL penalty to the SFT reference (InstructGPT keeps the policy near SFT; GRPO's own default 0 would not)")
+    missing_eos_penalty: float | None = Field(-1.0, description="reward given instead of the RM's to a response that never emits EOS, as PPO's (None: no penalty)")
+    seed: int = Field(0, description="sampling and data-order seed")
+
+
+class GRPOConfig(OnlineConfig):
+    """`grpo_policy`: TRL GRPOTrainer, the reward model as reward; advantages are rewards standardized within each prompt's group."""
+
+
+class RLOOConfig(OnlineConfig):
+    """`rloo_policy`: TRL RLOOTrainer, the reward model as reward; each response's baseline is the mean reward of the group's others."""
+
+
 class EvalConfig(StepConfig):
     """`policy_evaluation`: base vs SFT vs PPO on held-out prompts, judged by the gold labeler."""
 
@@ -173,6 +217,13 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
     "ppo_policy": PPOConfig,
     "policy_evaluation": EvalConfig,
     "labeling_candidates": LabelingConfig,
+    "dpo_policy": DPOConfig,
+    "grpo_policy": GRPOConfig,
+    "rloo_policy": RLOOConfig,
+    "dpo_evaluation": EvalConfig,
+    "grpo_evaluation": EvalConfig,
+    "rloo_evaluation": EvalConfig,
+    "method_comparison": StepConfig,
 }
 # Not a step: the checks' thresholds, resolved per profile like the steps' configs.
 GATES = "gates"
@@ -190,6 +241,10 @@ PROFILES: dict[str, dict[str, dict]] = {
         "gates": {"accuracy_floor": 0.0, "kl_budget": 1e6, "eos_rate_floor": 0.0},
         "policy_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1},
         "labeling_candidates": {"prompts_per_batch": 3, "max_new_tokens": 24},
+        **{f"{m}_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1, "source_prompt_samples": 2} for m in ("dpo", "grpo", "rloo")},
+        "dpo_policy": {"epochs": 0.5, "batch_size": 64, "max_length": 128, "overlong": "truncate", "check_prompts": 8, "check_max_new_tokens": 12},
+        "grpo_policy": {"steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 12, "check_prompts": 8, "check_max_new_tokens": 12},
+        "rloo_policy": {"steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 12, "check_prompts": 8, "check_max_new_tokens": 12},
     },
     "gpu": {
         "pretraining_corpus": {"n_documents": 50000},
@@ -198,6 +253,10 @@ PROFILES: dict[str, dict[str, dict]] = {
         "reward_model": {"max_length": 256, "learning_rate": 1e-4},
         "ppo_policy": {"iterations": 64, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5},
         "policy_evaluation": {"samples_per_prompt": 4},
+        "dpo_policy": {"max_length": 256, "learning_rate": 1e-5, "batch_size": 64, "check_prompts": 256},
+        "grpo_policy": {"steps": 100, "prompts_per_step": 64, "learning_rate": 2e-5, "check_prompts": 256},
+        "rloo_policy": {"steps": 100, "prompts_per_step": 64, "learning_rate": 2e-5, "check_prompts": 256},
+        **{f"{m}_evaluation": {"samples_per_prompt": 4} for m in ("dpo", "grpo", "rloo")},
     },
 }
 

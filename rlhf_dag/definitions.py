@@ -16,6 +16,7 @@ from .pipeline.labeling import label_studio_pull
 from .pipeline.labels import LABEL_SOURCES
 from .pipeline.handles import HandleIOManager
 from .pipeline.launch import StepLauncher
+from .pipeline.registry import PolicyRegistry
 from .pipeline.resources import LabelStudio, MlflowTracking, QualityGates
 
 LABEL_KEYS = [source.key for source in LABEL_SOURCES]
@@ -24,10 +25,15 @@ LABEL_KEYS = [source.key for source in LABEL_SOURCES]
 observe_labels = dg.define_asset_job("observe_labels", selection=dg.AssetSelection.assets(*LABEL_KEYS))
 
 
-# The whole graph as one job: what the launchpad, the CI command and the UI's graph page show. Labeling batches
-# are made one at a time, on purpose (`rlhf-dag label-batch`), never by a run of the graph.
+# The core graph, what `rlhf-dag run` materializes (labeling batches are made one at a time, on purpose, by
+# `rlhf-dag label-batch`, never by a run of the graph); the alternatives to PPO are a job of their own
+# (`rlhf-dag run --select '*'` or the CI command materialize both).
+CORE = dg.AssetSelection.groups("rlhf")
+# Every asset a run of the graph may build: the core graph and the alternatives, never a labeling batch.
 TRAINING_GRAPH = dg.AssetSelection.all() - dg.AssetSelection.assets(assets.labeling_candidates)
-rlhf_graph = dg.define_asset_job("rlhf_graph", selection=TRAINING_GRAPH, description="pretraining -> SFT -> reward model -> PPO -> evaluation")
+rlhf_graph = dg.define_asset_job("rlhf_graph", selection=CORE, description="pretraining -> SFT -> reward model -> PPO -> evaluation")
+alternatives = dg.define_asset_job("alternatives", selection=dg.AssetSelection.groups("alternatives"),
+                                   description="DPO, GRPO and RLOO beside PPO on the same labels, each evaluated vs SFT and registered; one method table")
 
 
 def build_definitions() -> dg.Definitions:
@@ -43,14 +49,22 @@ def build_definitions() -> dg.Definitions:
             assets.reward_model,
             assets.ppo_policy,
             assets.policy_evaluation,
+            assets.dpo_policy,
+            assets.grpo_policy,
+            assets.rloo_policy,
+            assets.dpo_evaluation,
+            assets.grpo_evaluation,
+            assets.rloo_evaluation,
+            assets.method_comparison,
             assets.labeling_candidates,
         ],
         asset_checks=ASSET_CHECKS,
-        jobs=[observe_labels, rlhf_graph],
+        jobs=[observe_labels, rlhf_graph, alternatives],
         sensors=[automation_sensor, label_studio_pull],
         resources={
             "mlflow": MlflowTracking(),
             "gates": QualityGates(),
+            "registry": PolicyRegistry(),
             "label_studio": LabelStudio(),  # LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY (docs/labeling.md)
             "launcher": StepLauncher(),  # how the trained steps run: RLHF_DAG_LAUNCHER (in-process, torchrun:N, accelerate:<config>, k8s)
             "io_manager": HandleIOManager(base_dir=str(home_dir() / "handles")),

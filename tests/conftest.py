@@ -41,14 +41,15 @@ def isolated_env():
 
 @pytest.fixture(scope="session")
 def smoke_run(isolated_env):
-    """The whole graph, smoke profile, materialized in-process into the session's persistent instance."""
+    """The core graph (what `rlhf-dag run` builds), smoke profile, materialized in-process into the session's persistent
+    instance; tests/test_methods.py adds the alternatives to PPO, and wipes them again."""
     import dagster as dg
 
-    from rlhf_dag.definitions import TRAINING_GRAPH, build_definitions
+    from rlhf_dag.definitions import build_definitions
 
     defs = build_definitions()
     instance = dg.DagsterInstance.get()
     defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=list(TRAINING_GRAPH.resolve(defs.resolve_asset_graph())))
+    result = defs.resolve_job_def("rlhf_graph").execute_in_process(instance=instance)
     assert result.success
     return defs, instance, result

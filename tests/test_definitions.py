@@ -19,6 +19,13 @@ EXPECTED_INPUTS = {
     "ppo_policy": ["labels/prompts", "reward_model", "sft_model"],
     "policy_evaluation": ["base_model", "labels/eval_prompts", "ppo_policy", "reward_model", "sft_model"],
     "labeling_candidates": ["labels/prompts", "ppo_policy", "sft_model"],
+    "dpo_policy": ["comparison_dataset", "sft_model"],
+    "grpo_policy": ["labels/prompts", "reward_model", "sft_model"],
+    "rloo_policy": ["labels/prompts", "reward_model", "sft_model"],
+    "dpo_evaluation": ["dpo_policy", "labels/eval_prompts", "reward_model", "sft_model"],
+    "grpo_evaluation": ["grpo_policy", "labels/eval_prompts", "reward_model", "sft_model"],
+    "rloo_evaluation": ["labels/eval_prompts", "reward_model", "rloo_policy", "sft_model"],
+    "method_comparison": ["dpo_evaluation", "grpo_evaluation", "policy_evaluation", "rloo_evaluation"],
 }
 # Dagster's graph: the inputs, plus every labeled file upstream of an asset as a dependency of its own,
 # so that the UI marks the asset unsynced when that file changes (pipeline/assets.py).
@@ -33,6 +40,14 @@ EXPECTED_GRAPH = {
     "ppo_policy": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "reward_model", "sft_model"],
     "policy_evaluation": ["base_model", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts", "ppo_policy", "reward_model", "sft_model"],
     "labeling_candidates": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "ppo_policy", "sft_model"],
+    "dpo_policy": ["comparison_dataset", "labels/comparisons", "labels/demonstrations", "sft_model"],
+    "grpo_policy": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "reward_model", "sft_model"],
+    "rloo_policy": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "reward_model", "sft_model"],
+    "dpo_evaluation": ["dpo_policy", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "reward_model", "sft_model"],
+    "grpo_evaluation": ["grpo_policy", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts", "reward_model", "sft_model"],
+    "rloo_evaluation": ["labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts", "reward_model", "rloo_policy", "sft_model"],
+    "method_comparison": ["dpo_evaluation", "grpo_evaluation", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts",
+                          "policy_evaluation", "rloo_evaluation"],
 }
 
 EXPECTED_BLOCKING_CHECKS = {
@@ -42,6 +57,7 @@ EXPECTED_BLOCKING_CHECKS = {
     ("ppo_policy", "ppo_within_kl_budget"),
     ("ppo_policy", "ppo_emits_eos"),
     ("ppo_policy", "ppo_finite"),
+    *((f"{m}_policy", f"{m}_{gate}") for m in ("dpo", "grpo", "rloo") for gate in ("within_kl_budget", "emits_eos", "finite")),
 }
 
 

@@ -47,14 +47,14 @@ def assign_splits(keys: list[str], validation_fraction: float, salt: str) -> lis
 
 
 def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> pd.DataFrame:
-    """One row per record: the file's own columns, `split`, and `source` (`file:line`, for error messages)."""
+    """One row per record: the canonical columns, `split`, and `source` (`file:line` or `file:row N`, for error messages)."""
     import pandas as pd
 
     frame = pd.DataFrame(labels.records)[COLUMNS[labels.kind]]
     if labels.kind == "comparisons":  # the pairs of one human ranking share its key; any other pair is a ranking of its own
         frame["ranking"] = [r.get("ranking") or r["id"] for r in labels.records]
     frame["split"] = assign_splits(list(frame["prompt"]), validation_fraction, salt)
-    frame["source"] = [f"{labels.path}:{labels.lines[i]}" for i in frame["id"]]
+    frame["source"] = [labels.location(i) for i in frame["id"]]
     return frame
 
 

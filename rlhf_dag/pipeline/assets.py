@@ -5,6 +5,12 @@ work and the publisher (publish.py) owns the MLflow run, the atomic save, the
 handle and the metadata. The labeled files a step reads (training/steps.py,
 STEP_INPUTS) reach it by path; every `labels/<name>` source upstream of an asset
 is declared as its dependency.
+
+Group `rlhf` is the core graph (`rlhf-dag run`, `make run`); group
+`alternatives` holds DPO, GRPO and RLOO beside PPO, their evaluations and the
+one table that compares every method (`rlhf-dag run --select '*'`, or the
+`alternatives` job). Each evaluation registers its policy in the MLflow model
+registry (pipeline/registry.py).
 """
 
 from pathlib import Path
@@ -13,11 +19,12 @@ import dagster as dg
 
 from ..artifacts import ArtifactHandle
 from ..training.result import StepResult
-from .automation import dataset_automation, model_automation
+from .automation import alternative_automation, dataset_automation, model_automation
 from .publish import asset_config_class, profile_version, publish, upstream_labels
 from .launch import StepLauncher
 from .labeling import LABELING_BATCHES
-from .resources import LabelStudio, MlflowTracking
+from .registry import PolicyRegistry
+from .resources import LabelStudio, MlflowTracking, QualityGates
 
 PretrainingCorpusConfig = asset_config_class("pretraining_corpus")
 BaseModelConfig = asset_config_class("base_model")
@@ -28,18 +35,25 @@ RewardModelConfig = asset_config_class("reward_model")
 PpoPolicyConfig = asset_config_class("ppo_policy")
 PolicyEvaluationConfig = asset_config_class("policy_evaluation")
 LabelingCandidatesConfig = asset_config_class("labeling_candidates")
+DpoPolicyConfig = asset_config_class("dpo_policy")
+GrpoPolicyConfig = asset_config_class("grpo_policy")
+RlooPolicyConfig = asset_config_class("rloo_policy")
+DpoEvaluationConfig = asset_config_class("dpo_evaluation")
+GrpoEvaluationConfig = asset_config_class("grpo_evaluation")
+RlooEvaluationConfig = asset_config_class("rloo_evaluation")
+MethodComparisonConfig = asset_config_class("method_comparison")
 
 
 def _labels(*names: str) -> list[dg.AssetKey]:
     return [dg.AssetKey(["labels", name]) for name in names]
 
 
-def _asset(description: str, automation, kind: str):
+def _asset(description: str, automation, kind: str, group: str = "rlhf"):
     """An asset of the graph. Besides its inputs it depends on every labeled file upstream of it, so that Dagster's
     stale status (the UI's "Unsynced") marks it as soon as such a file is edited, as `rlhf-dag status` does."""
 
     def decorate(fn):
-        return dg.asset(name=fn.__name__, code_version=profile_version(fn.__name__), automation_condition=automation, group_name="rlhf",
+        return dg.asset(name=fn.__name__, code_version=profile_version(fn.__name__), automation_condition=automation, group_name=group,
                         kinds={kind}, deps=_labels(*upstream_labels(fn.__name__)), description=description)(fn)
 
     return decorate
@@ -86,9 +100,56 @@ def ppo_policy(context: dg.AssetExecutionContext, config: PpoPolicyConfig, mlflo
 
 @_asset("Base vs SFT vs PPO on held-out prompts, scored by the RM PPO was trained against: gold win rates, RM and gold scores, KL, length, EOS rate.",
         model_automation, "pytorch")
-def policy_evaluation(context: dg.AssetExecutionContext, config: PolicyEvaluationConfig, mlflow: MlflowTracking, base_model: ArtifactHandle, sft_model: ArtifactHandle,
-                      reward_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
-    return publish(context, config, mlflow, base_model=base_model, sft_model=sft_model, reward_model=reward_model, ppo_policy=ppo_policy)
+def policy_evaluation(context: dg.AssetExecutionContext, config: PolicyEvaluationConfig, mlflow: MlflowTracking, registry: PolicyRegistry, gates: QualityGates,
+                      base_model: ArtifactHandle, sft_model: ArtifactHandle, reward_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, register=registry.registration("ppo", gates), base_model=base_model, sft_model=sft_model, reward_model=reward_model,
+                   ppo_policy=ppo_policy)
+
+
+@_asset("The SFT model optimized with TRL DPOTrainer on the comparisons (no reward model, no sampling).", alternative_automation, "pytorch", "alternatives")
+def dpo_policy(context: dg.AssetExecutionContext, config: DpoPolicyConfig, mlflow: MlflowTracking, launcher: StepLauncher, sft_model: ArtifactHandle,
+               comparison_dataset: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, launcher, sft_model=sft_model, comparison_dataset=comparison_dataset)
+
+
+@_asset("The SFT model optimized with TRL GRPOTrainer against the reward model (group-standardized rewards, no critic), KL to SFT.",
+        alternative_automation, "pytorch", "alternatives")
+def grpo_policy(context: dg.AssetExecutionContext, config: GrpoPolicyConfig, mlflow: MlflowTracking, launcher: StepLauncher, sft_model: ArtifactHandle,
+                reward_model: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, launcher, sft_model=sft_model, reward_model=reward_model)
+
+
+@_asset("The SFT model optimized with TRL RLOOTrainer against the reward model (leave-one-out baseline, no critic), KL to SFT.",
+        alternative_automation, "pytorch", "alternatives")
+def rloo_policy(context: dg.AssetExecutionContext, config: RlooPolicyConfig, mlflow: MlflowTracking, launcher: StepLauncher, sft_model: ArtifactHandle,
+                reward_model: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, launcher, sft_model=sft_model, reward_model=reward_model)
+
+
+@_asset("DPO vs SFT on held-out prompts (gold win rate, RM and gold means, KL, length, EOS rate); registers the policy.", alternative_automation, "pytorch", "alternatives")
+def dpo_evaluation(context: dg.AssetExecutionContext, config: DpoEvaluationConfig, mlflow: MlflowTracking, registry: PolicyRegistry, gates: QualityGates,
+                   sft_model: ArtifactHandle, reward_model: ArtifactHandle, dpo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, register=registry.registration("dpo", gates), sft_model=sft_model, reward_model=reward_model, dpo_policy=dpo_policy)
+
+
+@_asset("GRPO vs SFT on held-out prompts, and its RM-vs-gold curve; registers the policy.", alternative_automation, "pytorch", "alternatives")
+def grpo_evaluation(context: dg.AssetExecutionContext, config: GrpoEvaluationConfig, mlflow: MlflowTracking, registry: PolicyRegistry, gates: QualityGates,
+                    sft_model: ArtifactHandle, reward_model: ArtifactHandle, grpo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, register=registry.registration("grpo", gates), sft_model=sft_model, reward_model=reward_model, grpo_policy=grpo_policy)
+
+
+@_asset("RLOO vs SFT on held-out prompts, and its RM-vs-gold curve; registers the policy.", alternative_automation, "pytorch", "alternatives")
+def rloo_evaluation(context: dg.AssetExecutionContext, config: RlooEvaluationConfig, mlflow: MlflowTracking, registry: PolicyRegistry, gates: QualityGates,
+                    sft_model: ArtifactHandle, reward_model: ArtifactHandle, rloo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, register=registry.registration("rloo", gates), sft_model=sft_model, reward_model=reward_model, rloo_policy=rloo_policy)
+
+
+@_asset("Every policy vs SFT in one table: gold win rate [95% CI], gold and RM means, KL to SFT, length, EOS rate, train time, registry version and champion.",
+        alternative_automation, "table", "alternatives")
+def method_comparison(context: dg.AssetExecutionContext, config: MethodComparisonConfig, mlflow: MlflowTracking, policy_evaluation: ArtifactHandle,
+                      dpo_evaluation: ArtifactHandle, grpo_evaluation: ArtifactHandle, rloo_evaluation: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    return publish(context, config, mlflow, policy_evaluation=policy_evaluation, dpo_evaluation=dpo_evaluation, grpo_evaluation=grpo_evaluation,
+                   rloo_evaluation=rloo_evaluation)
 
 
 @dg.asset(partitions_def=LABELING_BATCHES, code_version=profile_version("labeling_candidates"), group_name="labeling", kinds={"labelstudio"},

@@ -65,6 +65,10 @@ model_automation = (
     & ~dg.AutomationCondition.any_deps_match(stale & ~dg.AutomationCondition.will_be_requested())
 ).with_label(f"retrain at {RETRAIN_CRON} if stale")
 
+# The alternatives to PPO (DPO, GRPO, RLOO and their evaluations) are run on demand first; once
+# materialized, they retrain at the tick like the core models when stale.
+alternative_automation = (model_automation & ~dg.AutomationCondition.missing()).with_label(f"once materialized, retrain at {RETRAIN_CRON} if stale")
+
 # The daemon (`make ui` runs one) evaluates these conditions; the sensor is on by
 # default so that saving a label file is enough. RLHF_DAG_AUTOMATION=off starts it stopped.
 # It runs in the code server (use_user_code_server), where the custom `stale` condition lives.

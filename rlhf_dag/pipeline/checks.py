@@ -14,7 +14,7 @@ import dagster as dg
 
 from ..artifacts import ArtifactHandle
 from ..config import labels_dir
-from ..data.labels import leaked_prompts, load_labels
+from ..data.labels import label_file, leaked_prompts, load_labels
 from .resources import QualityGates
 
 
@@ -45,23 +45,82 @@ def reward_model_accuracy(reward_model: ArtifactHandle, gates: QualityGates) -> 
     return _gate(accuracy >= floor, {"validation_accuracy": accuracy, "accuracy_floor": floor}, f"held-out pairwise accuracy {accuracy:.3f} is below the floor {floor}; add comparisons or train longer")
 
 
+# A policy's three gates, shared by PPO and the TRL-trained alternatives; `samples` names what the EOS rate was
+# measured on, the remedies what to change (PPO's KL coefficient is kl_coef, the TRL trainers' is beta).
+def _kl_gate(metrics: dict, gates: QualityGates, remedy: str) -> dg.AssetCheckResult:
+    kl, budget = metrics["final_kl"], gates.thresholds().kl_budget
+    return _gate(kl <= budget, {"final_kl": kl, "kl_budget": budget}, f"mean sequence KL {kl:.2f} exceeds the budget {budget}; {remedy}")
+
+
+def _eos_gate(metrics: dict, gates: QualityGates, samples: str, remedy: str) -> dg.AssetCheckResult:
+    rate, floor = metrics["final_eos_rate"], gates.thresholds().eos_rate_floor
+    return _gate(rate >= floor, {"final_eos_rate": rate, "eos_rate_floor": floor}, f"only {rate:.0%} of {samples} end with EOS (floor {floor:.0%}); {remedy}")
+
+
+def _finite_gate(metrics: dict, method: str) -> dg.AssetCheckResult:
+    finite = all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+    passed = finite and metrics["finite"] == 1.0
+    return _gate(passed, {}, f"{method} statistics contain NaN or inf")
+
+
 @dg.asset_check(asset="ppo_policy", blocking=True, description="PPO stayed within its KL budget to the SFT model.")
 def ppo_within_kl_budget(ppo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    kl, budget = ppo_policy.metrics["final_kl"], gates.thresholds().kl_budget
-    return _gate(kl <= budget, {"final_kl": kl, "kl_budget": budget}, f"mean sequence KL {kl:.2f} exceeds the budget {budget}; raise kl_coef or lower learning_rate")
+    return _kl_gate(ppo_policy.metrics, gates, "raise kl_coef or lower learning_rate")
 
 
 @dg.asset_check(asset="ppo_policy", blocking=True, description="The PPO policy still ends its responses with EOS.")
 def ppo_emits_eos(ppo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    rate, floor = ppo_policy.metrics["final_eos_rate"], gates.thresholds().eos_rate_floor
-    return _gate(rate >= floor, {"final_eos_rate": rate, "eos_rate_floor": floor}, f"only {rate:.0%} of rollouts end with EOS (floor {floor:.0%}); make missing_eos_penalty more negative")
+    return _eos_gate(ppo_policy.metrics, gates, "rollouts", "make missing_eos_penalty more negative")
 
 
 @dg.asset_check(asset="ppo_policy", blocking=True, description="No NaN or inf in PPO's losses, rewards or statistics.")
 def ppo_finite(ppo_policy: ArtifactHandle) -> dg.AssetCheckResult:
-    finite = all(math.isfinite(v) for v in ppo_policy.metrics.values() if isinstance(v, float))
-    passed = finite and ppo_policy.metrics["finite"] == 1.0
-    return _gate(passed, {}, "PPO statistics contain NaN or inf")
+    return _finite_gate(ppo_policy.metrics, "PPO")
+
+
+@dg.asset_check(asset="dpo_policy", blocking=True, description="DPO stayed within its KL budget to the SFT model (on its samples after training).")
+def dpo_within_kl_budget(dpo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    return _kl_gate(dpo_policy.metrics, gates, "raise beta or lower learning_rate")
+
+
+@dg.asset_check(asset="dpo_policy", blocking=True, description="The DPO policy still ends its responses with EOS.")
+def dpo_emits_eos(dpo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    return _eos_gate(dpo_policy.metrics, gates, "its samples", "lower learning_rate or epochs")
+
+
+@dg.asset_check(asset="dpo_policy", blocking=True, description="No NaN or inf in DPO's losses, statistics or weights.")
+def dpo_finite(dpo_policy: ArtifactHandle) -> dg.AssetCheckResult:
+    return _finite_gate(dpo_policy.metrics, "DPO")
+
+
+@dg.asset_check(asset="grpo_policy", blocking=True, description="GRPO stayed within its KL budget to the SFT model (on its samples after training).")
+def grpo_within_kl_budget(grpo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    return _kl_gate(grpo_policy.metrics, gates, "raise beta or lower learning_rate")
+
+
+@dg.asset_check(asset="grpo_policy", blocking=True, description="The GRPO policy still ends its responses with EOS.")
+def grpo_emits_eos(grpo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    return _eos_gate(grpo_policy.metrics, gates, "its samples", "make missing_eos_penalty more negative")
+
+
+@dg.asset_check(asset="grpo_policy", blocking=True, description="No NaN or inf in GRPO's losses, rewards, statistics or weights.")
+def grpo_finite(grpo_policy: ArtifactHandle) -> dg.AssetCheckResult:
+    return _finite_gate(grpo_policy.metrics, "GRPO")
+
+
+@dg.asset_check(asset="rloo_policy", blocking=True, description="RLOO stayed within its KL budget to the SFT model (on its samples after training).")
+def rloo_within_kl_budget(rloo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    return _kl_gate(rloo_policy.metrics, gates, "raise beta or lower learning_rate")
+
+
+@dg.asset_check(asset="rloo_policy", blocking=True, description="The RLOO policy still ends its responses with EOS.")
+def rloo_emits_eos(rloo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+    return _eos_gate(rloo_policy.metrics, gates, "its samples", "make missing_eos_penalty more negative")
+
+
+@dg.asset_check(asset="rloo_policy", blocking=True, description="No NaN or inf in RLOO's losses, rewards, statistics or weights.")
+def rloo_finite(rloo_policy: ArtifactHandle) -> dg.AssetCheckResult:
+    return _finite_gate(rloo_policy.metrics, "RLOO")
 
 
 TRAINING_LABELS = ("prompts", "demonstrations", "comparisons")
@@ -73,9 +132,10 @@ TRAINING_LABELS = ("prompts", "demonstrations", "comparisons")
     description="The eval prompts are held out: none appears in a training file (a warning, not a gate).",
 )
 def eval_prompts_held_out() -> dg.AssetCheckResult:
-    eval_prompts = load_labels(labels_dir() / "eval_prompts.jsonl")
-    leaked = {name: leaked_prompts(load_labels(labels_dir() / f"{name}.jsonl"), eval_prompts) for name in TRAINING_LABELS}
-    where = ", ".join(f"{n} in {name}.jsonl" for name, n in leaked.items() if n)
+    files = {name: label_file(labels_dir(), name) for name in (*TRAINING_LABELS, "eval_prompts")}
+    eval_prompts = load_labels(files["eval_prompts"])
+    leaked = {name: leaked_prompts(load_labels(files[name]), eval_prompts) for name in TRAINING_LABELS}
+    where = ", ".join(f"{n} in {files[name].name}" for name, n in leaked.items() if n)
     return dg.AssetCheckResult(
         passed=not any(leaked.values()), severity=dg.AssetCheckSeverity.WARN,
         metadata={"eval_prompts_leaked": sum(leaked.values()), **{f"leaked_into_{name}": n for name, n in leaked.items()}},
@@ -83,4 +143,6 @@ def eval_prompts_held_out() -> dg.AssetCheckResult:
     )
 
 
-ASSET_CHECKS = [base_model_learned, sft_beats_base, reward_model_accuracy, ppo_within_kl_budget, ppo_emits_eos, ppo_finite, eval_prompts_held_out]
+POLICY_GATES = [ppo_within_kl_budget, ppo_emits_eos, ppo_finite, dpo_within_kl_budget, dpo_emits_eos, dpo_finite,
+                grpo_within_kl_budget, grpo_emits_eos, grpo_finite, rloo_within_kl_budget, rloo_emits_eos, rloo_finite]
+ASSET_CHECKS = [base_model_learned, sft_beats_base, reward_model_accuracy, *POLICY_GATES, eval_prompts_held_out]

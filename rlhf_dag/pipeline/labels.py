@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from ..config import labels_dir
-from ..data.labels import LABEL_FILES, file_sha256
+from ..data.labels import LABEL_FILES, file_sha256, label_file
 from .automation import label_observation
 
 DESCRIPTIONS = {
@@ -25,12 +25,12 @@ def _label_source(name: str):
         key=["labels", name],
         group_name="labels",
         automation_condition=label_observation,
-        description=f"`{name}.jsonl` in RLHF_DAG_LABELS_DIR. {DESCRIPTIONS[name]} Data version: sha256 of the file.",
+        description=f"`{name}.jsonl` or `{name}.parquet` in RLHF_DAG_LABELS_DIR. {DESCRIPTIONS[name]} Data version: sha256 of the file.",
     )
     def _observe(context) -> dg.DataVersion:
-        path = labels_dir() / f"{name}.jsonl"
+        path = label_file(labels_dir(), name)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run `rlhf-dag make-labels` or set RLHF_DAG_LABELS_DIR")
+            raise FileNotFoundError(f"{path} (or {path.stem}.parquet) does not exist: run `rlhf-dag make-labels` or set RLHF_DAG_LABELS_DIR")
         return dg.DataVersion(file_sha256(path))
 
     return _observe

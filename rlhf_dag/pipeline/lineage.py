@@ -28,11 +28,16 @@ INPUT_VERSION_TAG = "dagster/input_data_version/"
 FRESH, STALE, MISSING = "FRESH", "STALE", "MISSING"
 
 
+# Assets `rlhf-dag run` and `retrain` build when missing; the others (the alternatives to PPO) only once asked for.
+CORE_GROUPS = ("rlhf",)
+
+
 @dataclass
 class AssetStatus:
     key: str
     status: str  # FRESH, STALE or MISSING
     causes: list[str] = field(default_factory=list)
+    optional: bool = False  # outside the core graph: never built by retrain while missing
 
 
 def observe_labels(defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None) -> None:
@@ -63,9 +68,10 @@ def graph_statuses(graph, instance: dg.DagsterInstance) -> list[AssetStatus]:
         if not node.is_materializable or node.is_partitioned:
             continue
         event = latest[key] = instance.get_latest_materialization_event(key)
+        optional = node.group_name not in CORE_GROUPS
         if event is None:
             changing.add(key)
-            out.append(AssetStatus(key.to_user_string(), MISSING, ["never materialized"]))
+            out.append(AssetStatus(key.to_user_string(), MISSING, ["never materialized" + (" (optional: rlhf-dag run --select '*')" if optional else "")], optional))
             continue
         tags = event.asset_materialization.tags or {}
         causes = []
@@ -82,12 +88,13 @@ def graph_statuses(graph, instance: dg.DagsterInstance) -> list[AssetStatus]:
                 causes.append(f"{name} changed ({(recorded or '?')[:12]} -> {(current or '?')[:12]})")
         if causes:
             changing.add(key)
-        out.append(AssetStatus(key.to_user_string(), STALE if causes else FRESH, causes))
+        out.append(AssetStatus(key.to_user_string(), STALE if causes else FRESH, causes, optional))
     return out
 
 
 def to_refresh(statuses: list[AssetStatus]) -> list[str]:
-    return [s.key for s in statuses if s.status in (STALE, MISSING)]
+    """Stale assets, and missing ones of the core graph (an optional asset is built the first time when asked for)."""
+    return [s.key for s in statuses if s.status == STALE or (s.status == MISSING and not s.optional)]
 
 
 def retrain(defs: dg.Definitions, instance: dg.DagsterInstance, dry_run: bool = False, run_config: dict | None = None):

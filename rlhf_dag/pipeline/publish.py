@@ -14,13 +14,14 @@ import contextlib
 import hashlib
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import dagster as dg
 from pydantic import Field, create_model
 
 from ..artifacts import ArtifactHandle, atomic_dir, run_dir
 from ..config import STEP_CONFIGS, StepConfig, active_profile, artifacts_dir, labels_dir, resolve
+from ..data.labels import label_file
 from ..training.result import StepResult
 from ..training.steps import STEP_INPUTS, STEPS
 from .launch import StepLauncher
@@ -127,16 +128,18 @@ def embedded_image(png: Path) -> dg.MarkdownMetadataValue:
 
 
 def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: MlflowTracking, launcher: StepLauncher | None = None,
-            **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+            register: Callable[[StepResult, dict[str, ArtifactHandle]], None] | None = None, **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
     """Run the asset's step on exactly its upstream versions and labeled files; save, track and return its handle.
 
     With a `launcher` other than in-process, the step runs in a child (torchrun, accelerate, a pod) that saves
     its result into the same run folder; everything around it (MLflow run, handle, metadata) is the same.
+    `register` (an evaluation's, registry.py) runs inside the MLflow run before the result is saved, and adds
+    its decision to the result's tags, metrics and texts.
     """
     asset = context.asset_key.path[-1]
     labels = [name for name in STEP_INPUTS[asset] if name not in STEP_INPUTS]
     cfg = resolve_config(context, config)
-    inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(labels_dir() / f"{name}.jsonl") for name in labels}
+    inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(label_file(labels_dir(), name)) for name in labels}
     if context.has_partition_key:  # a labeling batch: its name is an input of the step
         inputs["batch"] = context.partition_key
     final = run_dir(artifacts_dir(), asset, context.run_id)
@@ -144,6 +147,8 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
     with mlflow.start_run(context, cfg.model_dump(mode="json"), lineage_tags(upstream)) as run, training_logs(context):
         if launcher is None or launcher.in_process:
             result = STEPS[asset](inputs, cfg)
+            if register is not None:
+                register(result, upstream)
             with atomic_dir(final) as tmp:
                 result.save(tmp, lineage={"mlflow_run_id": run.info.run_id})
         else:

@@ -5,6 +5,12 @@ The special assistant token makes the response boundary unambiguous, and the
 chat template saved with each tokenizer reproduces exactly this string, so
 `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` works for
 anyone who loads a model with plain transformers.
+
+A multi-turn prompt (a conversation ending with a user turn) is kept, like a
+single request, as one string: the conversation in this format without its
+opening user token and closing assistant token (`conversation_prompt`), so that
+`format_prompt` renders it exactly as the chat template renders the messages,
+and every step that formats, samples or scores a prompt handles both alike.
 """
 
 USER = "<|user|>"
@@ -20,6 +26,12 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
 )
+
+
+def conversation_prompt(messages: list[dict]) -> str:
+    """The prompt string of a conversation ending with a user turn (one user turn: its text)."""
+    text = "".join(USER + m["content"] if m["role"] == "user" else ASSISTANT + m["content"] + EOS for m in messages)
+    return text.removeprefix(USER)
 
 
 def format_prompt(prompt: str) -> str:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..config import EvalConfig
+from ..config import EvalConfig, PolicyCheckSettings
 from ..data.domain import KINDS, SOURCE_PROMPTS, parse_task
 from ..data.gold import gold_score, is_correct
 from .chat import format_prompt, raw_prompt
@@ -68,6 +68,23 @@ def sequence_kl(policy, reference, tokenizer, samples: list[Sample], batch_size:
     return total / len(samples)
 
 
+def policy_checks(policy, reference, tokenizer, prompts: list[str], cfg: PolicyCheckSettings, seed: int, reward_model=None) -> dict[str, float]:
+    """What a trained policy's gates read, measured on its own samples of `prompts` (the first `check_prompts`):
+    `final_kl` (sequence KL to the reference), `final_eos_rate`, `final_rm_score` (with a reward model),
+    and `finite` (1.0 when every weight and figure is finite)."""
+    prompts = prompts[: cfg.check_prompts]
+    samples = sample(policy, tokenizer, prompts, [format_prompt(p) for p in prompts], cfg.check_max_new_tokens, cfg.check_temperature, seed=seed)
+    metrics = {"final_kl": sequence_kl(policy, reference, tokenizer, samples),
+               "final_eos_rate": sum(s.ended_with_eos for s in samples) / len(samples),
+               "final_response_tokens": sum(s.n_tokens for s in samples) / len(samples)}
+    if reward_model is not None:
+        scores = score_texts(reward_model, tokenizer, prompts, [s.response for s in samples])
+        metrics["final_rm_score"] = sum(scores) / len(scores)
+    weights_finite = all(bool(torch.isfinite(p).all()) for p in policy.parameters())
+    metrics["finite"] = float(weights_finite and all(math.isfinite(v) for v in metrics.values()))
+    return metrics
+
+
 def evaluate_policies(policies: dict[str, tuple[object, bool]], tokenizer, reward_model, prompts: list[str], cfg: EvalConfig) -> dict:
     """Sample every policy on every prompt (`samples_per_prompt` times) and score with gold and RM.
 
@@ -105,8 +122,8 @@ def source_prompt_pass_rates(model, tokenizer, instruct: bool, cfg: EvalConfig) 
     return {kind: rates[kind] for kind in KINDS}
 
 
-def reward_hacking_figure(history: list[dict]):
-    """RM score (the proxy) and gold score over PPO iterations: the proxy rising while gold falls is reward hacking."""
+def reward_hacking_figure(history: list[dict], method: str = "PPO"):
+    """RM score (the proxy) and gold score over the training batches of an online method: the proxy rising while gold falls is reward hacking."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,12 +132,12 @@ def reward_hacking_figure(history: list[dict]):
     iterations = [r["iteration"] for r in history]
     fig, rm_axis = plt.subplots(figsize=(6, 3.5))
     rm_axis.plot(iterations, [r["rm_score"] for r in history], color="tab:blue", label="RM score (proxy)")
-    rm_axis.set_xlabel("PPO iteration")
+    rm_axis.set_xlabel(f"{method} iteration" if method == "PPO" else f"{method} generation batch")
     rm_axis.set_ylabel("mean RM score", color="tab:blue")
     gold_axis = rm_axis.twinx()
     gold_axis.plot(iterations, [r.get("gold_score", float("nan")) for r in history], color="tab:orange", label="gold score")
     gold_axis.set_ylabel("mean gold score", color="tab:orange")
-    fig.suptitle("PPO rollouts: proxy reward vs gold")
+    fig.suptitle(f"{method} rollouts: proxy reward vs gold")
     fig.tight_layout()
     return fig
 

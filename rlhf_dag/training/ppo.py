@@ -283,7 +283,8 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         "final_kl": sum(r["kl"] for r in window) / len(window),
         "final_eos_rate": sum(r["eos_rate"] for r in window) / len(window),
         "final_kl_coef": final["kl_coef"],
-        "finite": float(all(math.isfinite(v) for r in history for v in r.values())),
+        # the monitor only observes, and is NaN on prompts the gold labeler cannot judge (a user's own)
+        "finite": float(all(math.isfinite(v) for r in history for k, v in r.items() if k != "gold_score")),
         "train_seconds": time.perf_counter() - start,
     }
     return PPOResult(policy, value_model, history, metrics)

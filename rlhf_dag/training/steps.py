@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pandas is imported where it is used: `rlhf-dag status` neve
     import pandas as pd
 
 from ..artifacts import atomic_dir
-from ..config import CorpusConfig, DatasetConfig, EvalConfig, LabelingConfig, PPOConfig, PretrainConfig, RewardConfig, SampleSettings, SFTConfig, resolve
+from ..config import (CorpusConfig, DatasetConfig, DPOConfig, EvalConfig, GRPOConfig, LabelingConfig, OnlineConfig, PPOConfig, PretrainConfig, RewardConfig,
+                      RLOOConfig, SampleSettings, SFTConfig, StepConfig, resolve)
 from ..data.corpus import load_corpus
 from ..data.datasets import assign_splits, build_dataset, splits
 from ..data.domain import SOURCE_PROMPTS
@@ -196,10 +197,16 @@ def reward_model(inputs: dict[str, str], cfg: RewardConfig) -> StepResult:
     )
 
 
-@step
-def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
+def gold_monitor(batch_prompts: list[str], responses: list[str], ended: list[bool]) -> float:
+    """The gold labeler's mean over a training batch: it only observes (NaN on prompts it cannot judge)."""
     from .evaluate import mean_gold
     from .generate import Sample
+
+    return mean_gold([Sample(p, r, e, 0) for p, r, e in zip(batch_prompts, responses, ended)])
+
+
+@step
+def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
     from .models import load_causal_lm, load_reward_model
     from .ppo import ppo_train
 
@@ -209,10 +216,6 @@ def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
     reference, _ = load_causal_lm(inputs["sft_model"])
     scorer, _ = load_reward_model(inputs["reward_model"])
     critic, _ = load_reward_model(inputs["reward_model"])  # [PPO-11] the value model starts as the reward model
-
-    def gold_monitor(batch_prompts, responses, ended):
-        return mean_gold([Sample(p, r, e, 0) for p, r, e in zip(batch_prompts, responses, ended)])
-
     result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg, monitor=gold_monitor)
     curves = {f"ppo/{k}": [(row["iteration"], row[k]) for row in result.history] for k in result.history[0] if k != "iteration"}
     return StepResult(
@@ -224,6 +227,16 @@ def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
     )
 
 
+def _require_same_reward_model(step: str, policy: str, inputs: dict[str, str]) -> None:
+    """An evaluation scores a policy with the reward model it was trained against, or refuses."""
+    trained_against = read_inputs(inputs[policy]).get("reward_model")
+    if trained_against is not None and Path(trained_against).resolve() != Path(inputs["reward_model"]).resolve():
+        raise ValueError(
+            f"{step}: {policy} ({inputs[policy]}) was trained against the reward model {trained_against}, "
+            f"but the reward_model input is {inputs['reward_model']}; re-materialize {policy} so both use the same reward model"
+        )
+
+
 @step
 def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
     from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, side_by_side, source_prompt_pass_rates, win_rate
@@ -231,12 +244,7 @@ def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
 
     labels = load_labels(inputs["eval_prompts"], "eval_prompts")  # a bad line fails first, naming its file and line
     prompts = [r["prompt"] for r in labels.records]
-    trained_against = read_inputs(inputs["ppo_policy"]).get("reward_model")
-    if trained_against is not None and Path(trained_against).resolve() != Path(inputs["reward_model"]).resolve():
-        raise ValueError(
-            f"policy_evaluation: ppo_policy ({inputs['ppo_policy']}) was trained against the reward model {trained_against}, "
-            f"but the reward_model input is {inputs['reward_model']}; re-materialize ppo_policy so both use the same reward model"
-        )
+    _require_same_reward_model("policy_evaluation", "ppo_policy", inputs)
     base, tokenizer = load_causal_lm(inputs["base_model"])
     sft, _ = load_causal_lm(inputs["sft_model"])
     ppo, _ = load_causal_lm(inputs["ppo_policy"])
@@ -252,6 +260,7 @@ def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
         for kind, rate in source_prompt_pass_rates(model, tokenizer, instruct, cfg).items():
             metrics[f"{name}_source_pass_{kind}"] = rate
     metrics["ppo_kl_to_sft"] = sequence_kl(ppo, sft, tokenizer, results["ppo"]["samples"])
+    metrics["ppo_train_seconds"] = StepResult.load(inputs["ppo_policy"]).metrics["train_seconds"]
     metrics["samples"] = len(results["ppo"]["samples"])
     metrics["gold_judged_samples"] = results["ppo"]["gold_judged"]
     if metrics["gold_judged_samples"] < metrics["samples"]:
@@ -268,6 +277,156 @@ def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
         texts={"side_by_side.md": side_by_side(results, prompts)}, figures={"rm_vs_gold.png": reward_hacking_figure(history)},
         records={"metrics.json": metrics, "samples.json": {n: [s.__dict__ for s in r["samples"]] for n, r in results.items()}},
     )
+
+
+@step
+def dpo_policy(inputs: dict[str, str], cfg: DPOConfig) -> StepResult:
+    from transformers import AutoTokenizer
+
+    from .dpo import train_dpo
+    from .evaluate import policy_checks
+    from .models import load_causal_lm
+
+    train, validation = splits(inputs["comparison_dataset"])
+    tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
+    policy, metrics = train_dpo(inputs["sft_model"], tokenizer, train, validation, cfg)
+    reference, _ = load_causal_lm(inputs["sft_model"])
+    # DPO never samples while training: its gates' KL and EOS rate come from samples of held-out comparison prompts
+    metrics |= policy_checks(policy, reference, tokenizer, list(dict.fromkeys(validation["prompt"])), cfg, cfg.seed)
+    return StepResult(
+        "dpo_policy", metrics, ["validation_reward_accuracy", "validation_reward_margin", "final_kl", "final_eos_rate", "training_loss", "train_seconds"],
+        inputs=inputs, model=policy, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag DPO policy", "The SFT model optimized with DPO (TRL DPOTrainer) directly on the comparisons: no reward model, no sampling."),
+        texts={"source_prompt_samples.md": _source_prompt_table(policy, tokenizer, True, cfg, cfg.seed, "answer (DPO policy)")},
+    )
+
+
+def _online_policy(method: str, inputs: dict[str, str], cfg: OnlineConfig) -> StepResult:
+    from transformers import AutoTokenizer
+
+    from .evaluate import policy_checks
+    from .models import load_causal_lm, load_reward_model
+    from .online import RewardModelReward, train_online
+
+    labels = load_labels(inputs["prompts"], "prompts")
+    prompts = [r["prompt"] for r in labels.records]
+    tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
+    scorer, _ = load_reward_model(inputs["reward_model"])
+    reward = RewardModelReward(scorer, tokenizer, cfg.missing_eos_penalty, monitor=gold_monitor)
+    policy, metrics = train_online(method, inputs["sft_model"], tokenizer, reward, prompts, cfg)
+    reference, _ = load_causal_lm(inputs["sft_model"])
+    metrics |= policy_checks(policy, reference, tokenizer, prompts, cfg, cfg.seed, scorer) | {"prompts": len(prompts)}
+    name = method.upper()
+    return StepResult(
+        f"{method}_policy", metrics, ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds"],
+        inputs=inputs, tags={"labels.prompts.sha256": labels.sha256}, model=policy, tokenizer=tokenizer,
+        card=ModelCard(f"rlhf-dag {name} policy", f"The SFT model optimized with {name} (TRL {name}Trainer) against the reward model, KL-penalized to the SFT model."),
+        records={f"{method}_history.json": reward.history},
+        curves={f"{method}/{k}": [(row["iteration"], row[k]) for row in reward.history] for k in reward.history[0] if k != "iteration"},
+        texts={"source_prompt_samples.md": _source_prompt_table(policy, tokenizer, True, cfg, cfg.seed, f"answer ({name} policy)")},
+    )
+
+
+@step
+def grpo_policy(inputs: dict[str, str], cfg: GRPOConfig) -> StepResult:
+    return _online_policy("grpo", inputs, cfg)
+
+
+@step
+def rloo_policy(inputs: dict[str, str], cfg: RLOOConfig) -> StepResult:
+    return _online_policy("rloo", inputs, cfg)
+
+
+def _method_evaluation(method: str, inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
+    """One policy vs the SFT model on the held-out prompts, in the figures `policy_evaluation` reports for PPO."""
+    from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, source_prompt_pass_rates, win_rate
+    from .models import load_causal_lm, load_reward_model
+
+    labels = load_labels(inputs["eval_prompts"], "eval_prompts")
+    prompts = [r["prompt"] for r in labels.records]
+    policy_key = f"{method}_policy"
+    _require_same_reward_model(f"{method}_evaluation", policy_key, inputs)
+    sft, tokenizer = load_causal_lm(inputs["sft_model"])
+    policy, _ = load_causal_lm(inputs[policy_key])
+    scorer, _ = load_reward_model(inputs["reward_model"])
+    results = evaluate_policies({"sft": (sft, True), method: (policy, True)}, tokenizer, scorer, prompts, cfg)
+    rate, low, high = win_rate(results[method]["gold"], results["sft"]["gold"])
+    metrics = {f"win_rate_{method}_vs_sft": rate, f"win_rate_{method}_vs_sft_ci_low": low, f"win_rate_{method}_vs_sft_ci_high": high}
+    for name, r in results.items():
+        metrics.update({f"{name}_gold_mean": r["gold_mean"], f"{name}_rm_mean": r["rm_mean"], f"{name}_eos_rate": r["eos_rate"], f"{name}_response_tokens": r["response_tokens"]})
+    metrics[f"{method}_kl_to_sft"] = sequence_kl(policy, sft, tokenizer, results[method]["samples"])
+    trained = StepResult.load(inputs[policy_key])
+    metrics[f"{method}_train_seconds"] = trained.metrics["train_seconds"]
+    metrics.update({f"{method}_source_pass_{k}": v for k, v in source_prompt_pass_rates(policy, tokenizer, True, cfg).items()})
+    metrics["samples"], metrics["gold_judged_samples"] = len(results[method]["samples"]), results[method]["gold_judged"]
+    history = trained.records.get(f"{method}_history.json")
+    headline = [f"win_rate_{method}_vs_sft", f"win_rate_{method}_vs_sft_ci_low", f"win_rate_{method}_vs_sft_ci_high", "sft_gold_mean", f"{method}_gold_mean",
+                "sft_rm_mean", f"{method}_rm_mean", f"{method}_kl_to_sft", f"{method}_eos_rate", f"{method}_response_tokens", f"{method}_train_seconds"]
+    return StepResult(
+        f"{method}_evaluation", metrics, headline, inputs=inputs, tags={"labels.eval_prompts.sha256": labels.sha256},
+        figures={"rm_vs_gold.png": reward_hacking_figure(history, method.upper())} if history else {},
+        records={"metrics.json": metrics, "samples.json": {n: [s.__dict__ for s in r["samples"]] for n, r in results.items()}},
+    )
+
+
+@step
+def dpo_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
+    return _method_evaluation("dpo", inputs, cfg)
+
+
+@step
+def grpo_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
+    return _method_evaluation("grpo", inputs, cfg)
+
+
+@step
+def rloo_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
+    return _method_evaluation("rloo", inputs, cfg)
+
+
+# The policies beside SFT, and the evaluation that judges each (PPO's also judges the base model).
+METHODS = {"ppo": "policy_evaluation", "dpo": "dpo_evaluation", "grpo": "grpo_evaluation", "rloo": "rloo_evaluation"}
+METHOD_COLUMNS = [  # (column, metric key with {m} for the method, format)
+    ("gold win rate vs SFT [95% CI]", None, None),
+    ("gold mean", "{m}_gold_mean", ".3f"),
+    ("RM mean", "{m}_rm_mean", ".3f"),
+    ("KL to SFT", "{m}_kl_to_sft", ".2f"),
+    ("response tokens", "{m}_response_tokens", ".1f"),
+    ("EOS rate", "{m}_eos_rate", ".2f"),
+    ("train s", "{m}_train_seconds", ".0f"),
+]
+
+
+def method_table(evaluations: dict[str, dict]) -> tuple[str, list[dict]]:
+    """Every policy vs SFT in one Markdown table (and its rows), from each method's evaluation metrics and registration tags."""
+    header = ["method", *(c for c, _, _ in METHOD_COLUMNS), "registry version", "made champion"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
+    sft = next(iter(evaluations.values()))["metrics"]
+    lines.append(f"| SFT (reference) | 0.5 | {sft['sft_gold_mean']:.3f} | {sft['sft_rm_mean']:.3f} | 0 | {sft['sft_response_tokens']:.1f} | {sft['sft_eos_rate']:.2f} | - | - | - |")
+    for method, evaluation in evaluations.items():
+        m, tags = evaluation["metrics"], evaluation["tags"]
+        row = {"method": method, "win_rate_vs_sft": m[f"win_rate_{method}_vs_sft"], "ci_low": m[f"win_rate_{method}_vs_sft_ci_low"],
+               "ci_high": m[f"win_rate_{method}_vs_sft_ci_high"], **{key.format(m=method).removeprefix(f"{method}_"): m[key.format(m=method)] for _, key, _ in METHOD_COLUMNS[1:]},
+               "registered_version": tags.get("registry.version", "-"), "champion": tags.get("registry.champion", "-"), "why": tags.get("registry.why", "")}
+        rows.append(row)
+        cells = [method.upper(), f"{row['win_rate_vs_sft']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]",
+                 *(format(m[key.format(m=method)], fmt) for _, key, fmt in METHOD_COLUMNS[1:]), row["registered_version"], row["champion"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    why = [f"- {r['method'].upper()}: {r['why']}" for r in rows if r["why"]]
+    return "\n".join(lines + ([""] + why if why else [])), rows
+
+
+@step
+def method_comparison(inputs: dict[str, str], cfg: StepConfig) -> StepResult:
+    evaluations = {}
+    for method, asset in METHODS.items():
+        saved = StepResult.load(inputs[asset])
+        evaluations[method] = {"metrics": saved.metrics, "tags": saved.tags}
+    table, rows = method_table(evaluations)
+    metrics = {f"{r['method']}_{k}": v for r in rows for k, v in r.items() if isinstance(v, float)}
+    headline = [f"{m}_win_rate_vs_sft" for m in METHODS] + [f"{m}_{k}" for m in METHODS for k in ("ci_low", "ci_high")]
+    return StepResult("method_comparison", metrics, headline, inputs=inputs, texts={"method_table.md": table}, records={"method_table.json": rows})
 
 
 @step
@@ -318,11 +477,18 @@ STEPS = {
     "reward_model": reward_model,
     "ppo_policy": ppo_policy,
     "policy_evaluation": policy_evaluation,
+    "dpo_policy": dpo_policy,
+    "grpo_policy": grpo_policy,
+    "rloo_policy": rloo_policy,
+    "dpo_evaluation": dpo_evaluation,
+    "grpo_evaluation": grpo_evaluation,
+    "rloo_evaluation": rloo_evaluation,
+    "method_comparison": method_comparison,
     "labeling_candidates": labeling_candidates,
 }
 
 
-# What each step reads: upstream assets, and labeled files by name (`<labels dir>/<name>.jsonl`).
+# What each step reads: upstream assets, and labeled files by name (`<labels dir>/<name>.jsonl` or `.parquet`).
 # These are the graph's edges; tests/test_definitions.py checks them against the assets.
 STEP_INPUTS = {
     "pretraining_corpus": (),
@@ -333,6 +499,13 @@ STEP_INPUTS = {
     "reward_model": ("sft_model", "comparison_dataset"),
     "ppo_policy": ("sft_model", "reward_model", "prompts"),
     "policy_evaluation": ("base_model", "sft_model", "reward_model", "ppo_policy", "eval_prompts"),
+    "dpo_policy": ("sft_model", "comparison_dataset"),
+    "grpo_policy": ("sft_model", "reward_model", "prompts"),
+    "rloo_policy": ("sft_model", "reward_model", "prompts"),
+    "dpo_evaluation": ("sft_model", "reward_model", "dpo_policy", "eval_prompts"),
+    "grpo_evaluation": ("sft_model", "reward_model", "grpo_policy", "eval_prompts"),
+    "rloo_evaluation": ("sft_model", "reward_model", "rloo_policy", "eval_prompts"),
+    "method_comparison": ("policy_evaluation", "dpo_evaluation", "grpo_evaluation", "rloo_evaluation"),
     # both policies are inputs; its config says which one writes the responses. `batch` is the partition key.
     "labeling_candidates": ("sft_model", "ppo_policy", "prompts"),
 }
