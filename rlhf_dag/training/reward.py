@@ -19,6 +19,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from ..config import RewardConfig as RewardStepConfig
+from . import lora
 from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
 from .overlong import count_overlong, fit_responses
@@ -40,6 +41,8 @@ def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     rollouts are scored as the right-padded training batches were.
     """
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    if hasattr(model, "get_base_model"):  # a LoRA reward model in training: the transformers model inside, its adapters active
+        model = model.get_base_model()
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
     return model.score(hidden).squeeze(-1).float()  # fp32 for GAE and the losses, also under bf16 autocast
@@ -96,7 +99,9 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         held_out = Dataset.from_dict(  # the validation curve
             {"prompt": [format_prompt(p) for p in validation["prompt"]], "chosen": list(validation["chosen"]), "rejected": list(validation["rejected"])}
         )
-        trainer = monitored(RewardTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer), "reward_model")
+        trainer = monitored(RewardTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer,
+                                          peft_config=lora.peft_config(cfg.lora, "SEQ_CLS") if cfg.lora else None), "reward_model")
+        model = trainer.model
         result = trainer.train()
     accuracy, margin, validation_loss = pairwise_accuracy(model, tokenizer, validation)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
@@ -109,6 +114,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         "train_accuracy": train_accuracy,
         "training_loss": result.training_loss,
         "train_pairs": len(dataset),
+        **lora.parameter_counts(model),
         "overlong_records": overlong,
         "train_tokens": trained_tokens(trainer, ("chosen_ids", "rejected_ids")) * cfg.epochs,
         "train_runtime": result.metrics["train_runtime"],
