@@ -33,6 +33,32 @@ def test_a_users_tokenizer_keeps_its_eos_and_gets_a_distinct_pad_and_the_chat_to
     assert tokenizer.apply_chat_template(chat, tokenize=False) == format_prompt("What is 2 + 2?") + "4" + tokenizer.eos_token
 
 
+def test_a_tokenizer_that_opens_with_bos_is_sampled_scored_and_templated_as_trl_trains_it():
+    """Llama's tokenizer prepends its BOS, and TRL's trainers tokenize plain text with it (`trl.data_utils._tokenize`):
+    the graph's sampling, scoring and chat template must give the model the same ids."""
+    from tokenizers import processors
+    from trl.data_utils import _tokenize
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rlhf_dag.training.generate import generate_tokens
+
+    tokenizer = user_tokenizer()
+    tokenizer.bos_token = "<|endoftext|>"
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", tokenizer.bos_token_id)])
+    wrap_tokenizer(tokenizer)
+    prompt, response = "What is 2 + 2?", "4"
+    trained = _tokenize(tokenizer, format_prompt(prompt) + response + tokenizer.eos_token)["input_ids"]
+    assert trained[0] == tokenizer.bos_token_id
+    chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    assert tokenizer.apply_chat_template(chat, return_dict=True)["input_ids"] == trained
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+    query, _ = generate_tokens(model, tokenizer, [format_prompt(prompt), format_prompt("Hi")], 2, 1.0, generator_seed=0)
+    assert query[0].tolist() == _tokenize(tokenizer, format_prompt(prompt))["input_ids"] == trained[: query.shape[1]]
+
+
 def _path(run, asset: str) -> Path:
     return Path(run[2].output_for_node(asset).path)
 

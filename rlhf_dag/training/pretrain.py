@@ -68,7 +68,10 @@ def wrap_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
     if tokenizer.pad_token is None or tokenizer.pad_token == (tokenizer.eos_token or EOS):
         special["pad_token"] = PAD
     tokenizer.add_special_tokens(special, replace_extra_special_tokens=False)
-    tokenizer.chat_template = CHAT_TEMPLATE
+    # A tokenizer that opens every sequence with its BOS (Llama's) does so for TRL's trainers and the graph's sampling;
+    # `apply_chat_template` tokenizes without it, so the template writes it.
+    adds_bos = tokenizer.bos_token is not None and tokenizer(USER)["input_ids"][0] == tokenizer.bos_token_id
+    tokenizer.chat_template = (tokenizer.bos_token if adds_bos else "") + CHAT_TEMPLATE
     tokenizer.padding_side = "right"
     return tokenizer
 

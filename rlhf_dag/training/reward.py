@@ -55,7 +55,7 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
         texts = [format_prompt(p) + r + tokenizer.eos_token for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)  # with a BOS where the tokenizer adds one, as TRL trained
         all_scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
         last = batch["attention_mask"].sum(dim=1) - 1
         scores += all_scores[torch.arange(len(texts)), last].tolist()
