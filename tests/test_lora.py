@@ -90,7 +90,7 @@ def _lora_targets(adapter: Path) -> set[str]:
     ("sft_model", "base_model", AutoModelForCausalLM, Qwen2ForCausalLM),
     ("reward_model", "sft_model", AutoModelForSequenceClassification, Qwen2ForSequenceClassification),
     ("ppo_policy", "sft_model", AutoModelForCausalLM, Qwen2ForCausalLM),
-])
+], ids=["sft_model", "reward_model", "ppo_policy"])
 def test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights(lora_run, asset, upstream, cls, architecture):
     _, instance, result, _ = lora_run
     handle = result.output_for_node(asset)
