@@ -9,8 +9,16 @@ with `lora` (r 8, alpha 16, every linear layer), each in a child process of its
 own (`python -m rlhf_dag.training.steps --spec`, what a launcher runs), from the
 same upstream models: the reward models and both PPO runs start from the full
 SFT model (and PPO from the full reward model). Steps are cut short (a fraction
-of an epoch, two PPO iterations): memory peaks in the first optimizer step.
-Peak RSS is the child's whole process, imports (about 0.7 GB) included.
+of an epoch, two PPO iterations, small validation splits): memory peaks in the
+first optimizer steps. Peak RSS is the child's whole process, imports (about
+0.5 GB) included.
+
+Each child runs twice: with glibc's malloc as it comes, and with its mmap
+threshold fixed (`MALLOC_MMAP_THRESHOLD_=131072`). By default glibc raises that
+threshold as large blocks are freed, and then keeps freed activations in its
+heap: peak RSS follows how many large temporaries a forward pass makes (LoRA's
+`base(x) + B(A(x))` makes more), not only what autograd holds. With the threshold
+fixed, freed blocks go back to the system and peak RSS tracks the memory in use.
 
 Writes bench/results/lora.json and .md; keeps the run in bench/results/tmp/lora-<profile>/.
 """
@@ -24,6 +32,7 @@ from pathlib import Path
 from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy
 
 LORA = {"r": 8, "alpha": 16.0, "target_modules": ["all-linear"]}
+ALLOCATORS = {"glibc": {}, "fixed_mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 # Short runs: the same number of optimizer steps for both variants, past the first one (where Adam allocates its state).
 STEP_CONFIG = {
     "sft_model": {"epochs": 0.1, "gold_sample_prompts": 8, "sample_max_new_tokens": 16},
@@ -69,8 +78,9 @@ def main() -> int:
     labels = Path(env["RLHF_DAG_LABELS_DIR"])
 
     _, _, corpus = run_step(root, env, "pretraining_corpus", {}, {"n_documents": 2000}, "pretraining_corpus")
-    _, _, sft_data = run_step(root, env, "sft_dataset", {"demonstrations": str(labels / "demonstrations.jsonl")}, {}, "sft_dataset")
-    _, _, comparisons = run_step(root, env, "comparison_dataset", {"comparisons": str(labels / "comparisons.jsonl")}, {}, "comparison_dataset")
+    small_validation = {"validation_fraction": 0.03}  # each step evaluates its validation split several times
+    _, _, sft_data = run_step(root, env, "sft_dataset", {"demonstrations": str(labels / "demonstrations.jsonl")}, small_validation, "sft_dataset")
+    _, _, comparisons = run_step(root, env, "comparison_dataset", {"comparisons": str(labels / "comparisons.jsonl")}, small_validation, "comparison_dataset")
     checkpoint = untrained_model(root / "checkpoint", corpus, args.hidden_size, args.layers)
     _, _, base = run_step(root, env, "base_model", {"pretraining_corpus": corpus}, {"pretrained": checkpoint}, "base_model")
 
@@ -81,23 +91,27 @@ def main() -> int:
                   "ppo_policy": {"sft_model": upstream.get("sft_model"), "reward_model": upstream.get("reward_model"),
                                  "prompts": str(labels / "prompts.jsonl")}}[step]
         for variant, extra in (("full", {}), ("lora", {"lora": LORA})):
-            child, metrics, path = run_step(root, env, step, inputs, {**STEP_CONFIG[step], **extra}, f"{step}-{variant}")
-            if variant == "full":
-                upstream[step] = path
-            figures[f"{step}/{variant}"] = {"trainable_parameters": metrics["trainable_parameters"], "parameters": metrics["parameters"],
-                                            "peak_rss_mb": child.peak_rss_mb, "wall_seconds": child.wall_seconds}
-            print(f"{step} {variant}: {figures[f'{step}/{variant}']}", flush=True)
+            f = figures[f"{step}/{variant}"] = {}
+            for allocator, allocator_env in ALLOCATORS.items():
+                child, metrics, path = run_step(root, {**env, **allocator_env}, step, inputs, {**STEP_CONFIG[step], **extra}, f"{step}-{variant}-{allocator}")
+                if variant == "full" and allocator == "glibc":
+                    upstream[step] = path
+                f.update(trainable_parameters=metrics["trainable_parameters"], parameters=metrics["parameters"])
+                f[f"peak_rss_mb_{allocator}"], f[f"wall_seconds_{allocator}"] = child.peak_rss_mb, child.wall_seconds
+            print(f"{step} {variant}: {f}", flush=True)
         full, lora = figures[f"{step}/full"], figures[f"{step}/lora"]
         for variant, f in (("full", full), ("lora", lora)):
             rows.append([step, variant, f"{f['trainable_parameters']:,}", f"{f['parameters']:,}", f"{f['trainable_parameters'] / f['parameters']:.1%}",
-                         round(f["peak_rss_mb"]), f["wall_seconds"]])
+                         *(round(f[f"peak_rss_mb_{a}"]) for a in ALLOCATORS), f["wall_seconds_glibc"]])
         rows.append([step, "lora / full", "", "", f"{lora['trainable_parameters'] / full['trainable_parameters']:.3f}",
-                     f"{lora['peak_rss_mb'] / full['peak_rss_mb']:.2f}", f"{lora['wall_seconds'] / full['wall_seconds']:.2f}"])
+                     *(f"{lora[f'peak_rss_mb_{a}'] / full[f'peak_rss_mb_{a}']:.2f}" for a in ALLOCATORS),
+                     f"{lora['wall_seconds_glibc'] / full['wall_seconds_glibc']:.2f}"])
     table = "\n".join([
         f"LoRA (r {LORA['r']}, alpha {LORA['alpha']:g}, all linear layers) vs full fine-tune on a {args.layers}-layer, {args.hidden_size}-wide Llama "
         f"brought as `base_model.pretrained`; one child process per row. {machine_line(info)}.",
         "",
-        markdown_table(["step", "variant", "trainable parameters", "parameters", "trainable share", "peak RSS (MB)", "wall (s)"], rows),
+        markdown_table(["step", "variant", "trainable parameters", "parameters", "trainable share", "peak RSS (MB), glibc as it comes",
+                        "peak RSS (MB), MALLOC_MMAP_THRESHOLD_=131072", "wall (s)"], rows),
         "",
         "PPO's parameters are the policy's and the critic's (which trains whole); with LoRA there is no reference copy of the policy.",
     ])
