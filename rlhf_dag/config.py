@@ -79,6 +79,18 @@ class Overlong(StrEnum):
     truncate = "truncate"
 
 
+class LoRAConfig(StepConfig):
+    """Low-rank adapters (peft's LoRA) on frozen base weights instead of a full fine-tune (docs/scale-out.md, "LoRA")."""
+
+    r: int = Field(8, description="rank of each adapter's update B @ A")
+    alpha: float = Field(16.0, description="the update is scaled by alpha / r")
+    dropout: float = Field(0.0, description="dropout on the adapters' input (0: PPO's first ratio is exactly 1, as with a full fine-tune)")
+    target_modules: list[str] = Field(["all-linear"], description="names of the linear modules to adapt (e.g. ['q_proj', 'v_proj']), or ['all-linear']: every linear layer but the output head")
+
+
+LORA_FIELD = "LoRA adapters instead of a full fine-tune, e.g. {r: 8, alpha: 16} (unset: full fine-tune); the model dir holds merged weights, the adapter in adapter/"
+
+
 class DatasetConfig(StepConfig):
     """`sft_dataset` and `comparison_dataset`: validation and the fixed train/validation split."""
 
@@ -95,6 +107,7 @@ class SFTConfig(SampleSettings):
     learning_rate: float = Field(1e-3, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
     overlong: Overlong = Field(Overlong.reject, description="a record over max_length: 'reject' fails naming its file and line; 'truncate' cuts the response's end (and its EOS)")
+    lora: LoRAConfig | None = Field(None, description=LORA_FIELD)
     gold_sample_prompts: int = Field(64, description="held-out demonstration prompts sampled (base and SFT) for the gold means in the metrics")
     seed: int = Field(0, description="data-order seed")
 
@@ -107,6 +120,7 @@ class RewardConfig(StepConfig):
     learning_rate: float = Field(5e-4, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
     overlong: Overlong = Field(Overlong.reject, description="a pair over max_length: 'reject' fails naming its file and line; 'truncate' cuts each response to fit, still ending with EOS")
+    lora: LoRAConfig | None = Field(None, description=LORA_FIELD + " (the new score head trains whole)")
     seed: int = Field(0, description="data-order and head-initialization seed")
 
 
@@ -128,6 +142,7 @@ class PPOConfig(SampleSettings):
     clip_range: float = Field(0.2, description="policy ratio clip")
     clip_range_value: float = Field(0.2, description="value prediction clip")
     vf_coef: float = Field(0.1, description="weight of the value loss")
+    lora: LoRAConfig | None = Field(None, description=LORA_FIELD + "; the reference is the policy with its adapter disabled, the critic trains whole")
     missing_eos_penalty: float | None = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)")
     seed: int = Field(0, description="sampling and data-order seed")
 

@@ -7,6 +7,7 @@ import time, exactly as `dagster dev` or the CLI would see them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -53,3 +54,56 @@ def smoke_run(isolated_env):
     result = defs.resolve_job_def("rlhf_graph").execute_in_process(instance=instance)
     assert result.success
     return defs, instance, result
+
+
+@contextlib.contextmanager
+def own_home(root: Path):
+    """RLHF_DAG_HOME and DAGSTER_HOME in `root` for the block (the labels stay the session's): a graph of its own."""
+    saved = {k: os.environ[k] for k in ("RLHF_DAG_HOME", "DAGSTER_HOME")}
+    (root / "dagster").mkdir(parents=True, exist_ok=True)
+    os.environ.update({"RLHF_DAG_HOME": str(root / "home"), "DAGSTER_HOME": str(root / "dagster")})
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def user_model_run(isolated_env):
+    """The whole smoke graph on a Qwen2 checkpoint a user brings (`base_model.pretrained`, tests/user_model.py),
+    full fine-tune, in a Dagster instance and RLHF_DAG_HOME of its own: (defs, instance, result, root, checkpoint)."""
+    import dagster as dg
+
+    from rlhf_dag.definitions import build_definitions
+    from user_model import save_user_model
+
+    root = isolated_env / "user_model"
+    checkpoint = save_user_model(root / "checkpoint")
+    with own_home(root):
+        defs = build_definitions()
+        instance = dg.DagsterInstance.get()
+        defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
+        run_config = {"ops": {"base_model": {"config": {"pretrained": str(checkpoint)}}}}
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, run_config=run_config)
+    assert result.success
+    return defs, instance, result, root, checkpoint
+
+
+# LoRA on SFT, the reward model and PPO. PPO's learning rate is LoRA's usual tenfold: in the smoke profile's two
+# iterations the adapter must move the policy measurably away from its reference.
+LORA = {"r": 4, "alpha": 8.0}
+LORA_RUN_CONFIG = {"ops": {"sft_model": {"config": {"lora": LORA}}, "reward_model": {"config": {"lora": LORA}},
+                           "ppo_policy": {"config": {"lora": LORA, "learning_rate": 1e-3}}}}
+
+
+@pytest.fixture(scope="session")
+def lora_run(user_model_run):
+    """`sft_model`, `reward_model`, `ppo_policy` and `policy_evaluation` re-materialized with LoRA over the user model's graph."""
+    import dagster as dg
+
+    defs, instance, full, root, checkpoint = user_model_run
+    with own_home(root):
+        selection = [dg.AssetKey(a) for a in ("sft_model", "reward_model", "ppo_policy", "policy_evaluation")]
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=selection, run_config=LORA_RUN_CONFIG)
+    assert result.success
+    return defs, instance, result, full

@@ -33,6 +33,8 @@ PPO = "tests/test_ppo_train.py::"
 GATES = "tests/test_gates.py::"
 UNIT_GATE = GATES + "test_each_gate_passes_at_its_threshold_and_refuses_past_it"
 FEEDBACK = "tests/test_feedback.py::"
+LORA = "tests/test_lora.py::"
+PRETRAINED = "tests/test_pretrained_model.py::"
 
 
 @dataclass
@@ -61,13 +63,31 @@ MUTATIONS = [
                "    for iteration in range(1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
     Mutation("reference in the optimizer and trained through a KL term of the loss", "rlhf_dag/training/ppo.py",
-             [("params = list(policy.parameters()) + list(value_model.parameters())",
-               "params = list(policy.parameters()) + list(value_model.parameters()) + list(ref_policy.requires_grad_(True).parameters())"),
+             [("params = [p for p in (*policy.parameters(), *value_model.parameters()) if p.requires_grad]",
+               "params = [p for p in (*policy.parameters(), *value_model.parameters(), *ref_policy.requires_grad_(True).parameters()) if p.requires_grad]"),
               ("new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)",
                "new_logprobs, entropy, new_values = packed_logprobs_and_values(policy, value_model, packed, cfg.temperature)\n"
                "                ref_new_logprobs = packed_logprobs_and_values(ref_policy, value_model, packed, cfg.temperature)[0]"),
               ("loss = pg_loss + cfg.vf_coef * vf_loss", "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * (new_logprobs - ref_new_logprobs).mean()")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
+    Mutation("LoRA: PPO's reference is the adapted policy, not the SFT model", "rlhf_dag/training/ppo.py",
+             [("    with policy.disable_adapter():\n        return response_logprobs(policy", "    if True:\n        return response_logprobs(policy")],
+             [LORA + "test_the_lora_reference_is_the_sft_model_itself_not_the_adapted_policy", LORA + "test_lora_ppo_is_kl_penalized_against_the_sft_model"]),
+    Mutation("LoRA: PPO trains the base weights along with the adapter", "rlhf_dag/training/steps.py",
+             [("policy, reference = adapt(policy, cfg.lora), None", "policy, reference = adapt(policy, cfg.lora).requires_grad_(True), None")],
+             [LORA + "test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights[ppo_policy]"]),
+    Mutation("LoRA: the model folder holds the upstream weights, the adapter not merged", "rlhf_dag/training/lora.py",
+             [("merged = model.merge_and_unload()", "merged = model.unload()")],
+             [LORA + "test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights[sft_model]"]),
+    Mutation("a user's model: its EOS replaced by ours", "rlhf_dag/training/pretrain.py",
+             [('    if tokenizer.eos_token is None:\n        special["eos_token"] = EOS', '    if True:\n        special["eos_token"] = EOS')],
+             [PRETRAINED + "test_a_users_tokenizer_keeps_its_eos_and_gets_a_distinct_pad_and_the_chat_tokens"]),
+    Mutation("a user's model: its sampling defaults kept in its generation config", "rlhf_dag/training/pretrain.py",
+             [("    model.generation_config = GenerationConfig.from_model_config(model.config)\n", "")],
+             [PRETRAINED + "test_ppo_on_the_users_model_samples_from_the_distribution_it_optimizes"]),
+    Mutation("a user's model: prompts sampled without the BOS its tokenizer adds", "rlhf_dag/training/generate.py",
+             [('batch = tokenizer(texts, return_tensors="pt", padding=True)', 'batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)')],
+             [PRETRAINED + "test_a_tokenizer_that_opens_with_bos_is_sampled_scored_and_templated_as_trl_trains_it"]),
     Mutation("SFT loss on prompt tokens too", "rlhf_dag/training/sft.py",
              [("completion_only_loss=True", "completion_only_loss=False")],
              ["tests/test_sft.py::test_sft_trains_on_the_response_and_never_on_the_prompt"]),

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import typing
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,14 +34,25 @@ def asset_config_class(asset: str) -> type[dg.Config]:
 
     A field left unset takes the value of the active profile (RLHF_DAG_PROFILE),
     so the launchpad shows the same documented fields as `rlhf_dag/config.py`.
+    A nested config (`lora`) is given whole: its own fields keep their defaults.
     """
     step_cls = STEP_CONFIGS[asset]
     fields = {
-        name: (Optional[f.annotation], Field(None, description=f"{f.description} (unset: profile value; default {f.default!r})"))
+        name: (Optional[_dagster_type(f.annotation)], Field(None, description=f"{f.description} (unset: profile value; default {f.default!r})"))
         for name, f in step_cls.model_fields.items()
     }
     name = "".join(part.title() for part in asset.split("_")) + "Config"
     return create_model(name, __base__=dg.Config, __doc__=step_cls.__doc__, **fields)
+
+
+def _dagster_type(annotation):
+    """A config field's type as Dagster config takes it: a nested step config (`LoRAConfig | None`) becomes a dg.Config."""
+    nested = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, StepConfig)]
+    if not nested:
+        return annotation
+    (cls,) = nested
+    fields = {name: (f.annotation, Field(f.default, description=f.description)) for name, f in cls.model_fields.items()}
+    return create_model(cls.__name__, __base__=dg.Config, __doc__=cls.__doc__, **fields)
 
 
 def upstream_assets(asset: str) -> list[str]:

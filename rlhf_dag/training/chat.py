@@ -1,8 +1,10 @@
 """The prompt format every instruction-following model in the graph is trained and scored with.
 
-A prompt is `<|user|>{prompt}<|assistant|>`; a response ends with `<|endoftext|>`.
-The special assistant token makes the response boundary unambiguous, and the
-chat template saved with each tokenizer reproduces exactly this string, so
+A prompt is `<|user|>{prompt}<|assistant|>`; a response ends with the tokenizer's
+EOS (`<|endoftext|>` in a tokenizer trained here; a user's pretrained model keeps
+the EOS it learned to emit). The special assistant token makes the response
+boundary unambiguous, and the chat template saved with each tokenizer reproduces
+exactly this string, so
 `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` works for
 anyone who loads a model with plain transformers.
 
@@ -22,7 +24,7 @@ SPECIAL_TOKENS = (PAD, EOS, USER, ASSISTANT)
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}" + EOS + "{% endif %}"
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}{{ eos_token }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
 )

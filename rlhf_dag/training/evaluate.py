@@ -50,7 +50,7 @@ def sequence_kl(policy, reference, tokenizer, samples: list[Sample], batch_size:
     total = 0.0
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        p_ids = tokenizer([format_prompt(s.prompt) for s in chunk], add_special_tokens=False)["input_ids"]
+        p_ids = tokenizer([format_prompt(s.prompt) for s in chunk])["input_ids"]  # with a BOS where the tokenizer adds one
         r_ids = tokenizer([s.response + (tokenizer.eos_token if s.ended_with_eos else "") for s in chunk], add_special_tokens=False)["input_ids"]
         width = max(len(p) + len(r) for p, r in zip(p_ids, r_ids))
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id)

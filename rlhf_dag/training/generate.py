@@ -29,7 +29,8 @@ def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, tem
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    # a prompt opens the sequence: with a BOS where the tokenizer adds one (Llama's), as TRL's trainers tokenize it
+    batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
     tokenizer.padding_side = "right"
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
     out = model.generate(
@@ -81,7 +82,7 @@ def response_loss(model, tokenizer, prompt_texts: list[str], responses: list[str
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(responses), batch_size):
-        p_ids = tokenizer(prompt_texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
+        p_ids = tokenizer(prompt_texts[start : start + batch_size])["input_ids"]  # with a BOS where the tokenizer adds one
         r_ids = tokenizer([r + tokenizer.eos_token for r in responses[start : start + batch_size]], add_special_tokens=False)["input_ids"]
         rows = [p + r for p, r in zip(p_ids, r_ids)]
         width = max(map(len, rows))

@@ -29,7 +29,7 @@ def set_special_token_ids(model, tokenizer) -> None:
     for cfg in configs:
         cfg.pad_token_id = tokenizer.pad_token_id
         cfg.eos_token_id = tokenizer.eos_token_id
-        cfg.bos_token_id = tokenizer.eos_token_id
+        cfg.bos_token_id = tokenizer.eos_token_id if tokenizer.bos_token_id is None else tokenizer.bos_token_id
 
 
 def load_causal_lm(path: str | Path):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PPOConfig
-from . import distributed
+from . import distributed, lora
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .reward import per_token_scores
@@ -85,6 +85,16 @@ def response_logprobs(model, query_response: torch.Tensor, attention_mask: torch
     logits = model(input_ids=query_response, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
     logits = logits[:, n_query - 1 : -1] / temperature  # [PPO-2] same temperature as the rollout
     return _token_logprobs(logits, query_response[:, n_query:], pad_id)
+
+
+def reference_logprobs(policy, ref_policy, query_response: torch.Tensor, attention_mask: torch.Tensor, n_query: int, temperature: float,
+                       pad_id: int | None = None) -> torch.Tensor:
+    """Log-prob of each response token under the reference: `ref_policy`, or with LoRA (`ref_policy` None) the policy
+    with its adapter disabled ([PPO-14]): the SFT model's own weights, which the adapter trains around, never a copy."""
+    if ref_policy is not None:
+        return response_logprobs(ref_policy, query_response, attention_mask, n_query, temperature, pad_id)[0]
+    with policy.disable_adapter():
+        return response_logprobs(policy, query_response, attention_mask, n_query, temperature, pad_id)[0]
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,17 +184,21 @@ class PPOResult:
 
 def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts: list[str], cfg: PPOConfig,
               monitor: Callable[[list[str], list[str], list[bool]], float] | None = None) -> PPOResult:
-    """Optimize `policy` to maximize RM score - kl_coef * KL(policy || ref). `monitor` (e.g. a gold judge) only observes."""
+    """Optimize `policy` to maximize RM score - kl_coef * KL(policy || ref). `monitor` (e.g. a gold judge) only observes.
+
+    `ref_policy` None: `policy` is a LoRA model (training/lora.py `adapt`) and the reference is its adapter disabled."""
     start, rng = time.perf_counter(), random.Random(cfg.seed)  # the prompt order: the same on every rank
     torch.manual_seed(cfg.seed + distributed.rank())  # each rank samples its own rollouts
     n_rollouts, n_minibatch = distributed.shard_size(cfg.rollout_batch_size, "rollout_batch_size"), distributed.shard_size(cfg.minibatch_size, "minibatch_size")
     rollout_shard = slice(distributed.rank() * n_rollouts, (distributed.rank() + 1) * n_rollouts)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     for frozen in (ref_policy, reward_model):
-        frozen.eval().requires_grad_(False)
-    params = list(policy.parameters()) + list(value_model.parameters())
+        if frozen is not None:
+            frozen.eval().requires_grad_(False)
+    params = [p for p in (*policy.parameters(), *value_model.parameters()) if p.requires_grad]  # with LoRA, the policy's adapter only
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5)
     learner = Learner(policy, value_model)
+    parameter_counts = lora.parameter_counts(learner)  # policy and critic
     if distributed.world_size() > 1:
         learner = torch.nn.parallel.DistributedDataParallel(learner)
     kl_coef, history, order = cfg.kl_coef, [], []
@@ -207,7 +221,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
 
         # ---- score: RM score at the end, per-token KL to the reference, values from the critic
         with torch.no_grad():
-            ref_logprobs, _ = response_logprobs(ref_policy, query_response, attention_mask, n_query, cfg.temperature, pad)
+            ref_logprobs = reference_logprobs(policy, ref_policy, query_response, attention_mask, n_query, cfg.temperature, pad)
             values = per_token_scores(value_model, query_response, attention_mask)[:, n_query - 1 : -1]
             last = n_query + mask.sum(dim=1).long() - 1
             score = per_token_scores(reward_model, query_response, attention_mask)[torch.arange(len(last)), last]
@@ -286,5 +300,6 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         # the monitor only observes, and is NaN on prompts the gold labeler cannot judge (a user's own)
         "finite": float(all(math.isfinite(v) for r in history for k, v in r.items() if k != "gold_score")),
         "train_seconds": time.perf_counter() - start,
+        **parameter_counts,
     }
     return PPOResult(policy, value_model, history, metrics)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
@@ -56,9 +56,22 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def wrap_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
-    """Give any tokenizer our special tokens (pad distinct from EOS) and chat template."""
-    tokenizer.add_special_tokens({"pad_token": PAD, "eos_token": EOS, "additional_special_tokens": [USER, ASSISTANT]})
-    tokenizer.chat_template = CHAT_TEMPLATE
+    """Give a tokenizer what the graph's prompt format needs, keeping the EOS its model learned to emit.
+
+    Added where missing: an EOS (ours), a PAD distinct from EOS (many tokenizers have none, or reuse EOS, and
+    then padding would read as the end of every response), and the user and assistant tokens, beside the
+    tokenizer's own special tokens. The chat template is always ours: the format SFT trains on.
+    """
+    special = {"additional_special_tokens": [USER, ASSISTANT]}
+    if tokenizer.eos_token is None:
+        special["eos_token"] = EOS
+    if tokenizer.pad_token is None or tokenizer.pad_token == (tokenizer.eos_token or EOS):
+        special["pad_token"] = PAD
+    tokenizer.add_special_tokens(special, replace_extra_special_tokens=False)
+    # A tokenizer that opens every sequence with its BOS (Llama's) does so for TRL's trainers and the graph's sampling;
+    # `apply_chat_template` tokenizes without it, so the template writes it.
+    adds_bos = tokenizer.bos_token is not None and tokenizer(USER)["input_ids"][0] == tokenizer.bos_token_id
+    tokenizer.chat_template = (tokenizer.bos_token if adds_bos else "") + CHAT_TEMPLATE
     tokenizer.padding_side = "right"
     return tokenizer
 
@@ -89,7 +102,13 @@ def load_pretrained(source: str) -> tuple[object, PreTrainedTokenizerFast]:
         source = str(require_safetensors(Path(source)))
     tokenizer = wrap_tokenizer(AutoTokenizer.from_pretrained(source, trust_remote_code=False))
     model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
-    model.resize_token_embeddings(len(tokenizer))
+    # Rows for the tokens wrap_tokenizer added (initialized around the mean of the trained ones). An embedding
+    # already padded past the tokenizer (Qwen2: 151936 rows for 151665 tokens) holds them and keeps its size.
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    # The checkpoint's sampling defaults (top_p, repetition_penalty, ...) would silently change the distribution
+    # every step samples from, and PPO's rollout log-probs with it ([PPO-12]): each step passes its own settings.
+    model.generation_config = GenerationConfig.from_model_config(model.config)
     set_special_token_ids(model, tokenizer)
     return model, tokenizer
 

@@ -46,10 +46,15 @@ class StepResult:
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (step, value), for loops without a tracker integration
 
     def save(self, folder: Path | str, lineage: dict[str, str] | None = None) -> None:
-        """Write everything into `folder` (which exists and is empty); `lineage` adds to the model card (e.g. the MLflow run)."""
+        """Write everything into `folder` (which exists and is empty); `lineage` adds to the model card (e.g. the MLflow run).
+
+        A LoRA model is saved as its adapter and its merged weights (training/lora.py); saving merges it in place,
+        and `self.model` becomes the plain merged model."""
+        from .lora import save_pretrained
+
         folder = Path(folder)
         if self.model is not None:
-            self.model.save_pretrained(folder, safe_serialization=True)
+            self.model = save_pretrained(self.model, folder)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
         for sub, model in self.submodels.items():

@@ -20,6 +20,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from ..config import RewardConfig as RewardStepConfig
+from . import lora
 from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
 from .overlong import count_overlong, fit_responses
@@ -85,6 +86,8 @@ def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     rollouts are scored as the right-padded training batches were.
     """
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    if hasattr(model, "get_base_model"):  # a LoRA reward model in training: the transformers model inside, its adapters active
+        model = model.get_base_model()
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
     return model.score(hidden).squeeze(-1).float()  # fp32 for GAE and the losses, also under bf16 autocast
@@ -97,7 +100,7 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
         texts = [format_prompt(p) + r + tokenizer.eos_token for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)  # with a BOS where the tokenizer adds one, as TRL trained
         all_scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
         last = batch["attention_mask"].sum(dim=1) - 1
         scores += all_scores[torch.arange(len(texts)), last].tolist()
@@ -152,7 +155,8 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
             held_out_rankings = list(validation["ranking"])
             held_out = held_out.add_column("ranking", held_out_rankings).add_column("pair_weight", pair_weights(held_out_rankings))
         trainer = monitored(trainer_class(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer,
-                                          data_collator=collator), "reward_model")
+                                          data_collator=collator, peft_config=lora.peft_config(cfg.lora, "SEQ_CLS") if cfg.lora else None), "reward_model")
+        model = trainer.model
         result = trainer.train()
     accuracy, margin, validation_loss = pairwise_accuracy(model, tokenizer, validation)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
@@ -165,6 +169,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         "train_accuracy": train_accuracy,
         "training_loss": result.training_loss,
         "train_pairs": len(dataset),
+        **lora.parameter_counts(model),
         "overlong_records": overlong,
         "train_tokens": trained_tokens(trainer, ("chosen_ids", "rejected_ids")) * cfg.epochs,
         "train_runtime": result.metrics["train_runtime"],

@@ -16,6 +16,7 @@ import pandas as pd
 from datasets import Dataset
 
 from ..config import SFTConfig as SFTStepConfig
+from . import lora
 from .chat import format_prompt
 from .generate import response_loss
 from .overlong import count_overlong
@@ -26,12 +27,13 @@ logger = logging.getLogger(__name__)
 
 
 def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: SFTStepConfig) -> TrainResult:
-    """Fine-tune a copy of `base_model`; report validation loss on responses before and after."""
+    """Fine-tune a copy of `base_model`, or with `cfg.lora` adapters on `base_model` itself (peft wraps it in place,
+    its weights frozen: no second copy); report validation loss on responses before and after."""
     from trl import SFTConfig, SFTTrainer
 
     start = time.perf_counter()
     overlong = count_overlong(tokenizer, pd.concat([train, validation]), ("response",), cfg.max_length, cfg.overlong, "sft_model")
-    model = copy.deepcopy(base_model)
+    model = base_model if cfg.lora else copy.deepcopy(base_model)
     val_prompts = [format_prompt(p) for p in validation["prompt"]]
     base_val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
     dataset = Dataset.from_dict({"prompt": [format_prompt(p) for p in train["prompt"]], "completion": list(train["response"])})
@@ -45,7 +47,8 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
         )
         held_out = Dataset.from_dict({"prompt": val_prompts, "completion": list(validation["response"])})  # the validation curve
         trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out if len(held_out) else None,
-                                       processing_class=tokenizer), "sft_model")
+                                       processing_class=tokenizer, peft_config=lora.peft_config(cfg.lora, "CAUSAL_LM") if cfg.lora else None), "sft_model")
+        model = trainer.model
         result = trainer.train()
     val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
     logger.info("SFT validation loss on responses: base %.3f -> sft %.3f", base_val_loss, val_loss)
@@ -54,6 +57,7 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
         "validation_loss": val_loss,
         "training_loss": result.training_loss,
         "train_examples": len(dataset),
+        **lora.parameter_counts(model),
         "overlong_records": overlong,
         "train_tokens": trained_tokens(trainer) * cfg.epochs,
         "train_runtime": result.metrics["train_runtime"],

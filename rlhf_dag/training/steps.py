@@ -151,18 +151,23 @@ def sft_model(inputs: dict[str, str], cfg: SFTConfig) -> StepResult:
 
     train, validation = splits(inputs["sft_dataset"])
     base, tokenizer = load_causal_lm(inputs["base_model"])
-    result = supervised_finetune(base, tokenizer, train, validation, cfg)
-    # Gold-judged samples on held-out demonstration prompts: base asked raw, SFT in chat format.
+    # Gold-judged samples on held-out demonstration prompts: base asked raw (before LoRA adapts `base` in place), SFT in chat format.
     prompts = list(validation["prompt"][: cfg.gold_sample_prompts])
     base_samples = sample(base, tokenizer, prompts, [raw_prompt(p) for p in prompts], cfg.sample_max_new_tokens, cfg.sample_temperature, seed=cfg.seed)
+    result = supervised_finetune(base, tokenizer, train, validation, cfg)
     sft_samples = sample(result.model, tokenizer, prompts, [format_prompt(p) for p in prompts], cfg.sample_max_new_tokens, cfg.sample_temperature, seed=cfg.seed)
     metrics = {**result.metrics, "base_gold_mean": mean_gold(base_samples), "gold_mean": mean_gold(sft_samples)}
     return StepResult(
-        "sft_model", metrics, ["validation_loss", "base_validation_loss", "gold_mean", "base_gold_mean", "training_loss", "overlong_records"],
-        inputs=inputs, model=result.model, tokenizer=tokenizer,
+        "sft_model", metrics, ["validation_loss", "base_validation_loss", "gold_mean", "base_gold_mean", "training_loss", "overlong_records", "trainable_parameters"],
+        inputs=inputs, tags=_fine_tune_tag(cfg), model=result.model, tokenizer=tokenizer,
         card=ModelCard("rlhf-dag SFT model", "The base model fine-tuned on <prompt, ideal response> demonstrations: it answers instead of continuing."),
         texts={"source_prompt_samples.md": _source_prompt_table(result.model, tokenizer, True, cfg, cfg.seed, "answer (SFT model)")},
     )
+
+
+def _fine_tune_tag(cfg: SFTConfig | RewardConfig | PPOConfig) -> dict[str, str]:
+    """How the step trained: 'full', or the LoRA settings (the model dir then also holds adapter/)."""
+    return {"fine_tune": "full" if cfg.lora is None else f"lora r={cfg.lora.r} alpha={cfg.lora.alpha:g} target_modules={','.join(cfg.lora.target_modules)}"}
 
 
 def _pair_table(model, tokenizer, pairs: pd.DataFrame) -> str:
@@ -191,8 +196,9 @@ def reward_model(inputs: dict[str, str], cfg: RewardConfig) -> StepResult:
     tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
     result = train_reward_model(inputs["sft_model"], tokenizer, train, validation, cfg)
     return StepResult(
-        "reward_model", result.metrics, ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss", "overlong_records"],
-        inputs=inputs, model=result.model, tokenizer=tokenizer, texts={"validation_pairs.md": _pair_table(result.model, tokenizer, validation.head(16))},
+        "reward_model", result.metrics, ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss", "overlong_records",
+                         "trainable_parameters"],
+        inputs=inputs, tags=_fine_tune_tag(cfg), model=result.model, tokenizer=tokenizer, texts={"validation_pairs.md": _pair_table(result.model, tokenizer, validation.head(16))},
         card=ModelCard("rlhf-dag reward model", "Scores a <prompt, response> pair (AutoModelForSequenceClassification, one label). Read the score at the EOS that closes `apply_chat_template([user, assistant])`."),
     )
 
@@ -207,20 +213,25 @@ def gold_monitor(batch_prompts: list[str], responses: list[str], ended: list[boo
 
 @step
 def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
+    from .lora import adapt
     from .models import load_causal_lm, load_reward_model
     from .ppo import ppo_train
 
     labels = load_labels(inputs["prompts"], "prompts")
     prompts = [r["prompt"] for r in labels.records]
     policy, tokenizer = load_causal_lm(inputs["sft_model"])
-    reference, _ = load_causal_lm(inputs["sft_model"])
+    if cfg.lora:  # [PPO-14] the reference is the policy with its adapter disabled: one frozen copy of the SFT weights
+        policy, reference = adapt(policy, cfg.lora), None
+    else:
+        reference, _ = load_causal_lm(inputs["sft_model"])
     scorer, _ = load_reward_model(inputs["reward_model"])
     critic, _ = load_reward_model(inputs["reward_model"])  # [PPO-11] the value model starts as the reward model
     result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg, monitor=gold_monitor)
     curves = {f"ppo/{k}": [(row["iteration"], row[k]) for row in result.history] for k in result.history[0] if k != "iteration"}
     return StepResult(
-        "ppo_policy", {**result.metrics, "prompts": len(prompts)}, ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds"],
-        inputs=inputs, tags={"labels.prompts.sha256": labels.sha256}, model=result.policy, tokenizer=tokenizer,
+        "ppo_policy", {**result.metrics, "prompts": len(prompts)},
+        ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds", "trainable_parameters"],
+        inputs=inputs, tags={"labels.prompts.sha256": labels.sha256, **_fine_tune_tag(cfg)}, model=result.policy, tokenizer=tokenizer,
         card=ModelCard("rlhf-dag PPO policy", "The SFT model optimized with PPO to maximize the reward model's score minus a KL penalty to the SFT model. The critic is kept in value_model/."),
         submodels={"value_model": result.value_model}, records={"ppo_history.json": result.history}, curves=curves,
         texts={"source_prompt_samples.md": _source_prompt_table(result.policy, tokenizer, True, cfg, cfg.seed, "answer (PPO policy)")},

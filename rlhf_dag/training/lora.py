@@ -1,0 +1,63 @@
+"""LoRA with peft: low-rank adapters trained on frozen base weights instead of a full fine-tune.
+
+A step whose config sets `lora` trains adapters only: SFT and the reward model
+through TRL's `peft_config` (the reward model's new score head trains whole, as
+peft does for a classifier), PPO's policy through `adapt` (its reference is the
+same model with the adapter disabled: one copy of the base weights, frozen).
+
+A LoRA model is saved twice in its folder (`save_pretrained`): the adapter alone
+in `adapter/` (`PeftModel.from_pretrained(<upstream model>, <folder>/adapter)`),
+and, at the top, the weights with the adapter merged in: a plain model dir, which
+the asset's handle points to, downstream steps load and plain transformers loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import LoRAConfig
+
+ADAPTER_DIR = "adapter"
+
+
+def peft_config(cfg: LoRAConfig, task_type: str):
+    """peft's LoraConfig for a causal LM ("CAUSAL_LM") or a reward model ("SEQ_CLS")."""
+    from peft import LoraConfig
+
+    modules = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules, task_type=task_type)
+
+
+def adapt(model, cfg: LoRAConfig):
+    """`model` wrapped with fresh LoRA adapters (B = 0: it still computes exactly what `model` does); base weights frozen."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(cfg, "CAUSAL_LM"))
+
+
+def is_adapted(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """All parameters and those that train (a full fine-tune: all of them)."""
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def save_pretrained(model, folder: Path) -> object:
+    """Save `model` into `folder` and return what was saved there.
+
+    A peft model: the adapter into `folder/adapter`, then its merged weights into `folder`. Merging is peft's
+    `merge_and_unload`, in place (no second copy of the weights): the returned plain model replaces it.
+    """
+    folder = Path(folder)
+    if not is_adapted(model):
+        model.save_pretrained(folder, safe_serialization=True)
+        return model
+    model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(folder, safe_serialization=True)
+    return merged
