@@ -84,7 +84,7 @@ def user_model_run(isolated_env):
         instance = dg.DagsterInstance.get()
         defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
         run_config = {"ops": {"base_model": {"config": {"pretrained": str(checkpoint)}}}}
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, run_config=run_config)
+        result = defs.resolve_job_def("rlhf_graph").execute_in_process(instance=instance, run_config=run_config)
     assert result.success
     return defs, instance, result, root, checkpoint
 
