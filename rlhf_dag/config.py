@@ -29,10 +29,11 @@ class StepConfig(BaseModel):
     def training_hash(self) -> str:
         """sha256 of the fields that change what is trained or built: the asset's code version.
 
-        The settings of the samples a step reports (`SampleSettings`) are left out:
-        changing one changes a figure at the next materialization, never forces a retrain.
+        The settings of the samples a step reports (`SampleSettings`) and how often it
+        checkpoints (`CheckpointSettings`) are left out: changing one changes a figure at
+        the next materialization, or what a killed run leaves, never forces a retrain.
         """
-        return _hash(self.model_dump(exclude=set(SampleSettings.model_fields)))
+        return _hash(self.model_dump(exclude=set(SampleSettings.model_fields) | set(CheckpointSettings.model_fields)))
 
 
 def _hash(values: dict) -> str:
@@ -55,7 +56,13 @@ class SampleSettings(StepConfig):
     sample_max_new_tokens: int = Field(48, description="length cap of the reported samples")
 
 
-class PretrainConfig(SampleSettings):
+class CheckpointSettings(StepConfig):
+    """How often a training step saves the checkpoint a killed run resumes from (docs/reliability.md, "Resume")."""
+
+    checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints, rounded up to a multiple of the logging interval (0: none)")
+
+
+class PretrainConfig(SampleSettings, CheckpointSettings):
     """`base_model`: a BPE tokenizer and a small Llama-style causal LM trained from scratch, or a pretrained model."""
 
     pretrained: str | None = Field(None, description="Hugging Face model id or local path to load instead of pretraining (safetensors only)")
@@ -86,7 +93,7 @@ class DatasetConfig(StepConfig):
     split_salt: str = Field("rlhf-dag", description="salt of the prompt hash that assigns each prompt to a split (fixed, so validation never moves)")
 
 
-class SFTConfig(SampleSettings):
+class SFTConfig(SampleSettings, CheckpointSettings):
     """`sft_model`: TRL SFTTrainer on demonstrations, loss on response tokens only."""
 
     epochs: float = Field(6.0, description="passes over the demonstrations")
@@ -99,7 +106,7 @@ class SFTConfig(SampleSettings):
     seed: int = Field(0, description="data-order seed")
 
 
-class RewardConfig(StepConfig):
+class RewardConfig(CheckpointSettings):
     """`reward_model`: TRL RewardTrainer, initialized from the SFT model, one scalar head."""
 
     epochs: float = Field(2.0, description="passes over the comparisons")
@@ -110,7 +117,7 @@ class RewardConfig(StepConfig):
     seed: int = Field(0, description="data-order and head-initialization seed")
 
 
-class PPOConfig(SampleSettings):
+class PPOConfig(SampleSettings, CheckpointSettings):
     """`ppo_policy`: our PPO (training/ppo.py), policy and reference from SFT, critic from the RM."""
 
     iterations: int = Field(32, description="rollout -> optimize iterations")
@@ -130,6 +137,7 @@ class PPOConfig(SampleSettings):
     vf_coef: float = Field(0.1, description="weight of the value loss")
     missing_eos_penalty: float | None = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)")
     seed: int = Field(0, description="sampling and data-order seed")
+    checkpoint_every: int = Field(4, ge=0, description="iterations between checkpoints (0: none)")
 
 
 class EvalConfig(StepConfig):
@@ -215,6 +223,11 @@ def labels_dir() -> Path:
 
 def artifacts_dir() -> Path:
     return home_dir() / "artifacts"
+
+
+def checkpoints_dir() -> Path:
+    """Where killed training runs leave what the next run with the same inputs resumes from (training/resume.py)."""
+    return home_dir() / "checkpoints"
 
 
 def mlflow_tracking_uri() -> str:

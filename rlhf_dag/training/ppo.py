@@ -13,13 +13,14 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..config import PPOConfig
-from . import distributed
+from . import distributed, resume
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .reward import per_token_scores
@@ -173,8 +174,12 @@ class PPOResult:
 
 
 def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts: list[str], cfg: PPOConfig,
-              monitor: Callable[[list[str], list[str], list[bool]], float] | None = None) -> PPOResult:
-    """Optimize `policy` to maximize RM score - kl_coef * KL(policy || ref). `monitor` (e.g. a gold judge) only observes."""
+              monitor: Callable[[list[str], list[str], list[bool]], float] | None = None, checkpoints: Path | None = None) -> PPOResult:
+    """Optimize `policy` to maximize RM score - kl_coef * KL(policy || ref). `monitor` (e.g. a gold judge) only observes.
+
+    With a `checkpoints` folder (training/resume.py) the loop saves its whole state there every
+    `checkpoint_every` iterations and starts from the newest one it finds, so a resumed run ends where an
+    uninterrupted one would."""
     start, rng = time.perf_counter(), random.Random(cfg.seed)  # the prompt order: the same on every rank
     torch.manual_seed(cfg.seed + distributed.rank())  # each rank samples its own rollouts
     n_rollouts, n_minibatch = distributed.shard_size(cfg.rollout_batch_size, "rollout_batch_size"), distributed.shard_size(cfg.minibatch_size, "minibatch_size")
@@ -188,8 +193,17 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     if distributed.world_size() > 1:
         learner = torch.nn.parallel.DistributedDataParallel(learner)
     kl_coef, history, order = cfg.kl_coef, [], []
+    resumed = resume.latest(checkpoints)
+    if resumed is not None:
+        policy.load_state_dict(resumed["policy"])
+        value_model.load_state_dict(resumed["value_model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        kl_coef, history, order = resumed["kl_coef"], resumed["history"], resumed["prompt_order"]
+        rng.setstate(resumed["prompt_rng"])
+        resume.set_rng_states(resumed["rng"][distributed.rank()])
+        logger.info("ppo: resumed from the checkpoint of iteration %d/%d in %s", resumed["iteration"], cfg.iterations, checkpoints)
 
-    for iteration in range(1, cfg.iterations + 1):
+    for iteration in range(1 + (resumed["iteration"] if resumed else 0), cfg.iterations + 1):
         # ---- rollout: sample responses from the current policy
         while len(order) < cfg.rollout_batch_size:
             order += rng.sample(range(len(prompts)), len(prompts))
@@ -274,6 +288,12 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         row = distributed.all_mean(row, maxima=("first_minibatch_max_ratio_error",)) | {"iteration": iteration}  # the global batch's figures
         history.append(row)
         logger.info("ppo iteration %d/%d: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "iteration"), iteration, cfg.iterations)
+        if checkpoints is not None and iteration % cfg.checkpoint_every == 0:
+            resume.save(checkpoints, iteration, {
+                "iteration": iteration, "policy": policy.state_dict(), "value_model": value_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "kl_coef": kl_coef, "history": history, "prompt_order": order, "prompt_rng": rng.getstate(),
+                "rng": distributed.all_gather(resume.rng_states()),  # each rank samples its own rollouts: every rank's states
+            })
 
     final = history[-1]
     window = history[-max(1, len(history) // 5):]  # the last fifth of training, less noisy than one batch
@@ -285,5 +305,6 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         "final_kl_coef": final["kl_coef"],
         "finite": float(all(math.isfinite(v) for r in history for v in r.values())),
         "train_seconds": time.perf_counter() - start,
+        "resumed_from_iteration": resumed["iteration"] if resumed else 0,
     }
     return PPOResult(policy, value_model, history, metrics)

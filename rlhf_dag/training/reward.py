@@ -9,8 +9,8 @@ form, prompt + response + EOS, read at the EOS position.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -23,7 +23,7 @@ from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
 from .overlong import count_overlong, fit_responses
 from .pretrain import TrainResult
-from .trainer_args import monitored, device, trainer_kwargs, trained_tokens
+from .trainer_args import device, monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,11 @@ def reward_model_from_sft(sft_path: str, tokenizer):
     return model.to(device())
 
 
-def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: RewardStepConfig) -> TrainResult:
-    """Train the RM; report held-out pairwise accuracy and margin before and after."""
+def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: RewardStepConfig,
+                       checkpoints: Path | None = None) -> TrainResult:
+    """Train the RM; report held-out pairwise accuracy and margin before and after.
+
+    With a `checkpoints` folder (training/resume.py) training saves there and resumes from it."""
     from trl import RewardConfig, RewardTrainer
 
     start = time.perf_counter()
@@ -87,9 +90,9 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
     dataset = Dataset.from_dict(
         {"prompt": [format_prompt(p) for p in train["prompt"]], "chosen": list(train["chosen"]), "rejected": list(train["rejected"])}
     )
-    with tempfile.TemporaryDirectory() as out:
+    with output_dir(checkpoints) as out:
         args = RewardConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset)),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), checkpoint_every=cfg.checkpoint_every if checkpoints else 0),
             max_length=cfg.max_length,
             center_rewards_coefficient=0.01,
         )
@@ -97,7 +100,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
             {"prompt": [format_prompt(p) for p in validation["prompt"]], "chosen": list(validation["chosen"]), "rejected": list(validation["rejected"])}
         )
         trainer = monitored(RewardTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer), "reward_model")
-        result = trainer.train()
+        result, figures = resumable_train(trainer)
     accuracy, margin, validation_loss = pairwise_accuracy(model, tokenizer, validation)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
     logger.info("reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f", accuracy, initial_accuracy, margin)
@@ -107,7 +110,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         "validation_loss": validation_loss,
         "initial_validation_accuracy": initial_accuracy,
         "train_accuracy": train_accuracy,
-        "training_loss": result.training_loss,
+        **figures,
         "train_pairs": len(dataset),
         "overlong_records": overlong,
         "train_tokens": trained_tokens(trainer, ("chosen_ids", "rejected_ids")) * cfg.epochs,
