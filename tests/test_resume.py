@@ -117,18 +117,19 @@ def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(
 
 @pytest.mark.slow
 def test_a_run_with_other_inputs_never_picks_up_a_checkpoint(smoke_run, isolated_env, tmp_path):
-    """A killed PPO run's checkpoint, and a run on another version of the prompts file: it trains from the start
-    and leaves the checkpoint for a run with the killed run's inputs."""
+    """A killed PPO run's checkpoint, then its prompts file edited in place (another data version, the same path):
+    the next run trains from the start and leaves the checkpoint for a run with the killed run's inputs."""
     _, _, result = smoke_run
-    inputs = _inputs("ppo_policy", result, isolated_env / "labels")
+    prompts = tmp_path / "prompts.jsonl"
+    shutil.copy(isolated_env / "labels" / "prompts.jsonl", prompts)
+    inputs = _inputs("ppo_policy", result, isolated_env / "labels") | {"prompts": str(prompts)}
     folder = _folder("ppo_policy", inputs, PPO)
     proc, log = _start("ppo_policy", inputs, PPO, tmp_path / "killed")
     _kill_at_first_checkpoint(proc, log, folder)
     saved = _saved(folder)
 
-    edited = tmp_path / "prompts.jsonl"  # the same file name, one prompt fewer: another data version
-    edited.write_text("".join(Path(inputs["prompts"]).read_text().splitlines(keepends=True)[1:]))
-    other = _run("ppo_policy", inputs | {"prompts": str(edited)}, PPO, tmp_path / "other")
+    prompts.write_text("".join(prompts.read_text().splitlines(keepends=True)[1:]))  # one prompt fewer
+    other = _run("ppo_policy", inputs, PPO, tmp_path / "other")
     assert other.metrics["resumed_from_iteration"] == 0
     assert _saved(folder) == saved  # untouched
     shutil.rmtree(folder)
