@@ -56,8 +56,8 @@ MUTATIONS = [
              [("torch.where(ended, score,", "torch.where(~ended, score,")],
              [PPO + "test_missing_eos_penalty_replaces_the_score_of_unended_responses", PPO + "test_missing_eos_penalty_on_a_mixed_rollout"]),
     Mutation("reference reloaded from the policy every iteration", "rlhf_dag/training/ppo.py",
-             [("    for iteration in range(1, cfg.iterations + 1):\n",
-               "    for iteration in range(1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
+             [("    for iteration in range(resumed_from + 1, cfg.iterations + 1):\n",
+               "    for iteration in range(resumed_from + 1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
     Mutation("reference in the optimizer and trained through a KL term of the loss", "rlhf_dag/training/ppo.py",
              [("params = list(policy.parameters()) + list(value_model.parameters())",
@@ -95,6 +95,12 @@ MUTATIONS = [
              [("    finally:\n        if tmp.is_dir():\n            shutil.rmtree(tmp, ignore_errors=True)\n        else:\n            tmp.unlink(missing_ok=True)\n",
                "    finally:\n        pass\n")],
              ["tests/test_datasets.py::test_a_write_failing_halfway_leaves_the_previous_file_and_no_temp_file"]),
+    Mutation("PPO resumed without its random states", "rlhf_dag/training/ppo.py",
+             [('        resume.set_rng_states(resumed["rng"][distributed.rank()])\n', "")],
+             ["tests/test_resume.py::test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run[ppo_policy]"]),
+    Mutation("checkpoint key blind to a labeled file's bytes", "rlhf_dag/training/resume.py",
+             [("        if path.is_file():", "        if False:")],
+             ["tests/test_resume.py::test_the_checkpoint_key_changes_with_every_input_and_training_field_only"]),
 ]
 
 # The tests of a whole old suite that cannot catch these mutations and take minutes (the UI, kills, concurrent runs).

@@ -87,7 +87,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("step, config, resumed_from, log_line", [
     ("ppo_policy", PPO, "resumed_from_iteration", "ppo: resumed from the checkpoint of iteration"),
     ("sft_model", SFT, "resumed_from_step", "sft_model: resumed from the checkpoint at step"),
-])
+], ids=["ppo_policy", "sft_model"])
 def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(smoke_run, isolated_env, tmp_path, step, config, resumed_from, log_line):
     _, _, result = smoke_run
     inputs = _inputs(step, result, isolated_env / "labels")

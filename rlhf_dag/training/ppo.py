@@ -192,7 +192,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     learner = Learner(policy, value_model)
     if distributed.world_size() > 1:
         learner = torch.nn.parallel.DistributedDataParallel(learner)
-    kl_coef, history, order = cfg.kl_coef, [], []
+    kl_coef, history, order, resumed_from = cfg.kl_coef, [], [], 0
     resumed = resume.latest(checkpoints)
     if resumed is not None:
         policy.load_state_dict(resumed["policy"])
@@ -201,9 +201,10 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         kl_coef, history, order = resumed["kl_coef"], resumed["history"], resumed["prompt_order"]
         rng.setstate(resumed["prompt_rng"])
         resume.set_rng_states(resumed["rng"][distributed.rank()])
-        logger.info("ppo: resumed from the checkpoint of iteration %d/%d in %s", resumed["iteration"], cfg.iterations, checkpoints)
+        resumed_from = resumed["iteration"]
+        logger.info("ppo: resumed from the checkpoint of iteration %d/%d in %s", resumed_from, cfg.iterations, checkpoints)
 
-    for iteration in range(1 + (resumed["iteration"] if resumed else 0), cfg.iterations + 1):
+    for iteration in range(resumed_from + 1, cfg.iterations + 1):
         # ---- rollout: sample responses from the current policy
         while len(order) < cfg.rollout_batch_size:
             order += rng.sample(range(len(prompts)), len(prompts))
@@ -305,6 +306,6 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         "final_kl_coef": final["kl_coef"],
         "finite": float(all(math.isfinite(v) for r in history for v in r.values())),
         "train_seconds": time.perf_counter() - start,
-        "resumed_from_iteration": resumed["iteration"] if resumed else 0,
+        "resumed_from_iteration": resumed_from,
     }
     return PPOResult(policy, value_model, history, metrics)
