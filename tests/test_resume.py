@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -38,8 +39,13 @@ def _inputs(step: str, result, labels: Path) -> dict[str, str]:
     return {"base_model": result.output_for_node("base_model").path, "sft_dataset": result.output_for_node("sft_dataset").path}
 
 
-def _folder(step: str, inputs: dict, config: dict) -> Path:
-    return checkpoints_dir() / step / resume.checkpoint_key(step, inputs, resolve(step, config))
+def _folder(step: str, inputs: dict, config: dict, monkeypatch=None, processes: int = 1) -> Path:
+    if processes > 1:  # the key the ranks compute
+        monkeypatch.setenv("WORLD_SIZE", str(processes))
+    key = resume.checkpoint_key(step, inputs, resolve(step, config))
+    if processes > 1:
+        monkeypatch.delenv("WORLD_SIZE")
+    return checkpoints_dir() / step / key
 
 
 def _saved(folder: Path) -> list[int]:
@@ -49,19 +55,20 @@ def _saved(folder: Path) -> list[int]:
     return sorted(ppo + trl)
 
 
-def _start(step: str, inputs: dict, config: dict, out: Path) -> tuple[subprocess.Popen, Path]:
-    """The spec runner in a child process, as a launcher starts it."""
+def _start(step: str, inputs: dict, config: dict, out: Path, processes: int = 1) -> tuple[subprocess.Popen, Path]:
+    """The spec runner in a child process (under torchrun for several), as a launcher starts it."""
     spec = out.with_suffix(".json")
     spec.write_text(json.dumps({"step": step, "inputs": inputs, "config": config, "output": str(out)}))
     log = out.with_suffix(".log")
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "rlhf_dag.training.steps", "--spec", str(spec)], cwd=REPO, env=dict(os.environ),
+        proc = subprocess.Popen([sys.executable, *launcher, "-m", "rlhf_dag.training.steps", "--spec", str(spec)], cwd=REPO, env=dict(os.environ),
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
 
 
-def _run(step: str, inputs: dict, config: dict, out: Path) -> StepResult:
-    proc, log = _start(step, inputs, config, out)
+def _run(step: str, inputs: dict, config: dict, out: Path, processes: int = 1) -> StepResult:
+    proc, log = _start(step, inputs, config, out, processes)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     return StepResult.load(out)
 
@@ -72,7 +79,11 @@ def _kill_at_first_checkpoint(proc: subprocess.Popen, log: Path, folder: Path) -
         assert proc.poll() is None, f"the run ended before its first checkpoint:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
+    ranks = psutil.Process(proc.pid).children(recursive=True)  # torchrun starts each rank in a session of its own
     os.killpg(proc.pid, signal.SIGKILL)
+    for rank in ranks:
+        rank.kill()
+    psutil.wait_procs(ranks, timeout=30)
     assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
 
 
@@ -84,24 +95,26 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step, config, resumed_from, log_line", [
-    ("ppo_policy", PPO, "resumed_from_iteration", "ppo: resumed from the checkpoint of iteration"),
-    ("sft_model", SFT, "resumed_from_step", "sft_model: resumed from the checkpoint at step"),
-], ids=["ppo_policy", "sft_model"])
-def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(smoke_run, isolated_env, tmp_path, step, config, resumed_from, log_line):
+@pytest.mark.parametrize("step, config, processes, resumed_from, log_line", [
+    ("ppo_policy", PPO, 1, "resumed_from_iteration", "ppo: resumed from the checkpoint of iteration"),
+    ("sft_model", SFT, 1, "resumed_from_step", "sft_model: resumed from the checkpoint at step"),
+    ("ppo_policy", PPO, 2, "resumed_from_iteration", "ppo: resumed from the checkpoint of iteration"),  # rank 0 saves every rank's RNG states
+], ids=["ppo_policy", "sft_model", "ppo_policy-torchrun:2"])
+def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(smoke_run, isolated_env, tmp_path, monkeypatch, step, config, processes,
+                                                                               resumed_from, log_line):
     _, _, result = smoke_run
     inputs = _inputs(step, result, isolated_env / "labels")
-    folder = _folder(step, inputs, config)
+    folder = _folder(step, inputs, config, monkeypatch, processes)
 
-    uninterrupted = _run(step, inputs, config, tmp_path / "uninterrupted")
+    uninterrupted = _run(step, inputs, config, tmp_path / "uninterrupted", processes)
     assert uninterrupted.metrics[resumed_from] == 0 and not folder.exists()  # a finished run leaves no checkpoint
 
-    proc, log = _start(step, inputs, config, tmp_path / "killed")
+    proc, log = _start(step, inputs, config, tmp_path / "killed", processes)
     _kill_at_first_checkpoint(proc, log, folder)
     assert not (tmp_path / "killed").exists()
     k = _saved(folder)[-1]
 
-    resumed = _run(step, inputs, config, tmp_path / "resumed")
+    resumed = _run(step, inputs, config, tmp_path / "resumed", processes)
     assert resumed.metrics[resumed_from] == k > 0  # it did not start over
     assert f"{log_line} {k}/" in (tmp_path / "resumed.log").read_text()
     assert not folder.exists()
