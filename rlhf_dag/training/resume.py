@@ -9,10 +9,10 @@ run-scoped path, a file by its path and bytes: a labeled file's data version)
 and the world size. So a run with the same inputs finds the checkpoints of a
 killed one, and a run with any other input never does.
 
-The folder is removed once the step's training and reporting are done, so a
-checkpoint never becomes a materialization: the publisher saves the result to
-the asset's own run folder. It lives outside `artifacts/`, where no handle
-points. A step that raises keeps its checkpoints, for a re-run after the fix.
+The folder is removed as soon as training ends, so a checkpoint never becomes a
+materialization: the publisher saves the result to the asset's own run folder.
+It lives outside `artifacts/`, where no handle points. A step that raises keeps
+its checkpoints, for a re-run after the fix.
 
 The TRL trainers save and restore their checkpoints themselves (transformers'
 Trainer: weights, optimizer, scheduler, RNG states and data order); our PPO loop
