@@ -57,9 +57,9 @@ class SampleSettings(StepConfig):
 
 
 class CheckpointSettings(StepConfig):
-    """How often a training step saves the checkpoint a killed run resumes from (docs/reliability.md, "Resume")."""
+    """How often a training step saves the checkpoint a killed run resumes from (docs/reliability.md, "Resume after a kill")."""
 
-    checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints, rounded up to a multiple of the logging interval (0: none)")
+    checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints a killed run resumes from (0: none)")
 
 
 class PretrainConfig(SampleSettings, CheckpointSettings):
@@ -137,7 +137,7 @@ class PPOConfig(SampleSettings, CheckpointSettings):
     vf_coef: float = Field(0.1, description="weight of the value loss")
     missing_eos_penalty: float | None = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)")
     seed: int = Field(0, description="sampling and data-order seed")
-    checkpoint_every: int = Field(4, ge=0, description="iterations between checkpoints (0: none)")
+    checkpoint_every: int = Field(4, ge=0, description="iterations between checkpoints a killed run resumes from (0: none)")
 
 
 class EvalConfig(StepConfig):
