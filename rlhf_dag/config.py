@@ -188,10 +188,14 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "gpu": {
         "pretraining_corpus": {"n_documents": 50000},
-        "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 64, "learning_rate": 6e-4},
-        "sft_model": {"max_length": 256, "learning_rate": 2e-4},
-        "reward_model": {"max_length": 256, "learning_rate": 1e-4},
-        "ppo_policy": {"iterations": 64, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5},
+        # A checkpoint of this model with its AdamW state is 0.3 GB (PPO: policy and critic, 0.7 GB). At the CPU
+        # profiles' intervals they would add an estimated 10-15% to each step on one GPU (not measured): fewer
+        # here, and none for SFT and the RM, which train in about 10 s (docs/benchmarks.md).
+        "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 64, "learning_rate": 6e-4,
+                       "checkpoint_every": 500},
+        "sft_model": {"max_length": 256, "learning_rate": 2e-4, "checkpoint_every": 0},
+        "reward_model": {"max_length": 256, "learning_rate": 1e-4, "checkpoint_every": 0},
+        "ppo_policy": {"iterations": 64, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5, "checkpoint_every": 16},
         "policy_evaluation": {"samples_per_prompt": 4},
     },
 }
