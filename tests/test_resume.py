@@ -191,6 +191,19 @@ def test_one_run_at_a_time_owns_a_checkpoint_folder_which_is_gone_after_success(
     shutil.rmtree(failing)
 
 
+def test_a_volume_without_file_locks_still_checkpoints(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with resume.checkpointing("sft_model", {"sft_dataset": str(tmp_path / "run-a")}, resolve("sft_model")) as folder:
+        assert folder is not None and folder.is_dir()
+    assert not folder.exists() and "no file lock" in caplog.text
+
+
 def test_a_half_written_trl_checkpoint_is_skipped_and_removed(tmp_path):
     for step in (4, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()

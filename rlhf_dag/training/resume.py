@@ -96,6 +96,9 @@ def _lock(folder: Path) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
+        except OSError as error:  # a network volume without file locks: keeping runs with the same inputs apart is then the user's job
+            logger.warning("%s: no file lock (%s); checkpointing without one", folder, error)
+            return fd
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
