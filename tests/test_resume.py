@@ -39,13 +39,10 @@ def _inputs(step: str, result, labels: Path) -> dict[str, str]:
     return {"base_model": result.output_for_node("base_model").path, "sft_dataset": result.output_for_node("sft_dataset").path}
 
 
-def _folder(step: str, inputs: dict, config: dict, monkeypatch=None, processes: int = 1) -> Path:
-    if processes > 1:  # the key the ranks compute
-        monkeypatch.setenv("WORLD_SIZE", str(processes))
-    key = resume.checkpoint_key(step, inputs, resolve(step, config))
-    if processes > 1:
-        monkeypatch.delenv("WORLD_SIZE")
-    return checkpoints_dir() / step / key
+def _folder(step: str, inputs: dict, config: dict, processes: int = 1) -> Path:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORLD_SIZE", str(processes))  # the key the ranks compute
+        return checkpoints_dir() / step / resume.checkpoint_key(step, inputs, resolve(step, config))
 
 
 def _saved(folder: Path) -> list[int]:
@@ -100,11 +97,11 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     ("sft_model", SFT, 1, "resumed_from_step", "sft_model: resumed from the checkpoint at step"),
     ("ppo_policy", PPO, 2, "resumed_from_iteration", "ppo: resumed from the checkpoint of iteration"),  # rank 0 saves every rank's RNG states
 ], ids=["ppo_policy", "sft_model", "ppo_policy-torchrun:2"])
-def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(smoke_run, isolated_env, tmp_path, monkeypatch, step, config, processes,
-                                                                               resumed_from, log_line):
+def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(smoke_run, isolated_env, tmp_path, step, config, processes, resumed_from,
+                                                                               log_line):
     _, _, result = smoke_run
     inputs = _inputs(step, result, isolated_env / "labels")
-    folder = _folder(step, inputs, config, monkeypatch, processes)
+    folder = _folder(step, inputs, config, processes)
 
     uninterrupted = _run(step, inputs, config, tmp_path / "uninterrupted", processes)
     assert uninterrupted.metrics[resumed_from] == 0 and not folder.exists()  # a finished run leaves no checkpoint
