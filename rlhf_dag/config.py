@@ -29,10 +29,11 @@ class StepConfig(BaseModel):
     def training_hash(self) -> str:
         """sha256 of the fields that change what is trained or built: the asset's code version.
 
-        The settings of the samples a step reports (`SampleSettings`) are left out:
-        changing one changes a figure at the next materialization, never forces a retrain.
+        The settings of the samples a step reports (`SampleSettings`) and how often it
+        checkpoints (`CheckpointSettings`) are left out: changing one changes a figure at
+        the next materialization, or what a killed run leaves, never forces a retrain.
         """
-        return _hash(self.model_dump(exclude=set(SampleSettings.model_fields)))
+        return _hash(self.model_dump(exclude=set(SampleSettings.model_fields) | set(CheckpointSettings.model_fields)))
 
 
 def _hash(values: dict) -> str:
@@ -55,7 +56,13 @@ class SampleSettings(StepConfig):
     sample_max_new_tokens: int = Field(48, description="length cap of the reported samples")
 
 
-class PretrainConfig(SampleSettings):
+class CheckpointSettings(StepConfig):
+    """How often a training step saves the checkpoint a killed run resumes from (docs/reliability.md, "Resume after a kill")."""
+
+    checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints a killed run resumes from (0: none)")
+
+
+class PretrainConfig(SampleSettings, CheckpointSettings):
     """`base_model`: a BPE tokenizer and a small Llama-style causal LM trained from scratch, or a pretrained model."""
 
     pretrained: str | None = Field(None, description="Hugging Face model id or local path to load instead of pretraining (safetensors only)")
@@ -98,7 +105,7 @@ class DatasetConfig(StepConfig):
     split_salt: str = Field("rlhf-dag", description="salt of the prompt hash that assigns each prompt to a split (fixed, so validation never moves)")
 
 
-class SFTConfig(SampleSettings):
+class SFTConfig(SampleSettings, CheckpointSettings):
     """`sft_model`: TRL SFTTrainer on demonstrations, loss on response tokens only."""
 
     epochs: float = Field(6.0, description="passes over the demonstrations")
@@ -112,7 +119,7 @@ class SFTConfig(SampleSettings):
     seed: int = Field(0, description="data-order seed")
 
 
-class RewardConfig(StepConfig):
+class RewardConfig(CheckpointSettings):
     """`reward_model`: TRL RewardTrainer, initialized from the SFT model, one scalar head."""
 
     epochs: float = Field(2.0, description="passes over the comparisons")
@@ -124,7 +131,7 @@ class RewardConfig(StepConfig):
     seed: int = Field(0, description="data-order and head-initialization seed")
 
 
-class PPOConfig(SampleSettings):
+class PPOConfig(SampleSettings, CheckpointSettings):
     """`ppo_policy`: our PPO (training/ppo.py), policy and reference from SFT, critic from the RM."""
 
     iterations: int = Field(32, description="rollout -> optimize iterations")
@@ -145,6 +152,7 @@ class PPOConfig(SampleSettings):
     lora: LoRAConfig | None = Field(None, description=LORA_FIELD + "; the reference is the policy with its adapter disabled, the critic trains whole")
     missing_eos_penalty: float | None = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)")
     seed: int = Field(0, description="sampling and data-order seed")
+    checkpoint_every: int = Field(4, ge=0, description="iterations between checkpoints a killed run resumes from (0: none)")
 
 
 class PolicyCheckSettings(SampleSettings):
@@ -263,10 +271,14 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "gpu": {
         "pretraining_corpus": {"n_documents": 50000},
-        "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 64, "learning_rate": 6e-4},
-        "sft_model": {"max_length": 256, "learning_rate": 2e-4},
-        "reward_model": {"max_length": 256, "learning_rate": 1e-4},
-        "ppo_policy": {"iterations": 64, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5},
+        # A checkpoint of this model with its AdamW state is 0.3 GB (PPO: policy and critic, 0.7 GB). At the CPU
+        # profiles' intervals they would add an estimated 10-15% to each step on one GPU (not measured): fewer
+        # here, and none for SFT and the RM, which train in about 10 s (docs/benchmarks.md).
+        "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 64, "learning_rate": 6e-4,
+                       "checkpoint_every": 500},
+        "sft_model": {"max_length": 256, "learning_rate": 2e-4, "checkpoint_every": 0},
+        "reward_model": {"max_length": 256, "learning_rate": 1e-4, "checkpoint_every": 0},
+        "ppo_policy": {"iterations": 64, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5, "checkpoint_every": 16},
         "policy_evaluation": {"samples_per_prompt": 4},
         "dpo_policy": {"max_length": 256, "learning_rate": 1e-5, "batch_size": 64, "check_prompts": 256},
         "grpo_policy": {"steps": 100, "prompts_per_step": 64, "learning_rate": 2e-5, "check_prompts": 256},
@@ -302,6 +314,11 @@ def labels_dir() -> Path:
 
 def artifacts_dir() -> Path:
     return home_dir() / "artifacts"
+
+
+def checkpoints_dir() -> Path:
+    """Where killed training runs leave what the next run with the same inputs resumes from (training/resume.py)."""
+    return home_dir() / "checkpoints"
 
 
 def mlflow_tracking_uri() -> str:

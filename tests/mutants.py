@@ -59,8 +59,8 @@ MUTATIONS = [
              [("torch.where(ended, score,", "torch.where(~ended, score,")],
              [PPO + "test_missing_eos_penalty_replaces_the_score_of_unended_responses", PPO + "test_missing_eos_penalty_on_a_mixed_rollout"]),
     Mutation("reference reloaded from the policy every iteration", "rlhf_dag/training/ppo.py",
-             [("    for iteration in range(1, cfg.iterations + 1):\n",
-               "    for iteration in range(1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
+             [("    for iteration in range(resumed_from + 1, cfg.iterations + 1):\n",
+               "    for iteration in range(resumed_from + 1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
     Mutation("reference in the optimizer and trained through a KL term of the loss", "rlhf_dag/training/ppo.py",
              [("params = [p for p in (*policy.parameters(), *value_model.parameters()) if p.requires_grad]",
@@ -144,6 +144,12 @@ MUTATIONS = [
              [("            if current and len(current) + len(self.groups[g]) > self.batch_size:\n                batches.append(current)\n                current = []\n            current = current + self.groups[g]\n",
                "            current = current + self.groups[g]\n            while len(current) >= self.batch_size:\n                batches.append(current[: self.batch_size])\n                current = current[self.batch_size :]\n")],
              [FEEDBACK + "test_ranking_batches_never_split_a_ranking"]),
+    Mutation("PPO resumed without its random states", "rlhf_dag/training/ppo.py",
+             [('        resume.set_rng_states(resumed["rng"][distributed.rank()])\n', "")],
+             ["tests/test_resume.py::test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run[ppo_policy]"]),
+    Mutation("checkpoint key blind to a labeled file's bytes", "rlhf_dag/training/resume.py",
+             [("        if path.is_file():", "        if False:")],
+             ["tests/test_resume.py::test_the_checkpoint_key_changes_with_every_input_and_training_field_only"]),
 ]
 
 # The tests of a whole old suite that cannot catch these mutations and take minutes (the UI, kills, concurrent runs).

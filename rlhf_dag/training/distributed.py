@@ -72,8 +72,8 @@ def all_mean(values: dict[str, float], maxima: tuple[str, ...] = ()) -> dict[str
     return {k: float(top[i]) if k in maxima else float(mean[i]) / world_size() for i, k in enumerate(keys)}
 
 
-def all_gather(value: str) -> list[str]:
-    """Every rank's `value`, in rank order."""
+def all_gather(value):
+    """Every rank's `value` (any picklable object), in rank order."""
     if not dist.is_initialized():
         return [value]
     out = [None] * world_size()

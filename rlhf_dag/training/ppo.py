@@ -13,13 +13,14 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..config import PPOConfig
-from . import distributed, lora
+from . import distributed, lora, resume
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .reward import per_token_scores
@@ -183,10 +184,13 @@ class PPOResult:
 
 
 def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts: list[str], cfg: PPOConfig,
-              monitor: Callable[[list[str], list[str], list[bool]], float] | None = None) -> PPOResult:
+              monitor: Callable[[list[str], list[str], list[bool]], float] | None = None, checkpoints: Path | None = None) -> PPOResult:
     """Optimize `policy` to maximize RM score - kl_coef * KL(policy || ref). `monitor` (e.g. a gold judge) only observes.
 
-    `ref_policy` None: `policy` is a LoRA model (training/lora.py `adapt`) and the reference is its adapter disabled."""
+    `ref_policy` None: `policy` is a LoRA model (training/lora.py `adapt`) and the reference is its adapter disabled.
+    With a `checkpoints` folder (training/resume.py) the loop saves its whole state there every
+    `checkpoint_every` iterations and starts from the newest one it finds, so a resumed run ends where an
+    uninterrupted one would."""
     start, rng = time.perf_counter(), random.Random(cfg.seed)  # the prompt order: the same on every rank
     torch.manual_seed(cfg.seed + distributed.rank())  # each rank samples its own rollouts
     n_rollouts, n_minibatch = distributed.shard_size(cfg.rollout_batch_size, "rollout_batch_size"), distributed.shard_size(cfg.minibatch_size, "minibatch_size")
@@ -201,9 +205,19 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     parameter_counts = lora.parameter_counts(learner)  # policy and critic
     if distributed.world_size() > 1:
         learner = torch.nn.parallel.DistributedDataParallel(learner)
-    kl_coef, history, order = cfg.kl_coef, [], []
+    kl_coef, history, order, resumed_from = cfg.kl_coef, [], [], 0
+    resumed = resume.latest(checkpoints)
+    if resumed is not None:
+        policy.load_state_dict(resumed["policy"])
+        value_model.load_state_dict(resumed["value_model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        kl_coef, history, order = resumed["kl_coef"], resumed["history"], resumed["prompt_order"]
+        rng.setstate(resumed["prompt_rng"])
+        resume.set_rng_states(resumed["rng"][distributed.rank()])
+        resumed_from = resumed["iteration"]
+        logger.info("ppo: resumed from the checkpoint of iteration %d/%d in %s", resumed_from, cfg.iterations, checkpoints)
 
-    for iteration in range(1, cfg.iterations + 1):
+    for iteration in range(resumed_from + 1, cfg.iterations + 1):
         # ---- rollout: sample responses from the current policy
         while len(order) < cfg.rollout_batch_size:
             order += rng.sample(range(len(prompts)), len(prompts))
@@ -288,6 +302,12 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         row = distributed.all_mean(row, maxima=("first_minibatch_max_ratio_error",)) | {"iteration": iteration}  # the global batch's figures
         history.append(row)
         logger.info("ppo iteration %d/%d: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "iteration"), iteration, cfg.iterations)
+        if checkpoints is not None and iteration % cfg.checkpoint_every == 0:
+            resume.save(checkpoints, iteration, {
+                "iteration": iteration, "policy": policy.state_dict(), "value_model": value_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "kl_coef": kl_coef, "history": history, "prompt_order": order, "prompt_rng": rng.getstate(),
+                "rng": distributed.all_gather(resume.rng_states()),  # each rank samples its own rollouts: every rank's states
+            })
 
     final = history[-1]
     window = history[-max(1, len(history) // 5):]  # the last fifth of training, less noisy than one batch
@@ -301,5 +321,6 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         "finite": float(all(math.isfinite(v) for r in history for k, v in r.items() if k != "gold_score")),
         "train_seconds": time.perf_counter() - start,
         **parameter_counts,
+        "resumed_from_iteration": resumed_from,
     }
     return PPOResult(policy, value_model, history, metrics)

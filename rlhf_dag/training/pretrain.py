@@ -10,7 +10,6 @@ tokens to it.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
-from .trainer_args import monitored, trainer_kwargs, trained_tokens
+from .trainer_args import monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +112,11 @@ def load_pretrained(source: str) -> tuple[object, PreTrainedTokenizerFast]:
     return model, tokenizer
 
 
-def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> TrainResult:
-    """Train tokenizer and causal LM on `texts`; report the loss on `held_out` documents (never trained on) before and after."""
+def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpoints: Path | None = None) -> TrainResult:
+    """Train tokenizer and causal LM on `texts`; report the loss on `held_out` documents (never trained on) before and after.
+
+    With a `checkpoints` folder (training/resume.py) training saves there and resumes from it: the tokenizer
+    is trained again, deterministically, the weights come from the checkpoint."""
     from trl import SFTConfig, SFTTrainer
 
     start = time.perf_counter()
@@ -123,9 +125,10 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> Trai
     logger.info("base model: %d parameters, vocabulary %d", model.num_parameters(), len(tokenizer))
     dataset = Dataset.from_dict({"text": texts})
     n_tokens = sum(len(ids) + 1 for ids in tokenizer(texts)["input_ids"])  # +1: the EOS between documents
-    with tempfile.TemporaryDirectory() as out:
+    with output_dir(checkpoints) as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts), cfg.group_by_length, evaluations=5 if len(held_out) else 0),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts), cfg.group_by_length, evaluations=5 if len(held_out) else 0,
+                             checkpoint_every=cfg.checkpoint_every if checkpoints else 0),
             max_length=cfg.max_length,
             dataset_text_field="text",
             # One document per sequence, never packed: attention must not cross a document boundary.
@@ -141,14 +144,14 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig) -> Trai
         # accelerate marks a model it prepared for evaluation as prepared, and then never wraps it in DDP for
         # training: under torchrun every rank would train alone (tests/test_launchers.py, the rank checksums)
         model._is_accelerate_prepared = False
-        result = trainer.train()
+        result, figures = resumable_train(trainer)
         final_loss = trainer.evaluate(held_out_set)["eval_loss"]
     seconds = time.perf_counter() - start
     metrics = {
         "initial_loss": initial_loss,
         "final_loss": final_loss,
         "held_out_documents": min(256, len(held_out)),
-        "training_loss": result.training_loss,
+        **figures,
         "parameters": model.num_parameters(),
         "corpus_tokens": n_tokens,
         "train_seconds": seconds,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import collections
 import logging
-import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -25,7 +25,7 @@ from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
 from .overlong import count_overlong, fit_responses
 from .pretrain import TrainResult
-from .trainer_args import monitored, device, trainer_kwargs, trained_tokens
+from .trainer_args import device, monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +121,11 @@ def reward_model_from_sft(sft_path: str, tokenizer):
     return model.to(device())
 
 
-def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: RewardStepConfig) -> TrainResult:
-    """Train the RM; report held-out pairwise accuracy and margin before and after."""
+def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: RewardStepConfig,
+                       checkpoints: Path | None = None) -> TrainResult:
+    """Train the RM; report held-out pairwise accuracy and margin before and after.
+
+    With a `checkpoints` folder (training/resume.py) training saves there and resumes from it."""
     from trl import RewardConfig, RewardTrainer
 
     start = time.perf_counter()
@@ -142,9 +145,9 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         trainer_class, collator_class = _ranking_trainer_class()
         collator = collator_class(pad_token_id=tokenizer.pad_token_id)
         dataset = dataset.add_column("ranking", rankings).add_column("pair_weight", pair_weights(rankings))
-    with tempfile.TemporaryDirectory() as out:
+    with output_dir(checkpoints) as out:
         args = RewardConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset)),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), checkpoint_every=cfg.checkpoint_every if checkpoints else 0),
             max_length=cfg.max_length,
             center_rewards_coefficient=0.01,
         )
@@ -157,7 +160,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         trainer = monitored(trainer_class(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer,
                                           data_collator=collator, peft_config=lora.peft_config(cfg.lora, "SEQ_CLS") if cfg.lora else None), "reward_model")
         model = trainer.model
-        result = trainer.train()
+        result, figures = resumable_train(trainer)
     accuracy, margin, validation_loss = pairwise_accuracy(model, tokenizer, validation)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
     logger.info("reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f", accuracy, initial_accuracy, margin)
@@ -167,7 +170,7 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         "validation_loss": validation_loss,
         "initial_validation_accuracy": initial_accuracy,
         "train_accuracy": train_accuracy,
-        "training_loss": result.training_loss,
+        **figures,
         "train_pairs": len(dataset),
         **lora.parameter_counts(model),
         "overlong_records": overlong,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 from datasets import Dataset
@@ -21,14 +21,16 @@ from .chat import format_prompt
 from .generate import response_loss
 from .overlong import count_overlong
 from .pretrain import TrainResult
-from .trainer_args import monitored, trainer_kwargs, trained_tokens
+from .trainer_args import monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
 
-def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: SFTStepConfig) -> TrainResult:
+def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: SFTStepConfig, checkpoints: Path | None = None) -> TrainResult:
     """Fine-tune a copy of `base_model`, or with `cfg.lora` adapters on `base_model` itself (peft wraps it in place,
-    its weights frozen: no second copy); report validation loss on responses before and after."""
+    its weights frozen: no second copy); report validation loss on responses before and after.
+
+    With a `checkpoints` folder (training/resume.py) training saves there and resumes from it."""
     from trl import SFTConfig, SFTTrainer
 
     start = time.perf_counter()
@@ -37,9 +39,10 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
     val_prompts = [format_prompt(p) for p in validation["prompt"]]
     base_val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
     dataset = Dataset.from_dict({"prompt": [format_prompt(p) for p in train["prompt"]], "completion": list(train["response"])})
-    with tempfile.TemporaryDirectory() as out:
+    with output_dir(checkpoints) as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), cfg.group_by_length, evaluations=5 if len(validation) else 0),
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), cfg.group_by_length, evaluations=5 if len(validation) else 0,
+                             checkpoint_every=cfg.checkpoint_every if checkpoints else 0),
             max_length=cfg.max_length,
             truncation_mode="keep_start",  # what overlong: truncate documents (training/overlong.py)
             completion_only_loss=True,
@@ -49,13 +52,13 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
         trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out if len(held_out) else None,
                                        processing_class=tokenizer, peft_config=lora.peft_config(cfg.lora, "CAUSAL_LM") if cfg.lora else None), "sft_model")
         model = trainer.model
-        result = trainer.train()
+        result, figures = resumable_train(trainer)
     val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
     logger.info("SFT validation loss on responses: base %.3f -> sft %.3f", base_val_loss, val_loss)
     metrics = {
         "base_validation_loss": base_val_loss,
         "validation_loss": val_loss,
-        "training_loss": result.training_loss,
+        **figures,
         "train_examples": len(dataset),
         **lora.parameter_counts(model),
         "overlong_records": overlong,

@@ -86,6 +86,7 @@ def pretraining_corpus(inputs: dict[str, str], cfg: CorpusConfig) -> StepResult:
 @step
 def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
     from .pretrain import load_pretrained, pretrain
+    from .resume import checkpointing
 
     if cfg.pretrained:
         model, tokenizer = load_pretrained(cfg.pretrained)
@@ -96,7 +97,8 @@ def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
         corpus = pd.read_parquet(inputs["pretraining_corpus"])
         train = list(corpus.loc[corpus["split"] == "train", "text"])
         held_out = list(corpus.loc[corpus["split"] == "validation", "text"])
-        result = pretrain(train, held_out, cfg)
+        with checkpointing("base_model", inputs, cfg) as checkpoints:
+            result = pretrain(train, held_out, cfg, checkpoints)
         model, tokenizer, metrics = result.model, result.tokenizer, result.metrics
     table = _source_prompt_table(model, tokenizer, False, cfg, cfg.seed, "continuation (base model, raw prompt)")
     return StepResult(
@@ -147,6 +149,7 @@ def sft_model(inputs: dict[str, str], cfg: SFTConfig) -> StepResult:
     from .evaluate import mean_gold
     from .generate import sample
     from .models import load_causal_lm
+    from .resume import checkpointing
     from .sft import supervised_finetune
 
     train, validation = splits(inputs["sft_dataset"])
@@ -154,7 +157,8 @@ def sft_model(inputs: dict[str, str], cfg: SFTConfig) -> StepResult:
     # Gold-judged samples on held-out demonstration prompts: base asked raw (before LoRA adapts `base` in place), SFT in chat format.
     prompts = list(validation["prompt"][: cfg.gold_sample_prompts])
     base_samples = sample(base, tokenizer, prompts, [raw_prompt(p) for p in prompts], cfg.sample_max_new_tokens, cfg.sample_temperature, seed=cfg.seed)
-    result = supervised_finetune(base, tokenizer, train, validation, cfg)
+    with checkpointing("sft_model", inputs, cfg) as checkpoints:
+        result = supervised_finetune(base, tokenizer, train, validation, cfg, checkpoints)
     sft_samples = sample(result.model, tokenizer, prompts, [format_prompt(p) for p in prompts], cfg.sample_max_new_tokens, cfg.sample_temperature, seed=cfg.seed)
     metrics = {**result.metrics, "base_gold_mean": mean_gold(base_samples), "gold_mean": mean_gold(sft_samples)}
     return StepResult(
@@ -188,13 +192,15 @@ def _pair_table(model, tokenizer, pairs: pd.DataFrame) -> str:
 def reward_model(inputs: dict[str, str], cfg: RewardConfig) -> StepResult:
     from transformers import AutoTokenizer
 
+    from .resume import checkpointing
     from .reward import train_reward_model
 
     train, validation = splits(inputs["comparison_dataset"])
     if validation.empty:
         raise ValueError(f"comparison_dataset has no validation pairs ({inputs['comparison_dataset']}); raise validation_fraction")
     tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
-    result = train_reward_model(inputs["sft_model"], tokenizer, train, validation, cfg)
+    with checkpointing("reward_model", inputs, cfg) as checkpoints:
+        result = train_reward_model(inputs["sft_model"], tokenizer, train, validation, cfg, checkpoints)
     return StepResult(
         "reward_model", result.metrics, ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss", "overlong_records",
                          "trainable_parameters"],
@@ -216,6 +222,7 @@ def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
     from .lora import adapt
     from .models import load_causal_lm, load_reward_model
     from .ppo import ppo_train
+    from .resume import checkpointing
 
     labels = load_labels(inputs["prompts"], "prompts")
     prompts = [r["prompt"] for r in labels.records]
@@ -226,7 +233,8 @@ def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
         reference, _ = load_causal_lm(inputs["sft_model"])
     scorer, _ = load_reward_model(inputs["reward_model"])
     critic, _ = load_reward_model(inputs["reward_model"])  # [PPO-11] the value model starts as the reward model
-    result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg, monitor=gold_monitor)
+    with checkpointing("ppo_policy", inputs, cfg) as checkpoints:
+        result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg, monitor=gold_monitor, checkpoints=checkpoints)
     curves = {f"ppo/{k}": [(row["iteration"], row[k]) for row in result.history] for k in result.history[0] if k != "iteration"}
     return StepResult(
         "ppo_policy", {**result.metrics, "prompts": len(prompts)},
