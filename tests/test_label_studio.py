@@ -174,7 +174,8 @@ def _status_lines(capsys) -> dict[str, str]:
 
     capsys.readouterr()
     assert main(["status"]) == 0
-    return {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
+    # the alternatives to PPO, never built in this session's graph, are listed as optional: not part of the question
+    return {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:] if line.strip() and "(optional:" not in line}
 
 
 def test_rank_in_label_studio_pull_into_comparisons_and_exactly_the_downstream_assets_go_stale(smoke_run, label_studio, isolated_env,

@@ -43,7 +43,7 @@ def test_the_smoke_graph_under_torchrun_2_matches_one_process(smoke_run, isolate
     env = {**os.environ, "RLHF_DAG_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"), "RLHF_DAG_LABELS_DIR": str(tmp_path / "labels")}
     run_config = tmp_path / "run_config.json"
     run_config.write_text(json.dumps(PPO_NEAR_GREEDY))
-    _materialize(env, "*", "torchrun:2", run_config)
+    _materialize(env, "group:rlhf", "torchrun:2", run_config)
 
     os.environ.update({k: env[k] for k in ("RLHF_DAG_HOME", "DAGSTER_HOME", "RLHF_DAG_LABELS_DIR")})
     try:

@@ -118,7 +118,9 @@ def test_launch_a_run_over_graphql_and_see_the_graph_in_chromium(materialized):
     port, tmp_path, _, run_id = materialized
     assert list((tmp_path / "home" / "artifacts" / "ppo_policy").glob(f"{run_id}/*.safetensors"))
     url = f"http://127.0.0.1:{port}/locations/rlhf_dag/asset-groups/rlhf"
-    dom = _chromium("--dump-dom", url).stdout
+    # the graph renders only the nodes in view; the alternatives to PPO and the labeling batches beside this group
+    # widen it, so the page is dumped from a large window (a later --window-size wins)
+    dom = _chromium("--window-size=4000,3000", "--dump-dom", url).stdout
     for asset in ASSETS:
         assert asset in dom, dom[-2000:]
     screenshot = tmp_path / "asset_graph.png"
