@@ -178,6 +178,7 @@ def cmd_pull_labels(args) -> int:
         return 1
     for line in report.lines(labels_dir() / "comparisons.jsonl"):
         print(line, file=sys.stderr if line.startswith("REJECTED") else sys.stdout)
+    return 0
 
 
 def _registry():
