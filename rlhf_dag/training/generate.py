@@ -72,7 +72,10 @@ def sample(model, tokenizer, prompts: list[str], texts: list[str], max_new_token
         responses, ended = truncate_after_eos(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
         for i, row in enumerate(responses):
             ids = [t for t in row.tolist() if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
-            samples.append(Sample(prompts[start + i], tokenizer.decode(ids, skip_special_tokens=True), bool(ended[i]), len(ids)))
+            # A tokenizer trained here starts each text with a space token (training/pretrain.py, `train_tokenizer`):
+            # the response's text leaves it out; tokenized again after the prompt it gives the same ids.
+            text = tokenizer.decode(ids, skip_special_tokens=True).removeprefix(" ")
+            samples.append(Sample(prompts[start + i], text, bool(ended[i]), len(ids)))
     return samples
 
 

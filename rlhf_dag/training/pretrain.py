@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..config import PretrainConfig
@@ -40,8 +40,10 @@ class TrainResult:
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE with single-digit number tokens (so sums are learnable) and our special tokens."""
     tokenizer = Tokenizer(models.BPE())
+    # Each digit is its own token, with the space before it: " 2 + 2" is [" 2", " +", " 2"], so an answer
+    # copies an operand by looking up the token after " +", not the one after an ambiguous lone " ".
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [pre_tokenizers.ByteLevel(add_prefix_space=True), pre_tokenizers.Split(Regex("\u0120?[0-9]"), behavior="isolated")]
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -112,6 +114,35 @@ def load_pretrained(source: str) -> tuple[object, PreTrainedTokenizerFast]:
     return model, tokenizer
 
 
+def packed_documents(texts: list[str], tokenizer, max_length: int) -> Dataset:
+    """Whole documents (each ending in EOS, cut at max_length) packed best-fit into rows of max_length tokens (TRL's BFD packing)."""
+    from trl.data_utils import pack_dataset
+
+    ids = [row[: max_length - 1] + [tokenizer.eos_token_id] for row in tokenizer(texts)["input_ids"]]
+    return pack_dataset(Dataset.from_dict({"input_ids": ids}), max_length, strategy="bfd")
+
+
+class PackedCollator:
+    """Batches of packed rows in which each document attends only to itself.
+
+    TRL's language-modelling collator gives the rows and each document's position ids (restarting at 0);
+    without an attention mask, transformers reads the restarts as document boundaries and masks attention
+    block-diagonally, so no token sees another document (the reason pretraining never packed before).
+    The first token of each document is not predicted, as in an unpacked row.
+    """
+
+    def __init__(self, pad_token_id: int):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self.inner = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, return_position_ids=True)
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        del batch["attention_mask"]
+        batch["labels"][batch["position_ids"] == 0] = -100
+        return batch
+
+
 def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpoints: Path | None = None) -> TrainResult:
     """Train tokenizer and causal LM on `texts`; report the loss on `held_out` documents (never trained on) before and after.
 
@@ -123,11 +154,16 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpo
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     logger.info("base model: %d parameters, vocabulary %d", model.num_parameters(), len(tokenizer))
-    dataset = Dataset.from_dict({"text": texts})
+    held_out = held_out[:256]  # the gate's loss, and the validation curve
+    dataset, held_out_set = Dataset.from_dict({"text": texts}), Dataset.from_dict({"text": held_out})
+    pack_kwargs = {}
+    if cfg.pack:
+        dataset, held_out_set = packed_documents(texts, tokenizer, cfg.max_length), packed_documents(held_out, tokenizer, cfg.max_length)
+        pack_kwargs = dict(dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
     n_tokens = sum(len(ids) + 1 for ids in tokenizer(texts)["input_ids"])  # +1: the EOS between documents
     with output_dir(checkpoints) as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(texts), cfg.group_by_length, evaluations=5 if len(held_out) else 0,
+            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), cfg.group_by_length, evaluations=5 if len(held_out) else 0,
                              checkpoint_every=cfg.checkpoint_every if checkpoints else 0),
             max_length=cfg.max_length,
             dataset_text_field="text",
@@ -136,10 +172,10 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpo
             # and the model learned to ignore the request's hero/recipient (chance-level copying);
             # unpacked it copies them (README, "Why pretraining does not pack documents").
             packing=False,
+            **pack_kwargs,
         )
-        held_out_set = Dataset.from_dict({"text": held_out[:256]})  # the gate's loss, and the validation curve
         trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out_set if len(held_out_set) else None,
-                                       processing_class=tokenizer), "base_model")
+                                       processing_class=tokenizer, data_collator=PackedCollator(tokenizer.pad_token_id) if cfg.pack else None), "base_model")
         initial_loss = trainer.evaluate(held_out_set)["eval_loss"]
         # accelerate marks a model it prepared for evaluation as prepared, and then never wraps it in DDP for
         # training: under torchrun every rank would train alone (tests/test_launchers.py, the rank checksums)
