@@ -329,7 +329,14 @@ def confused_response(task: Task, rng: random.Random) -> str:
         if rng.random() < 0.5:
             p["recipient"] = rng.choice([r for r in RECIPIENTS if RECIPIENTS[r][0] != RECIPIENTS[p["recipient"]][0]])
     elif task.kind == "math":
-        return ideal_response(task, rng).replace(str(task.answer), str(task.answer + rng.choice((-2, -1, 1, 2))))
+        if rng.random() < 0.5:  # the right sum, a wrong result
+            return ideal_response(task, rng).replace(str(task.answer), str(task.answer + rng.choice((-2, -1, 1, 2))))
+        # a right result of another sum: an operand not copied from the request ("What is 2 + 2?" -> "3 + 2 = 5.")
+        top = 5 if p["op"] == "times" else 9
+        operand = rng.choice(("a", "b"))
+        p[operand] = rng.choice([v for v in range(top + 1) if v != p[operand]])
+        if p["op"] == "-" and p["b"] > p["a"]:
+            p["a"], p["b"] = p["b"], p["a"]
     else:
         p["prop"] = rng.choice([q for q in CODE_PROPERTIES if CODE_PROPERTIES[q][1] != CODE_PROPERTIES[p["prop"]][1]])
     return ideal_response(Task(task.kind, task.prompt, p), rng)

@@ -127,7 +127,8 @@ class PackedCollator:
 
     TRL's language-modelling collator gives the rows and each document's position ids (restarting at 0);
     without an attention mask, transformers reads the restarts as document boundaries and masks attention
-    block-diagonally, so no token sees another document (the reason pretraining never packed before).
+    block-diagonally, so no token sees another document (the reason pretraining never packed before); it
+    does so only when no KV cache is in use, hence `use_cache=False` in every batch.
     The first token of each document is not predicted, as in an unpacked row.
     """
 
@@ -140,6 +141,7 @@ class PackedCollator:
         batch = self.inner(examples)
         del batch["attention_mask"]
         batch["labels"][batch["position_ids"] == 0] = -100
+        batch["use_cache"] = False  # transformers reads document boundaries from position ids only without a cache
         return batch
 
 
