@@ -138,7 +138,7 @@ class PPOConfig(SampleSettings, CheckpointSettings):
     iterations: int = Field(32, description="rollout -> optimize iterations")
     rollout_batch_size: int = Field(64, description="prompts sampled per iteration")
     minibatch_size: int = Field(16, description="rollouts per gradient step")
-    ppo_epochs: int = Field(4, description="optimization passes over each rollout batch")
+    ppo_epochs: int = Field(2, description="optimization passes over each rollout batch (2 gave the same win rates as 4 in half the optimization time, docs/benchmarks.md)")
     max_new_tokens: int = Field(48, description="response length cap during rollout")
     temperature: float = Field(1.0, description="sampling temperature during rollout")
     learning_rate: float = Field(5e-5, description="AdamW learning rate of policy and value model")
@@ -275,7 +275,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         # A checkpoint of this model with its AdamW state is 0.3 GB (PPO: policy and critic, 0.7 GB). At the CPU
         # profiles' intervals they would add an estimated 10-15% to each step on one GPU (not measured): fewer
         # here, and none for SFT and the RM, which train in about 10 s (docs/benchmarks.md).
-        "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 64, "learning_rate": 6e-4,
+        "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 16, "learning_rate": 6e-4,
+                       "epochs": 2.0,
                        "checkpoint_every": 500},
         "sft_model": {"max_length": 256, "learning_rate": 2e-4, "checkpoint_every": 0},
         "reward_model": {"max_length": 256, "learning_rate": 1e-4, "checkpoint_every": 0},

@@ -169,10 +169,11 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpo
                              checkpoint_every=cfg.checkpoint_every if checkpoints else 0),
             max_length=cfg.max_length,
             dataset_text_field="text",
-            # One document per sequence, never packed: attention must not cross a document boundary.
-            # In packed windows the names in context mostly belong to an unrelated earlier document,
-            # and the model learned to ignore the request's hero/recipient (chance-level copying);
-            # unpacked it copies them (README, "Why pretraining does not pack documents").
+            # Attention must never cross a document boundary: in GPT-style packed windows the names in context
+            # mostly belong to an unrelated earlier document, and the model learned to ignore the request's
+            # hero/recipient (chance-level copying). TRL's own packing flattens a batch into one row, which on
+            # CPU costs attention over the whole batch; `pack` packs rows here instead, each document attending
+            # only to itself (README, "How pretraining packs documents without mixing them").
             packing=False,
             **pack_kwargs,
         )
