@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
-from browser import run_in_chromium
+from browser import run_in_chromium, stop_process_group
 
 from rlhf_dag.data.gold import gold_score
 
@@ -107,11 +106,7 @@ def label_studio(isolated_env, tmp_path_factory):
         print(f"\nLabel Studio answered after {seconds:.1f}s (make label-studio, SQLite in {isolated_env / 'home' / 'label-studio'})")
         yield url, seconds
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
 
 
 def _gold_order(task: dict) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser import run_in_chromium
+from browser import run_in_chromium, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -75,11 +74,7 @@ def dagster_dev(tmp_path_factory):
         _graphql(port, "mutation { setNuxSeen }")
         yield port, tmp_path, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
         log.close()
 
 
