@@ -46,6 +46,15 @@ class Mutation:
 
 
 MUTATIONS = [
+    Mutation("pretraining: packed documents attend to each other (attention mask kept)", "rlhf_dag/training/pretrain.py",
+             [('        del batch["attention_mask"]\n', "")],
+             ["tests/test_pretrain.py::test_a_packed_document_never_sees_the_one_before_it", "tests/test_pretrain.py::test_packed_rows_give_each_document_its_own_loss"]),
+    Mutation("pretraining: a digit's space is a token of its own (operands not copyable)", "rlhf_dag/training/pretrain.py",
+             [('pre_tokenizers.Split(Regex("\\u0120?[0-9]"), behavior="isolated")', 'pre_tokenizers.Digits(individual_digits=True)')],
+             ["tests/test_pretrain.py::test_digits_are_the_same_tokens_in_a_request_and_its_answer"]),
+    Mutation("confused sums never answer another sum", "rlhf_dag/data/domain.py",
+             [("        if rng.random() < 0.5:  # the right sum, a wrong result", "        if True:  # the right sum, a wrong result")],
+             ["tests/test_pretrain.py::test_a_confused_sum_either_misstates_the_result_or_answers_another_sum"]),
     Mutation("RM trained with chosen and rejected swapped", "rlhf_dag/training/reward.py",
              [('"chosen": list(train["chosen"]), "rejected": list(train["rejected"])', '"chosen": list(train["rejected"]), "rejected": list(train["chosen"])')],
              ["tests/test_smoke_graph.py::test_the_reward_model_beats_chance_and_its_starting_accuracy"]),
