@@ -4,12 +4,13 @@ whose digits look the same in a request and in its answer (what lets the base mo
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
 
 from rlhf_dag.config import PretrainConfig
-from rlhf_dag.data.domain import CODE_PROPERTIES, Task, confused_response, ideal_response, pretraining_documents, sample_task
+from rlhf_dag.data.domain import Task, confused_response, ideal_response, pretraining_documents, sample_task
 from rlhf_dag.data.gold import gold_score
 from rlhf_dag.training.chat import format_prompt
 from rlhf_dag.training.pretrain import PackedCollator, build_model, packed_documents, train_tokenizer
@@ -82,12 +83,18 @@ def test_the_tokenizer_round_trips_text(tokenizer, text):
 
 
 def test_a_confused_sum_either_misstates_the_result_or_answers_another_sum():
+    """About half the confused sums restate the request and get the result wrong, about half answer another
+    sum correctly (an operand not copied): the reward model must learn that both are wrong answers."""
     rng = random.Random(0)
-    kinds = set()
+    kinds = {"other sum": 0, "wrong result": 0}
     for _ in range(200):
         task = sample_task(rng, "math")
         bad = confused_response(task, rng)
-        restated = bad.split(" = ")[0]
-        kinds.add("other sum" if restated != f"{task.params['a']} {task.params['op']} {task.params['b']}" else "wrong result")
-        assert gold_score(task.prompt, bad).score < gold_score(task.prompt, ideal_response(task, rng)).score or bad.endswith(f"= {task.answer}.")
-    assert kinds == {"other sum", "wrong result"}
+        a, op, b, result = re.match(r"(-?\d+) (\+|-|times) (-?\d+) = (-?\d+)", bad).groups()
+        restated = Task("math", task.prompt, {"a": int(a), "op": op, "b": int(b)})
+        if (restated.params["a"], restated.params["b"]) != (task.params["a"], task.params["b"]) and restated.answer == int(result):
+            kinds["other sum"] += 1
+        elif (restated.params["a"], restated.params["b"]) == (task.params["a"], task.params["b"]) and int(result) != task.answer:
+            kinds["wrong result"] += 1
+        assert gold_score(task.prompt, bad).score < gold_score(task.prompt, ideal_response(task, rng)).score or int(result) == task.answer
+    assert kinds["other sum"] >= 90 and kinds["wrong result"] >= 40, kinds
