@@ -45,7 +45,8 @@ def isolated_env(name: str, profile: str) -> tuple[Path, dict]:
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(REPO / "assets", root / "labels")
     (root / "dagster").mkdir(parents=True)
-    (root / "dagster" / "dagster.yaml").touch()  # Dagster's defaults, without its warning about a missing file
+    # Dagster's defaults, without its warning about a missing file or its telemetry banner (as `rlhf-dag` writes it)
+    (root / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {
         **os.environ,
         "RLHF_DAG_HOME": str(root / "home"),

@@ -230,3 +230,14 @@ def test_the_sensor_appends_a_dropped_export_once_and_stops_with_the_file_intact
     with pytest.raises(LabelStudioError, match=f"not reachable at http://127.0.0.1:{port}"):
         label_studio_pull(context)
     assert (labels / "comparisons.jsonl").read_bytes() == after
+
+
+def test_a_labeler_with_gold_pairs_is_judged_against_gold_not_against_a_majority():
+    # ann ranks as gold (a>b>c>d); bo reverses it; cy is closer to bo. Against the other labelers ann is the
+    # outlier (she agrees with cy on 2 of 6 pairs, bo on 4 of 6); against gold, bo is.
+    records = [*ranking_pairs(_ranking("r1", "abcd")), *ranking_pairs(_ranking("r2", "dcba", labeler="bo@example.com")),
+               *ranking_pairs(_ranking("r3", "dcab", labeler="cy@example.com"))]
+    gold = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    with_gold = agreement(records, lambda prompt, response: gold[response])
+    assert "ann@example.com" not in with_gold["flagged"] and "bo@example.com" in with_gold["flagged"]
+    assert agreement(records, lambda prompt, response: None)["flagged"] == ["ann@example.com"]  # no gold: the others judge

@@ -124,7 +124,7 @@ def test_lora_ppo_is_kl_penalized_against_the_sft_model(lora_run):
     _, _, result, _ = lora_run
     ppo_dir, sft_dir = Path(result.output_for_node("ppo_policy").path), Path(result.output_for_node("sft_model").path)
     kl = [row["kl"] for row in json.loads((ppo_dir / "ppo_history.json").read_text())]
-    assert abs(kl[0]) < 1e-5 and kl[-1] > 1e-5, kl
+    assert abs(kl[0]) < 1e-5 and abs(kl[-1]) > 1e-5, kl  # the sampled estimate of KL can be negative; 0 only if the reference is the policy
 
     tokenizer, sft = AutoTokenizer.from_pretrained(sft_dir), AutoModelForCausalLM.from_pretrained(sft_dir)
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft_dir), ppo_dir / ADAPTER_DIR)

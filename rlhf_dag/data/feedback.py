@@ -142,8 +142,13 @@ def agreement(records: list[dict], gold=None) -> dict:
             metrics[key], metrics[f"{key}.pairs"] = agree / total, total
             if scope == "labeler":
                 rates.setdefault(label, {})[name] = agree / total
-    flagged = sorted({labeler for by in rates.values() for labeler, rate in by.items()
-                      if len(by) >= 2 and rate < statistics.median([v for k, v in by.items() if k != labeler]) - OUTLIER_MARGIN})
+    def outliers(by: dict) -> set:
+        return {labeler for labeler, rate in by.items() if len(by) >= 2 and rate < statistics.median([v for k, v in by.items() if k != labeler]) - OUTLIER_MARGIN}
+
+    # A labeler with gold-judged pairs is judged against gold: among three labelers, agreement with the others
+    # singles out whoever is in the minority, right or wrong. Agreement with the others judges the rest.
+    by_gold = rates.get("gold", {})
+    flagged = sorted(outliers(by_gold) | {labeler for labeler in outliers(rates.get("inter_labeler", {})) if labeler not in by_gold})
     def cell(counts, scope):
         agree, total = counts.get(scope, (0, 0))
         return f"{agree / total:.3f} ({total})" if total else "-"
