@@ -109,8 +109,8 @@ def ours_worker(settings: dict, report: str) -> None:
         marks.append(mark)
         return out
 
-    def marked_minibatch(*a, **k):
-        if "optimize_start" not in marks[-1]:
+    def marked_minibatch(*a, **k):  # scoring calls it too, without gradients ([PPO-15])
+        if torch.is_grad_enabled() and "optimize_start" not in marks[-1]:
             marks[-1]["optimize_start"] = time.perf_counter()
         return original_minibatch(*a, **k)
 

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhf_dag.config import LoRAConfig
 from rlhf_dag.training.chat import format_prompt
 from rlhf_dag.training.lora import ADAPTER_DIR, adapt
-from rlhf_dag.training.ppo import ppo_train, reference_logprobs, response_logprobs
+from rlhf_dag.training.ppo import ppo_train, reference, response_logprobs
 from test_ppo_train import PROMPTS, RiggedReward, ppo_config
 
 TOY_LORA = LoRAConfig(r=2, alpha=4.0)
@@ -56,10 +56,11 @@ def test_the_lora_reference_is_the_sft_model_itself_not_the_adapted_policy():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     query_response, mask, n_query = _rollout(tokenizer, sft)
-    reference = reference_logprobs(policy, None, query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
+    with reference(policy, None) as ref:
+        reference_lp, _ = response_logprobs(ref, query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
     expected, _ = response_logprobs(sft, query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
     adapted, _ = response_logprobs(policy, query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
-    assert torch.allclose(reference, expected, atol=1e-6)
+    assert torch.allclose(reference_lp, expected, atol=1e-6)
     assert (adapted - expected).abs().max() > 0.1  # the adapter does change the policy: the check above can fail
 
 
@@ -129,9 +130,10 @@ def test_lora_ppo_is_kl_penalized_against_the_sft_model(lora_run):
     tokenizer, sft = AutoTokenizer.from_pretrained(sft_dir), AutoModelForCausalLM.from_pretrained(sft_dir)
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft_dir), ppo_dir / ADAPTER_DIR)
     query_response, mask, n_query = _rollout(tokenizer, policy)
-    reference = reference_logprobs(policy, None, query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
+    with reference(policy, None) as ref:
+        reference_lp, _ = response_logprobs(ref, query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
     expected, _ = response_logprobs(sft, query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
-    assert torch.allclose(reference, expected, atol=1e-5)
+    assert torch.allclose(reference_lp, expected, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -85,3 +85,29 @@ def test_pad_is_never_sampled_and_scoring_excludes_it_as_sampling_did():
     with torch.no_grad():
         recomputed, _ = response_logprobs(policy, query_response, query_response != tokenizer.pad_token_id, query.shape[1], 1.0, tokenizer.pad_token_id)
     assert torch.allclose(sampled * mask, recomputed * mask, atol=1e-4)
+
+
+def test_packed_scoring_gives_the_padded_rollouts_reference_log_probs_values_and_scores(rollout):
+    """[PPO-15] the reference, the critic and the RM run over the rollouts packed in length order, a few per chunk:
+    every reference log-prob and value, and each RM score at the last response token, is what the padded rollout gives."""
+    from rlhf_dag.training.ppo import score_rollouts
+
+    policy, tokenizer, n_query, query_response, attention, mask, _ = rollout
+    reference, critic, scorer = causal_lm(seed=7).eval(), value_model(), value_model()
+    with torch.no_grad():
+        for p in scorer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # a reward model that is not the critic
+        padded, _ = response_logprobs(reference, query_response, attention, n_query, 0.7, tokenizer.pad_token_id)
+        padded_values = per_token_scores(critic, query_response, attention)[:, n_query - 1 : -1]
+        last = n_query + mask.sum(dim=1).long() - 1
+        padded_scores = per_token_scores(scorer, query_response, attention)[torch.arange(len(last)), last]
+    lengths = mask.sum(dim=1)
+    assert len(set(lengths.tolist())) > 1 and len(set(attention[:, :n_query].sum(dim=1).tolist())) > 1  # padding to drop on both sides
+    ref_logprobs, values, scores = score_rollouts(policy, reference, scorer, critic, query_response[:, :n_query], attention[:, :n_query],
+                                                  query_response[:, n_query:], lengths, 0.7, tokenizer.pad_token_id, chunk=4)
+    assert torch.allclose(ref_logprobs, padded * mask, atol=1e-5)
+    assert torch.allclose(values, padded_values * mask, atol=1e-5)
+    assert torch.allclose(scores, padded_scores, atol=1e-5)
+    with torch.no_grad():
+        critic_at_last = per_token_scores(critic, query_response, attention)[torch.arange(len(last)), last]
+    assert not torch.allclose(scores, critic_at_last, atol=1e-3)  # the RM's score, not the critic's: the check above can fail

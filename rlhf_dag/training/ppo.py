@@ -8,6 +8,7 @@ Ouyang et al. 2022; Ziegler et al. 2019).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -88,14 +89,15 @@ def response_logprobs(model, query_response: torch.Tensor, attention_mask: torch
     return _token_logprobs(logits, query_response[:, n_query:], pad_id)
 
 
-def reference_logprobs(policy, ref_policy, query_response: torch.Tensor, attention_mask: torch.Tensor, n_query: int, temperature: float,
-                       pad_id: int | None = None) -> torch.Tensor:
-    """Log-prob of each response token under the reference: `ref_policy`, or with LoRA (`ref_policy` None) the policy
-    with its adapter disabled ([PPO-14]): the SFT model's own weights, which the adapter trains around, never a copy."""
+@contextlib.contextmanager
+def reference(policy, ref_policy):
+    """The reference model: `ref_policy`, or with LoRA (`ref_policy` None) the policy with its adapter disabled ([PPO-14]):
+    the SFT model's own weights, which the adapter trains around, never a copy."""
     if ref_policy is not None:
-        return response_logprobs(ref_policy, query_response, attention_mask, n_query, temperature, pad_id)[0]
+        yield ref_policy
+        return
     with policy.disable_adapter():
-        return response_logprobs(policy, query_response, attention_mask, n_query, temperature, pad_id)[0]
+        yield policy
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,6 +152,25 @@ def packed_logprobs_and_values(policy, value_model, mb: PackedMinibatch, tempera
     return logprobs, entropy, values
 
 
+@torch.no_grad()
+def score_rollouts(policy, ref_policy, reward_model, value_model, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
+                   lengths: torch.Tensor, temperature: float, pad_id: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(reference log-probs [B, R], values [B, R], RM score at the last response token [B]) of the rollouts, packed as the
+    minibatches are ([PPO-15]): in length order, `chunk` rollouts per forward, each chunk cut to its own width.
+    `ref_policy` as in `reference`."""
+    ref_logprobs, values = torch.zeros(response.shape, device=response.device), torch.zeros(response.shape, device=response.device)
+    scores = torch.zeros(len(response), device=response.device)
+    order = torch.sort(query_mask.sum(dim=1) + lengths, stable=True).indices  # no randomness: the sampling stream stays the same
+    for idx in order.split(chunk):
+        packed = pack_minibatch(query[idx], query_mask[idx], response[idx], lengths[idx], pad_id)
+        with reference(policy, ref_policy) as ref:
+            chunk_logprobs, _, chunk_values = packed_logprobs_and_values(ref, value_model, packed, temperature, pad_id)
+        ref_logprobs[idx, : packed.width], values[idx, : packed.width] = chunk_logprobs, chunk_values
+        scores[idx] = per_token_scores(reward_model, packed.input_ids, packed.attention_mask)[:, -1]  # rows are left-padded: the last column is each one's last token
+    mask = torch.arange(response.shape[1], device=response.device) < lengths.unsqueeze(1)
+    return ref_logprobs * mask, values * mask, scores
+
+
 def length_buckets(lengths: torch.Tensor, minibatch_size: int) -> list[torch.Tensor]:
     """Minibatches of rollouts of similar length (query + response), in random order ([PPO-13]).
 
@@ -200,7 +221,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         if frozen is not None:
             frozen.eval().requires_grad_(False)
     params = [p for p in (*policy.parameters(), *value_model.parameters()) if p.requires_grad]  # with LoRA, the policy's adapter only
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5, fused=True)  # [PPO-16] one kernel over every parameter
     learner = Learner(policy, value_model)
     parameter_counts = lora.parameter_counts(learner)  # policy and critic
     if distributed.world_size() > 1:
@@ -227,18 +248,15 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
                                                     return_logprobs=True)
         response, ended = truncate_after_eos(response, eos, pad)  # [PPO-3] nothing after the first EOS
-        n_query = query.shape[1]
-        query_response = torch.cat([query, response], dim=1)
-        attention_mask = query_response != pad
         mask = (response != pad).float()  # response tokens, the EOS included
         logprobs = logprobs * mask
 
         # ---- score: RM score at the end, per-token KL to the reference, values from the critic
+        lengths, query_mask = mask.sum(dim=1), query != pad
         with torch.no_grad():
-            ref_logprobs = reference_logprobs(policy, ref_policy, query_response, attention_mask, n_query, cfg.temperature, pad)
-            values = per_token_scores(value_model, query_response, attention_mask)[:, n_query - 1 : -1]
-            last = n_query + mask.sum(dim=1).long() - 1
-            score = per_token_scores(reward_model, query_response, attention_mask)[torch.arange(len(last)), last]
+            # [PPO-15] reference, critic and RM over the rollouts packed without padding, as the minibatches are
+            ref_logprobs, values, score = score_rollouts(policy, ref_policy, reward_model, value_model, query, query_mask, response, lengths,
+                                                         cfg.temperature, pad, n_minibatch)
             rm_score = score.clone()
             if cfg.missing_eos_penalty is not None:  # [PPO-5] no EOS, no RM score
                 score = torch.where(ended, score, torch.full_like(score, cfg.missing_eos_penalty))
@@ -252,8 +270,6 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         # ---- optimize: several epochs of minibatch updates on this rollout
         policy.train(), value_model.train()
         stats = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")}
-        lengths = mask.sum(dim=1)
-        query_mask = attention_mask[:, :n_query]
         for epoch in range(cfg.ppo_epochs):  # [PPO-9] several epochs over minibatches
             for step, mb in enumerate(length_buckets(lengths + query_mask.sum(dim=1), n_minibatch)):
                 # [PPO-13] rollouts packed without inner padding: no forward or backward pass over pad tokens
