@@ -5,7 +5,9 @@
 Both implementations start from the same SFT model (policy and reference) and
 the same reward model (reward and critic), with the profile's rollout batch,
 minibatch, PPO epochs, response length and temperature, for the same number of
-iterations, each in a process of its own. The models come from
+iterations, each in a process of its own, in `--rounds` rounds (default 3) that
+alternate which one runs first: each figure is the median over rounds, the
+ratio the median of the rounds' ratios (the shared host's speed drifts). The models come from
 bench/results/tmp/pipeline-<profile>/ when bench/pipeline.py left them there,
 else this script trains them first (`rlhf-dag run --select '*reward_model'`).
 
@@ -208,9 +210,14 @@ def summarize(report: dict, rollout_batch_size: int, ppo_epochs: int) -> dict:
     }
 
 
+def median_over_rounds(summaries: list[dict]) -> dict:
+    return {k: (statistics.median(s[k] for s in summaries) if isinstance(v, (int, float)) else v) for k, v in summaries[0].items()}
+
+
 def main() -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--iterations", type=int, default=5, help="PPO iterations per implementation (the first is reported apart)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of both implementations, alternating which runs first; figures are medians over rounds")
     parser.add_argument("--skip-reference", action="store_true", help="only our figures (no TRL venv)")
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,22 +248,32 @@ def main() -> int:
     print(f"bench/ppo.py: profile '{args.profile}', {args.iterations} iterations of rollout {cfg.rollout_batch_size}, minibatch {cfg.minibatch_size}, "
           f"{cfg.ppo_epochs} epochs, {cfg.max_new_tokens} new tokens; models {sft_model.parent.parent.name}/…/{sft_model.name}", flush=True)
 
-    ours = run_child([sys.executable, __file__, "--worker", "ours", "--settings", str(root / "settings.json"), "--report", str(root / "ours.json")],
-                     env, root / "ours.log", root / "ours.json")
-    results = {"ours": summarize(ours.report, cfg.rollout_batch_size, cfg.ppo_epochs)}
-    reference_note = "skipped (--skip-reference)"
-    if not args.skip_reference:
-        python, why = reference_python()
-        if python is None:
-            reference_note = f"not measured: could not create {REFERENCE_VENV.relative_to(BENCH.parent)}: {why}"
-        else:
-            ref = run_child([str(python), str(BENCH / "trl_reference.py"), "--settings", str(root / "settings.json"), "--report", str(root / "trl.json")],
-                            env, root / "trl.log", root / "trl.json", check=False)
-            if ref.returncode == 0 and ref.report:
-                results["trl"] = summarize(ref.report, cfg.rollout_batch_size, cfg.ppo_epochs)
-                reference_note = f"measured ({', '.join(reference_requirements())})"
-            else:
-                reference_note = f"not measured: TRL 1.12 reference exited with {ref.returncode}; last lines of {ref.log}:\n{ref.tail(15)}"
+    # Rounds alternate which implementation runs first, so that a host whose speed drifts during the run
+    # (these machines are shared) does not always favour the same one; the figures are medians over rounds.
+    python, why = (None, "skipped (--skip-reference)") if args.skip_reference else reference_python()
+    reference_note = why if python is not None or args.skip_reference else f"not measured: could not create {REFERENCE_VENV.relative_to(BENCH.parent)}: {why}"
+    rounds, sampling = [], None
+    for n in range(args.rounds):
+        this_round = {}
+        for implementation in (("ours", "trl") if n % 2 == 0 else ("trl", "ours")):
+            if implementation == "ours":
+                ours = run_child([sys.executable, __file__, "--worker", "ours", "--settings", str(root / "settings.json"), "--report", str(root / "ours.json")],
+                                 env, root / "ours.log", root / "ours.json")
+                this_round["ours"], sampling = summarize(ours.report, cfg.rollout_batch_size, cfg.ppo_epochs), sampling or ours.report["sampling"]
+            elif python is not None:
+                ref = run_child([str(python), str(BENCH / "trl_reference.py"), "--settings", str(root / "settings.json"), "--report", str(root / "trl.json")],
+                                env, root / "trl.log", root / "trl.json", check=False)
+                if ref.returncode == 0 and ref.report:
+                    this_round["trl"] = summarize(ref.report, cfg.rollout_batch_size, cfg.ppo_epochs)
+                    reference_note = f"measured ({', '.join(reference_requirements())})"
+                else:
+                    reference_note = f"not measured: TRL 1.12 reference exited with {ref.returncode}; last lines of {ref.log}:\n{ref.tail(15)}"
+                    python = None
+        rounds.append(this_round)
+        if "trl" in this_round:
+            print(f"bench/ppo.py: round {n + 1}/{args.rounds}: ours {this_round['ours']['iteration_seconds']:.3f} s, TRL {this_round['trl']['iteration_seconds']:.3f} s, "
+                  f"ratio {this_round['ours']['iteration_seconds'] / this_round['trl']['iteration_seconds']:.2f}", flush=True)
+    results = {name: median_over_rounds([r[name] for r in rounds if name in r]) for name in ("ours", "trl") if all(name in r for r in rounds)}
     if "trl" not in results:
         print(f"bench/ppo.py: reference {reference_note}", file=sys.stderr)
 
@@ -265,15 +282,16 @@ def main() -> int:
             for r in results.values()]
     sampling = ours.report["sampling"]
     lines = [
-        f"### bench/ppo.py — profile `{args.profile}`: one PPO iteration (median of iterations 2..{args.iterations})",
+        f"### bench/ppo.py — profile `{args.profile}`: one PPO iteration (median of iterations 2..{args.iterations}, then the median over {args.rounds} rounds)",
         "",
         markdown_table(["implementation", "iteration s", "first iteration s", "rollout generation s", "scoring s", "optimization s",
                         "rollout tokens/s", "optimizer samples/s", "response width", "EOS rate", "peak RSS MB", "RSS over loaded models MB"], rows),
         "",
     ]
     if "trl" in results:
-        ratio = results["ours"]["iteration_seconds"] / results["trl"]["iteration_seconds"]
-        lines += [f"Ours / TRL iteration time: **{ratio:.2f}** (target ≤ 1.00).", ""]
+        ratios = [r["ours"]["iteration_seconds"] / r["trl"]["iteration_seconds"] for r in rounds]
+        lines += [f"Ours / TRL iteration time, median over {len(rounds)} rounds: **{statistics.median(ratios):.2f}** ({statistics.median(ratios) ** -1:.2f}× faster; "
+                  f"target ≤ 0.67, 1.5× faster); each round: {', '.join(f'{r:.2f}' for r in ratios)}.", ""]
     else:
         lines += [f"Reference: {reference_note.splitlines()[0]}", ""]
     lines += [
@@ -284,7 +302,7 @@ def main() -> int:
         f"Machine: {machine_line(info)}",
     ]
     save_results("ppo", args.profile, {"profile": args.profile, "machine": info, "settings": {k: v for k, v in settings.items() if k not in ("prompts", "prompt_texts")},
-                                        "results": results, "sampling": sampling, "reference": reference_note}, "\n".join(lines))
+                                        "results": results, "rounds": rounds, "sampling": sampling, "reference": reference_note}, "\n".join(lines))
     return 0
 
 

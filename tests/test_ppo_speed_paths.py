@@ -111,3 +111,21 @@ def test_packed_scoring_gives_the_padded_rollouts_reference_log_probs_values_and
     with torch.no_grad():
         critic_at_last = per_token_scores(critic, query_response, attention)[torch.arange(len(last)), last]
     assert not torch.allclose(scores, critic_at_last, atol=1e-3)  # the RM's score, not the critic's: the check above can fail
+
+
+def test_the_sampler_draws_each_token_with_its_tempered_probability():
+    """[PPO-17] Inverse-CDF sampling draws token k with probability softmax(logits / T)_k, PAD never: 4,000 draws
+    of a response's first token against the model's own distribution at T = 0.7 (not the one at T = 1)."""
+    policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
+    with torch.no_grad():  # a distribution far from uniform, so that the temperature matters
+        policy.lm_head.bias[4:] = torch.linspace(-2.0, 2.0, len(policy.lm_head.bias) - 4)
+    text = format_prompt("a b")
+    _, response = generate_tokens(policy, tokenizer, [text] * 4000, 1, 0.7, generator_seed=0)
+    with torch.no_grad():
+        logits = policy(**tokenizer([text], return_tensors="pt")).logits[0, -1]
+    logits[tokenizer.pad_token_id] = float("-inf")
+    observed = torch.bincount(response[:, 0], minlength=len(logits)).float() / len(response)
+    assert observed[tokenizer.pad_token_id] == 0
+    total_variation = lambda p: float((observed - p).abs().sum() / 2)  # noqa: E731
+    assert total_variation(torch.softmax(logits / 0.7, dim=-1)) < 0.03
+    assert total_variation(torch.softmax(logits, dim=-1)) > 0.06  # the check can fail: the temperature shows

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,28 @@ class Sample:
     n_tokens: int
 
 
+class InverseCDFSampler(LogitsProcessor):
+    """Draws each next token from softmax(scores / T) by inverse-CDF sampling, as `generate`'s last logits
+    processor under greedy decoding: the drawn token scores 0 and every other -inf, so greedy takes the draw.
+
+    The distribution is `generate(do_sample=True)`'s (tests/test_ppo_speed_paths.py checks the frequencies);
+    the cost is not. `torch.multinomial` draws an exponential variate for every vocabulary entry of every row,
+    about a fifth of a rollout on a CPU; this draws one uniform per row ([PPO-17], docs/ppo.md). It also keeps
+    each draw's log-prob, PPO's old log-prob ([PPO-12])."""
+
+    def __init__(self, temperature: float):
+        self.temperature, self.logprobs = temperature, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        cdf = logp.exp().cumsum(dim=-1)
+        u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+        # the first entry whose cumulative probability exceeds u: a token of probability 0 (PAD) never is
+        tokens = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)
+        self.logprobs.append(logp.gather(1, tokens))
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
+
+
 @torch.no_grad()
 def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, generator_seed: int | None = None,
                     return_logprobs: bool = False):
@@ -24,7 +47,7 @@ def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, tem
     Returns (query ids [B, Q], response ids [B, R]), and with `return_logprobs`
     the log-probability of each sampled token under the distribution it was
     sampled from (logits / temperature) [B, R]: what PPO would otherwise
-    recompute with one more forward pass (tests/test_ppo_train.py checks they match).
+    recompute with one more forward pass (tests/test_ppo_speed_paths.py checks they match).
     """
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
@@ -32,26 +55,27 @@ def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, tem
     # a prompt opens the sequence: with a BOS where the tokenizer adds one (Llama's), as TRL's trainers tokenize it
     batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
     tokenizer.padding_side = "right"
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    sampler = InverseCDFSampler(temperature) if temperature > 0 else None
     out = model.generate(
         **batch,
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         # PAD is not a word: sampled inside a response it would read as padding everywhere downstream
-        # (masks, response lengths, the RM's last token). PPO scores with the same exclusion (`ppo.PAD_EXCLUDED`).
+        # (masks, response lengths, the RM's last token). PPO scores with the same exclusion (`ppo._token_logprobs`).
         suppress_tokens=[tokenizer.pad_token_id],
         use_cache=True,
-        output_scores=return_logprobs,
+        do_sample=False,  # the sampler draws; greedy decoding takes its draw
+        logits_processor=LogitsProcessorList([sampler] if sampler else []),
         return_dict_in_generate=True,
-        **sampling,
     )
     response = out.sequences[:, batch["input_ids"].shape[1] :]
     if not return_logprobs:
         return batch["input_ids"], response
-    # `scores` are the processed logits each token was drawn from: logits / temperature (top_k=0, top_p=1 change nothing)
-    logprobs = torch.log_softmax(torch.stack(out.scores, dim=1).float(), dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
-    # PAD is suppressed, so every PAD here is padding after a row's EOS (its log-prob -inf): 0, as everywhere else
+    if sampler is None:
+        raise ValueError("generate_tokens: log-probs of greedy decoding (temperature 0) are not defined; sample with a temperature > 0")
+    # PAD is suppressed, so every PAD here is padding after a row's EOS: 0, as everywhere else
+    logprobs = torch.cat(sampler.logprobs, dim=1)[:, : response.shape[1]]
     return batch["input_ids"], response, logprobs.masked_fill(response == tokenizer.pad_token_id, 0.0)
 
 

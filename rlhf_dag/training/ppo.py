@@ -244,7 +244,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
             order += rng.sample(range(len(prompts)), len(prompts))
         batch_prompts = [prompts[order.pop()] for _ in range(cfg.rollout_batch_size)][rollout_shard]
         policy.eval()
-        # [PPO-12] the log-probs of the sampling pass are the rollout's old log-probs: no second policy forward
+        # [PPO-12] the log-probs of the sampling pass ([PPO-17] sampler) are the rollout's old log-probs: no second policy forward
         query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
                                                     return_logprobs=True)
         response, ended = truncate_after_eos(response, eos, pad)  # [PPO-3] nothing after the first EOS
