@@ -147,7 +147,7 @@ def ours_worker(settings: dict, report: str) -> None:
 
 
 def sampling_comparison(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, repeats: int = 3) -> list[dict]:
-    """Our `generate_tokens` against `model.generate` with and without the KV cache, and as TRL's rollout calls it (scores kept)."""
+    """Our `generate_tokens` ([PPO-17] sampler) against `model.generate` with and without the KV cache, and as TRL's rollout calls it (scores kept)."""
     import torch
 
     from rlhf_dag.training.generate import generate_tokens
@@ -165,7 +165,8 @@ def sampling_comparison(model, tokenizer, texts: list[str], max_new_tokens: int,
         return (out.sequences if hasattr(out, "sequences") else out).shape[1] - width
 
     variants = {
-        "ours: generate_tokens (tokenize + generate, KV cache)": lambda: generate_tokens(model, tokenizer, texts, max_new_tokens, temperature)[1].shape[1],
+        "ours: generate_tokens (tokenize + generate, KV cache, inverse-CDF sampler, log-probs kept)":
+            lambda: generate_tokens(model, tokenizer, texts, max_new_tokens, temperature, return_logprobs=True)[1].shape[1],
         "model.generate(use_cache=True)": lambda: hf(use_cache=True),
         "model.generate(use_cache=False)": lambda: hf(use_cache=False),
         "model.generate(use_cache=True, output_scores=True) as TRL's rollout": lambda: hf(use_cache=True, output_scores=True, return_dict_in_generate=True),
@@ -174,7 +175,7 @@ def sampling_comparison(model, tokenizer, texts: list[str], max_new_tokens: int,
     for name, call in variants.items():
         times, steps = [], []
         for r in range(repeats):
-            torch.manual_seed(r)  # the same samples, so the same number of steps, for every variant
+            torch.manual_seed(r)  # the same seeds for every variant (ours draws with its own sampler: other samples, as many steps in practice)
             t = time.perf_counter()
             steps.append(call())
             times.append(time.perf_counter() - t)
