@@ -37,11 +37,12 @@ BENCH_STEM := $(if $(filter default,$(BENCH_PROFILE)),,-$(BENCH_PROFILE))
 bench: setup  ## figures: per-asset time/RSS/throughput, Dagster overhead, incremental re-runs, our PPO vs TRL 1.12, PPO vs SFT across seeds, LoRA vs full fine-tune
 	$(BIN)/python bench/pipeline.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/ppo.py --profile $(BENCH_PROFILE)
+	$(BIN)/python bench/ppo_savings.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/incremental.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/overhead.py --profile smoke,$(BENCH_PROFILE)
 	$(BIN)/python bench/quality.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/lora.py --profile $(BENCH_PROFILE)
-	@echo; for name in pipeline ppo incremental overhead quality lora; do cat bench/results/$$name$(BENCH_STEM).md; echo; done
+	@echo; for name in pipeline ppo ppo_savings incremental overhead quality lora; do cat bench/results/$$name$(BENCH_STEM).md; echo; done
 
 ui: setup  ## Dagster web UI on http://127.0.0.1:3000 over the persistent instance
 	mkdir -p $(DAGSTER_HOME)

@@ -1,0 +1,130 @@
+"""Each of PPO's savings alone, before against after, in one process on the same models and rollout.
+
+    .venv/bin/python bench/ppo_savings.py [--profile default] [--repeats 7]
+
+- [PPO-15] scoring: the reference, critic and RM over the padded rollout batch (before) against
+  `ppo.score_rollouts`, packed in length order (after);
+- [PPO-16] the optimizer step: `torch.optim.AdamW` as PyTorch defaults it on a CPU (the per-tensor loop)
+  against `AdamW(fused=True)`, on the policy's and critic's parameters with fixed gradients;
+- [PPO-17] sampling a rollout with its log-probs: `model.generate(do_sample=True, output_scores=True)`
+  (`torch.multinomial`, as TRL's rollout) against `generate.generate_tokens` (the inverse-CDF sampler).
+
+Before and after alternate, `--repeats` times each, after one warm-up call of each; the figures are
+medians. The per-iteration saving multiplies the optimizer step's by the steps per iteration
+(`ppo_epochs × rollout_batch_size / minibatch_size`). The models are bench/ppo.py's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from harness import bench_parser, machine, machine_line, markdown_table, save_results, warn_if_busy
+from ppo import find_models
+
+
+def alternate(before, after, repeats: int) -> tuple[float, float]:
+    """Median seconds of `before` and `after`, called in turn; the same torch seed for both in each round."""
+    import torch
+
+    times = {before: [], after: []}
+    for r in range(repeats + 1):
+        for call in (before, after):
+            torch.manual_seed(r)
+            start = time.perf_counter()
+            call()
+            if r:  # the first round warms up
+                times[call].append(time.perf_counter() - start)
+    return statistics.median(times[before]), statistics.median(times[after])
+
+
+def main() -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls of each variant (after one warm-up)")
+    args = parser.parse_args()
+
+    import torch
+
+    from rlhf_dag.config import REPO_ROOT, resolve
+    from rlhf_dag.data.labels import load_labels
+    from rlhf_dag.training.chat import format_prompt
+    from rlhf_dag.training.generate import generate_tokens, truncate_after_eos
+    from rlhf_dag.training.models import load_causal_lm, load_reward_model
+    from rlhf_dag.training.ppo import response_logprobs, score_rollouts
+    from rlhf_dag.training.reward import per_token_scores
+
+    info = machine()
+    warn_if_busy(info)
+    cfg = resolve("ppo_policy", {}, args.profile)
+    sft_model, reward_model = find_models(args.profile)
+    policy, tokenizer = load_causal_lm(sft_model)
+    reference, _ = load_causal_lm(sft_model)
+    scorer, _ = load_reward_model(reward_model)
+    critic, _ = load_reward_model(reward_model)
+    for model in (policy, reference, scorer, critic):
+        model.eval()
+    texts = [format_prompt(r["prompt"]) for r in load_labels(REPO_ROOT / "assets" / "prompts.jsonl", "prompts").records][: cfg.rollout_batch_size]
+    pad, eos, temperature = tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.temperature
+
+    def multinomial_rollout():
+        tokenizer.padding_side = "left"
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        tokenizer.padding_side = "right"
+        with torch.no_grad():
+            out = policy.generate(**batch, max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=eos, suppress_tokens=[pad], use_cache=True,
+                                  do_sample=True, temperature=temperature, top_k=0, top_p=1.0, output_scores=True, return_dict_in_generate=True)
+        response = out.sequences[:, batch["input_ids"].shape[1]:]
+        return torch.log_softmax(torch.stack(out.scores, dim=1).float(), dim=-1).gather(-1, response.unsqueeze(-1))
+
+    def inverse_cdf_rollout():
+        return generate_tokens(policy, tokenizer, texts, cfg.max_new_tokens, temperature, return_logprobs=True)
+
+    torch.manual_seed(0)
+    query, response = generate_tokens(policy, tokenizer, texts, cfg.max_new_tokens, temperature)
+    response, _ = truncate_after_eos(response, eos, pad)
+    query_response = torch.cat([query, response], dim=1)
+    attention, mask, n_query = query_response != pad, (response != pad).float(), query.shape[1]
+    last = n_query + mask.sum(dim=1).long() - 1
+
+    def padded_scoring():
+        with torch.no_grad():
+            response_logprobs(reference, query_response, attention, n_query, temperature, pad)
+            per_token_scores(critic, query_response, attention)
+            per_token_scores(scorer, query_response, attention)[torch.arange(len(last)), last]
+
+    def packed_scoring():
+        score_rollouts(policy, reference, scorer, critic, query, query != pad, response, mask.sum(dim=1), temperature, pad, cfg.minibatch_size)
+
+    params = [p for p in (*policy.parameters(), *critic.parameters())]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    loop_adamw = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5)
+    fused_adamw = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5, fused=True)
+    steps_per_iteration = cfg.ppo_epochs * cfg.rollout_batch_size // cfg.minibatch_size
+
+    measured = [
+        ("[PPO-15] scoring a rollout batch", "padded batch", "packed in length order", 1, alternate(padded_scoring, packed_scoring, args.repeats)),
+        ("[PPO-16] one optimizer step", "AdamW, CPU default (per-tensor loop)", "AdamW(fused=True)", steps_per_iteration,
+         alternate(loop_adamw.step, fused_adamw.step, args.repeats)),
+        ("[PPO-17] sampling a rollout with log-probs", "generate(do_sample=True, output_scores=True)", "inverse-CDF sampler", 1,
+         alternate(multinomial_rollout, inverse_cdf_rollout, args.repeats)),
+    ]
+    results = [{"saving": name, "before": b, "after": a, "before_seconds": before, "after_seconds": after, "after_over_before": after / before,
+                "per_iteration": per, "seconds_saved_per_iteration": (before - after) * per} for name, b, a, per, (before, after) in measured]
+    rows = [[r["saving"], r["before"], r["before_seconds"], r["after"], r["after_seconds"], r["after_over_before"], r["per_iteration"], r["seconds_saved_per_iteration"]]
+            for r in results]
+    table = "\n".join([
+        f"### bench/ppo_savings.py — profile `{args.profile}`: each saving alone (median of {args.repeats}, before and after alternating, one process)",
+        "",
+        markdown_table(["saving", "before", "before s", "after", "after s", "after / before", "times per iteration", "s saved per iteration"], rows),
+        "",
+        f"Rollout: {len(texts)} prompts, up to {cfg.max_new_tokens} new tokens; optimizer: {sum(p.numel() for p in params):,} parameters.",
+        "",
+        f"Machine: {machine_line(info)}",
+    ])
+    save_results("ppo_savings", args.profile, {"profile": args.profile, "machine": info, "results": results}, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
