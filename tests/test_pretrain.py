@@ -41,7 +41,7 @@ def _unpacked_loss(model, tokenizer, texts: list[str]) -> float:
 def test_packed_rows_give_each_document_its_own_loss(model, tokenizer):
     texts = pretraining_documents(24, seed=1)
     assert max(len(ids) for ids in tokenizer(texts)["input_ids"]) < 255  # none is cut
-    rows = packed_documents(texts, tokenizer, 256)
+    rows = packed_documents(tokenizer(texts)["input_ids"], tokenizer.eos_token_id, 256)
     assert len(rows) < len(texts)  # several documents share a row
     assert sum(len(r["seq_lengths"]) for r in rows) == len(texts)
     batch = PackedCollator(tokenizer.pad_token_id)([rows[i] for i in range(len(rows))])
@@ -52,7 +52,7 @@ def test_packed_rows_give_each_document_its_own_loss(model, tokenizer):
 
 def test_a_packed_document_never_sees_the_one_before_it(model, tokenizer):
     first, second = "Q: What is 2 + 2?\nA: 2 + 2 = 4.", "Worksheet:\n3 + 4 = 7"
-    rows = [packed_documents([other, second], tokenizer, 128)[0] for other in (first, "To do: walk the dog and call Anna")]
+    rows = [packed_documents(tokenizer([other, second])["input_ids"], tokenizer.eos_token_id, 128)[0] for other in (first, "To do: walk the dog and call Anna")]
     logits = []
     for row in rows:
         assert len(row["seq_lengths"]) == 2

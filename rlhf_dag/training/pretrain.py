@@ -114,11 +114,12 @@ def load_pretrained(source: str) -> tuple[object, PreTrainedTokenizerFast]:
     return model, tokenizer
 
 
-def packed_documents(texts: list[str], tokenizer, max_length: int) -> Dataset:
-    """Whole documents (each ending in EOS, cut at max_length) packed best-fit into rows of max_length tokens (TRL's BFD packing)."""
+def packed_documents(token_ids: list[list[int]], eos_token_id: int, max_length: int) -> Dataset:
+    """Whole documents (their token ids, each ending in EOS, cut at max_length) packed best-fit into rows of
+    max_length tokens (TRL's BFD packing)."""
     from trl.data_utils import pack_dataset
 
-    ids = [row[: max_length - 1] + [tokenizer.eos_token_id] for row in tokenizer(texts)["input_ids"]]
+    ids = [row[: max_length - 1] + [eos_token_id] for row in token_ids]
     return pack_dataset(Dataset.from_dict({"input_ids": ids}), max_length, strategy="bfd")
 
 
@@ -158,11 +159,12 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpo
     logger.info("base model: %d parameters, vocabulary %d", model.num_parameters(), len(tokenizer))
     held_out = held_out[:256]  # the gate's loss, and the validation curve
     dataset, held_out_set = Dataset.from_dict({"text": texts}), Dataset.from_dict({"text": held_out})
-    pack_kwargs = {}
+    pack_kwargs, corpus_ids = {}, tokenizer(texts)["input_ids"]
     if cfg.pack:
-        dataset, held_out_set = packed_documents(texts, tokenizer, cfg.max_length), packed_documents(held_out, tokenizer, cfg.max_length)
+        dataset = packed_documents(corpus_ids, tokenizer.eos_token_id, cfg.max_length)
+        held_out_set = packed_documents(tokenizer(held_out)["input_ids"], tokenizer.eos_token_id, cfg.max_length)
         pack_kwargs = dict(dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
-    n_tokens = sum(len(ids) + 1 for ids in tokenizer(texts)["input_ids"])  # +1: the EOS between documents
+    n_tokens = sum(len(ids) + 1 for ids in corpus_ids)  # +1: the EOS between documents
     with output_dir(checkpoints) as out:
         args = SFTConfig(
             **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), cfg.group_by_length, evaluations=5 if len(held_out) else 0,
