@@ -253,14 +253,14 @@ def main() -> int:
     # (these machines are shared) does not always favour the same one; the figures are medians over rounds.
     python, why = (None, "skipped (--skip-reference)") if args.skip_reference else reference_python()
     reference_note = why if python is not None or args.skip_reference else f"not measured: could not create {REFERENCE_VENV.relative_to(BENCH.parent)}: {why}"
-    rounds, sampling = [], None
+    rounds = []
     for n in range(args.rounds):
         this_round = {}
         for implementation in (("ours", "trl") if n % 2 == 0 else ("trl", "ours")):
             if implementation == "ours":
                 ours = run_child([sys.executable, __file__, "--worker", "ours", "--settings", str(root / "settings.json"), "--report", str(root / "ours.json")],
                                  env, root / "ours.log", root / "ours.json")
-                this_round["ours"], sampling = summarize(ours.report, cfg.rollout_batch_size, cfg.ppo_epochs), sampling or ours.report["sampling"]
+                this_round["ours"] = summarize(ours.report, cfg.rollout_batch_size, cfg.ppo_epochs)
             elif python is not None:
                 ref = run_child([str(python), str(BENCH / "trl_reference.py"), "--settings", str(root / "settings.json"), "--report", str(root / "trl.json")],
                                 env, root / "trl.log", root / "trl.json", check=False)
@@ -281,7 +281,7 @@ def main() -> int:
     rows = [[r["implementation"], r["iteration_seconds"], r["first_iteration_seconds"], r["generate_seconds"], r["score_seconds"], r["optimize_seconds"],
              r["rollout_tokens_per_second"], r["optimizer_samples_per_second"], r["response_width"], r["eos_rate"], r["peak_rss_mb"], r["peak_rss_mb"] - r["rss_after_load_mb"]]
             for r in results.values()]
-    sampling = ours.report["sampling"]
+    sampling = ours.report["sampling"]  # the last round's
     lines = [
         f"### bench/ppo.py — profile `{args.profile}`: one PPO iteration (median of iterations 2..{args.iterations}, then the median over {args.rounds} rounds)",
         "",

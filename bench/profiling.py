@@ -71,9 +71,10 @@ def profile_ppo(profile: str) -> tuple[dict, str]:
     critic, _ = load_reward_model(reward_model)
     phases = labelled(
         (ppo, "generate_tokens", lambda *a, **k: "PPO: rollout generation"),
-        (ppo, "response_logprobs", lambda model, *a, **k: "PPO: score: reference log-probs" if model is reference else "PPO: score: policy log-probs"),
-        (ppo, "pack_minibatch", lambda *a, **k: "PPO: optimize: pack minibatch"),
-        (ppo, "packed_logprobs_and_values", lambda *a, **k: "PPO: optimize: policy + value forward (value inside)"),
+        (ppo, "score_rollouts", lambda *a, **k: "PPO: score: reference, values and RM, packed"),
+        (ppo, "pack_minibatch", lambda *a, **k: "PPO: optimize: pack minibatch" if torch.is_grad_enabled() else "PPO: score: pack"),
+        (ppo, "packed_logprobs_and_values", lambda model, *a, **k: "PPO: optimize: policy + value forward (value inside)" if torch.is_grad_enabled()
+         else "PPO: score: reference + values forward"),
         (ppo, "per_token_scores", lambda model, *a, **k: "PPO: optimize: value forward" if torch.is_grad_enabled()
          else "PPO: score: reward model" if model is scorer else "PPO: score: values"),
         (ppo, "gae", lambda *a, **k: "PPO: score: GAE"),

@@ -161,12 +161,12 @@ def score_rollouts(policy, ref_policy, reward_model, value_model, query: torch.T
     ref_logprobs, values = torch.zeros(response.shape, device=response.device), torch.zeros(response.shape, device=response.device)
     scores = torch.zeros(len(response), device=response.device)
     order = torch.sort(query_mask.sum(dim=1) + lengths, stable=True).indices  # no randomness: the sampling stream stays the same
-    for idx in order.split(chunk):
-        packed = pack_minibatch(query[idx], query_mask[idx], response[idx], lengths[idx], pad_id)
-        with reference(policy, ref_policy) as ref:
+    with reference(policy, ref_policy) as ref:  # the critic and the RM are models of their own: an adapter disabled on the policy leaves them as they are
+        for idx in order.split(chunk):
+            packed = pack_minibatch(query[idx], query_mask[idx], response[idx], lengths[idx], pad_id)
             chunk_logprobs, _, chunk_values = packed_logprobs_and_values(ref, value_model, packed, temperature, pad_id)
-        ref_logprobs[idx, : packed.width], values[idx, : packed.width] = chunk_logprobs, chunk_values
-        scores[idx] = per_token_scores(reward_model, packed.input_ids, packed.attention_mask)[:, -1]  # rows are left-padded: the last column is each one's last token
+            ref_logprobs[idx, : packed.width], values[idx, : packed.width] = chunk_logprobs, chunk_values
+            scores[idx] = per_token_scores(reward_model, packed.input_ids, packed.attention_mask)[:, -1]  # rows are left-padded: the last column is each one's last token
     mask = torch.arange(response.shape[1], device=response.device) < lengths.unsqueeze(1)
     return ref_logprobs * mask, values * mask, scores
 
