@@ -11,11 +11,10 @@ import re
 import subprocess
 import sys
 
-from harness import REPO, bench_parser, isolated_env, machine, machine_line, run_child, warn_if_busy
+from harness import CORE_STEPS, REPO, bench_parser, isolated_env, machine, machine_line, run_child, warn_if_busy
 
 BEGIN = "<!-- figures:begin: written by `make figures` (bench/figures.py); edit that script, not this block -->"
 END = "<!-- figures:end -->"
-ASSETS = ("pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation")
 
 # Measured, not guessed: the same commit's default run on two CPUs (issue #14) and on other seeds (bench/quality.py).
 VARIATION = """**Which figures vary, and by how much.** On one CPU a run is deterministic: two runs give the
@@ -29,7 +28,7 @@ the RM accuracy by about ±0.02, KL by up to 2x; throughput and seconds follow t
 
 def figure_lines(log: str) -> list[str]:
     """The per-asset figure lines `rlhf-dag run` ends with (`<asset>: name value, ...`)."""
-    return [line for line in log.splitlines() if line.split(":", 1)[0] in ASSETS and ": " in line and "step " not in line and "saved to" not in line
+    return [line for line in log.splitlines() if line.split(":", 1)[0] in CORE_STEPS and ": " in line and "step " not in line and "saved to" not in line
             and "profile '" not in line]
 
 

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import SCRATCH, bench_parser, machine, machine_line, markdown_table, run_child, save_results, write_report
+from harness import CORE_STEPS, SCRATCH, bench_parser, machine, machine_line, markdown_table, run_child, save_results, write_report
 
 # Dense bf16 tensor-core peak (no sparsity), from the vendors' data sheets.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
@@ -81,7 +81,7 @@ def main() -> int:
         return 0
 
     os.environ["RLHF_DAG_PROFILE"] = args.profile
-    from rlhf_dag.config import STEP_CONFIGS, labels_dir, resolve
+    from rlhf_dag.config import labels_dir, resolve
     from rlhf_dag.training.steps import STEP_INPUTS
 
     info = machine()
@@ -104,7 +104,7 @@ def main() -> int:
         return child.report
 
     print(f"bench/gpu.py: profile '{args.profile}', one child process per step, run in {root}", flush=True)
-    for step in STEP_CONFIGS:
+    for step in CORE_STEPS:
         reports[step] = run_step(step, step, [sys.executable])
         paths[step] = reports[step]["read_path"]
         (root / "partial.json").write_text(json.dumps(reports, indent=1))

@@ -24,6 +24,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 SCRATCH = RESULTS / "tmp"  # gitignored: isolated RLHF_DAG_HOMEs, kept after a run for inspection and reuse
+# The core graph (the PPO path, the `rlhf` group) in dependency order: what the graph benchmarks time. The other
+# methods (DPO, GRPO, RLOO) have their own bench (bench/methods.py); labeling_candidates is partitioned, per batch.
+CORE_STEPS = ("pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation")
 
 
 def bench_parser(doc: str, default_profile: str = "default") -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 
-from harness import bench_parser, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, run_child, save_results, warn_if_busy, write_report
+from harness import CORE_STEPS, bench_parser, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, run_child, save_results, warn_if_busy, write_report
 
 THROUGHPUT_ASSETS = ("base_model", "sft_model", "reward_model")
 
@@ -59,14 +59,12 @@ def main() -> int:
         worker(args.worker, args.report)
         return 0
 
-    from rlhf_dag.config import STEP_CONFIGS  # its keys are the graph's assets in dependency order
-
     info = machine()
     warn_if_busy(info)
     root, env = isolated_env("pipeline", args.profile)
     print(f"bench/pipeline.py: profile '{args.profile}', one process per asset, run in {root}", flush=True)
     rows, assets = [], {}
-    for asset in STEP_CONFIGS:
+    for asset in CORE_STEPS:
         child = run_child([sys.executable, __file__, "--worker", asset, "--report", str(root / f"{asset}.json")], env, root / "logs" / f"{asset}.log", root / f"{asset}.json")
         report = child.report
         if not report.get("success"):
