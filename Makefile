@@ -34,15 +34,16 @@ mutants: setup  ## break the code on purpose, one way at a time; a test must cat
 # (BENCH_PROFILE=smoke: a few minutes, to check that they run). Run them on a quiet machine.
 BENCH_PROFILE ?= default
 BENCH_STEM := $(if $(filter default,$(BENCH_PROFILE)),,-$(BENCH_PROFILE))
-bench: setup  ## figures: per-asset time/RSS/throughput, Dagster overhead, incremental re-runs, our PPO vs TRL 1.12, PPO vs SFT across seeds, LoRA vs full fine-tune
+bench: setup  ## figures: per-asset time/RSS/throughput, Dagster overhead, incremental re-runs, our PPO vs TRL 1.12, PPO vs SFT across seeds, what the RM tells apart, LoRA vs full fine-tune
 	$(BIN)/python bench/pipeline.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/ppo.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/ppo_savings.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/incremental.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/overhead.py --profile smoke,$(BENCH_PROFILE)
 	$(BIN)/python bench/quality.py --profile $(BENCH_PROFILE)
+	$(BIN)/python bench/reward_probe.py --profile $(BENCH_PROFILE)
 	$(BIN)/python bench/lora.py --profile $(BENCH_PROFILE)
-	@echo; for name in pipeline ppo ppo_savings incremental overhead quality lora; do cat bench/results/$$name$(BENCH_STEM).md; echo; done
+	@echo; for name in pipeline ppo ppo_savings incremental overhead quality reward_probe lora; do cat bench/results/$$name$(BENCH_STEM).md; echo; done
 
 ui: setup  ## Dagster web UI on http://127.0.0.1:3000 over the persistent instance
 	mkdir -p $(DAGSTER_HOME)

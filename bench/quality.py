@@ -84,16 +84,20 @@ def main() -> int:
     gates = resolve("gates")
     rows = [[s["seed"], s["evaluation"]["win_rate_ppo_vs_sft"], f"[{s['evaluation']['win_rate_ppo_vs_sft_ci_low']:.3f}, {s['evaluation']['win_rate_ppo_vs_sft_ci_high']:.3f}]",
              s["evaluation"]["sft_gold_mean"], s["evaluation"]["ppo_gold_mean"], s["ppo"]["final_kl"], s["evaluation"]["ppo_eos_rate"],
-             " / ".join(f"{s['evaluation'][f'ppo_source_pass_{k}']:.2f}" for k in ("story", "email", "math", "code")), s["ppo_seconds"]] for s in per_seed]
+             " / ".join(f"{s['evaluation'][f'ppo_source_pass_{k}']:.2f}" for k in ("story", "email", "math", "code")),
+             " / ".join(f"{s['evaluation'].get(f'win_rate_ppo_vs_sft_{k}', float('nan')):.2f}" for k in ("story", "email", "math", "code")), s["ppo_seconds"]] for s in per_seed]
     sft_pass = " / ".join(f"{per_seed[0]['evaluation'][f'{m}_source_pass_{k}']:.2f}" for m in ("base", "sft") for k in ("story", "email", "math", "code"))
     rm_accuracy = upstream_metrics["reward_model"]["validation_accuracy"]
+    rm_by_kind = ", ".join(f"{k} {upstream_metrics['reward_model'][f'validation_accuracy_{k}']:.3f} ({upstream_metrics['reward_model'][f'validation_pairs_{k}']} pairs)"
+                           for k in ("story", "email", "math", "code", "other") if f"validation_accuracy_{k}" in upstream_metrics["reward_model"])
     lines = [
         f"### bench/quality.py — PPO vs SFT across seeds ({args.profile})",
         "",
-        markdown_table(["seed", "PPO vs SFT win rate", "95% interval", "SFT gold", "PPO gold", "KL to SFT", "EOS rate", "PPO pass story/email/math/code", "PPO s"], rows),
+        markdown_table(["seed", "PPO vs SFT win rate", "95% interval", "SFT gold", "PPO gold", "KL to SFT", "EOS rate", "PPO pass story/email/math/code", "win rate by kind story/email/math/code", "PPO s"], rows),
         "",
         f"Mean win rate {mean:.3f} (target ≥ 0.70, each ≥ 0.65). RM held-out accuracy {rm_accuracy:.3f} (target ≥ 0.85). "
         f"KL budget {gates.kl_budget}, EOS floor {gates.eos_rate_floor}.",
+        f"RM held-out accuracy by task kind: {rm_by_kind or 'not recorded'}.",
         f"Source prompts' pass rates (16 samples at T=0.7): base then SFT, story/email/math/code: {sft_pass}.",
         "",
         f"Machine: {machine_line(info)}",

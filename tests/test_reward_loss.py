@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from rlhf_dag.training.evaluate import gold_scores, mean_gold, win_rate
+from rlhf_dag.training.evaluate import gold_scores, mean_gold, win_rate, win_rate_by_kind
 from rlhf_dag.training.generate import Sample
-from rlhf_dag.training.reward import pairwise_loss
+from rlhf_dag.training.reward import accuracy_by_kind, pairwise_loss
 
 
 def test_pairwise_loss_two_pairs():
@@ -73,3 +73,22 @@ def test_gold_scores_of_prompts_outside_the_task_family_are_none():
     judged = gold_scores(samples)
     assert judged[0] is not None and judged[1] is None
     assert mean_gold(samples) == pytest.approx(judged[0])
+
+
+def test_accuracy_by_kind_splits_the_held_out_pairs_by_task_kind():
+    prompts = ["What is 2 + 2?", "What is 3 times 4?", "What is 7 - 1?",
+               "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing.",
+               "Summarize this contract."]
+    by_kind = accuracy_by_kind(prompts, [True, False, False, True, True])
+    assert by_kind == {"email": (1.0, 1), "math": (pytest.approx(1 / 3), 3), "other": (1.0, 1)}
+    with pytest.raises(ValueError):
+        accuracy_by_kind(prompts, [True])
+
+
+def test_win_rate_by_kind_judges_each_kind_on_its_own_pairs():
+    prompts = ["What is 2 + 2?", "What is 3 + 4?", "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing.",
+               "Write an email to my uncle wishing him Happy Birthday, and ask how my sister is doing.", "Summarize this contract."]
+    ppo = [1.0, 0.5, 0.9, 0.2, None]
+    sft = [0.5, 0.5, 0.3, 0.8, 0.4]
+    # math: a win and a tie -> 0.75; email: a win and a loss -> 0.5; the prompt outside the domain is no kind
+    assert win_rate_by_kind(prompts, ppo, sft) == {"email": 0.5, "math": 0.75}

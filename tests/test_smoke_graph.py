@@ -70,6 +70,10 @@ def test_the_reward_model_beats_chance_and_its_starting_accuracy(smoke_run):
     assert m["validation_accuracy"] >= 0.65, m
     assert m["validation_accuracy"] >= m["initial_validation_accuracy"] + 0.05, m
     assert m["validation_margin"] > 0, m
+    # the held-out accuracy per task kind, beside the gate: the kinds' pairs add up to the whole held-out set
+    kinds = [k.removeprefix("validation_pairs_") for k in m if k.startswith("validation_pairs_")]
+    assert kinds and sum(m[f"validation_pairs_{k}"] for k in kinds) == m["validation_pairs"], m
+    assert sum(m[f"validation_accuracy_{k}"] * m[f"validation_pairs_{k}"] for k in kinds) == pytest.approx(m["validation_accuracy"] * m["validation_pairs"], abs=1e-4)
 
 
 def test_models_load_with_plain_transformers_and_carry_the_chat_template(smoke_run):

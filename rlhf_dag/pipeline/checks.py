@@ -42,7 +42,8 @@ def sft_beats_base(sft_model: ArtifactHandle) -> dg.AssetCheckResult:
 @dg.asset_check(asset="reward_model", blocking=True, description="The reward model ranks held-out comparisons correctly at least accuracy_floor of the time.")
 def reward_model_accuracy(reward_model: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
     accuracy, floor = reward_model.metrics["validation_accuracy"], gates.thresholds().accuracy_floor
-    return _gate(accuracy >= floor, {"validation_accuracy": accuracy, "accuracy_floor": floor}, f"held-out pairwise accuracy {accuracy:.3f} is below the floor {floor}; add comparisons or train longer")
+    by_kind = {k: v for k, v in reward_model.metrics.items() if k.startswith("validation_accuracy_")}  # shown beside the gate, not gated
+    return _gate(accuracy >= floor, {"validation_accuracy": accuracy, "accuracy_floor": floor, **by_kind}, f"held-out pairwise accuracy {accuracy:.3f} is below the floor {floor}; add comparisons or train longer")
 
 
 # A policy's three gates, shared by PPO and the TRL-trained alternatives; `samples` names what the EOS rate was

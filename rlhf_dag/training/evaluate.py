@@ -44,6 +44,13 @@ def win_rate(a: list[float | None], b: list[float | None]) -> tuple[float, float
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
+def win_rate_by_kind(prompts: list[str], a: list[float | None], b: list[float | None]) -> dict[str, float]:
+    """`win_rate` of `a` over `b` within each task kind of the built-in domain: where a policy wins, ties and loses."""
+    kinds = [task.kind if (task := parse_task(p)) else None for p in prompts]
+    return {kind: win_rate([x for x, k in zip(a, kinds, strict=True) if k == kind], [y for y, k in zip(b, kinds, strict=True) if k == kind])[0]
+            for kind in KINDS if kind in kinds}
+
+
 @torch.no_grad()
 def sequence_kl(policy, reference, tokenizer, samples: list[Sample], batch_size: int = 32) -> float:
     """Mean over samples of sum_t [log pi(y_t) - log pi_ref(y_t)] on the policy's own responses: a Monte-Carlo KL(pi || ref)."""

@@ -20,6 +20,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from ..config import RewardConfig as RewardStepConfig
+from ..data.domain import parse_task
 from . import lora
 from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
@@ -109,9 +110,26 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
 
 def pairwise_accuracy(model, tokenizer, frame: pd.DataFrame) -> tuple[float, float, float]:
     """(share of pairs where chosen outscores rejected, mean margin, pairwise loss) on a comparison frame."""
+    accuracy, margin, loss, _ = pairwise_accuracy_by_kind(model, tokenizer, frame)
+    return accuracy, margin, loss
+
+
+def pairwise_accuracy_by_kind(model, tokenizer, frame: pd.DataFrame) -> tuple[float, float, float, dict[str, tuple[float, int]]]:
+    """`pairwise_accuracy`, and per task kind of the built-in domain (`data.domain.KINDS`; 'other' for prompts
+    outside it) the accuracy and the number of pairs: one mean can hide a kind the RM does not judge."""
     chosen = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["chosen"])))
     rejected = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["rejected"])))
-    return float((chosen > rejected).float().mean()), float((chosen - rejected).mean()), float(pairwise_loss(chosen, rejected))
+    by_kind = accuracy_by_kind(list(frame["prompt"]), (chosen > rejected).tolist())
+    return float((chosen > rejected).float().mean()), float((chosen - rejected).mean()), float(pairwise_loss(chosen, rejected)), by_kind
+
+
+def accuracy_by_kind(prompts: list[str], correct: list[bool]) -> dict[str, tuple[float, int]]:
+    """Per task kind ('other' outside the built-in domain): the share of its pairs ranked right, and how many there are."""
+    right = collections.defaultdict(list)
+    for prompt, ok in zip(prompts, correct, strict=True):
+        task = parse_task(prompt)
+        right[task.kind if task else "other"].append(ok)
+    return {kind: (sum(r) / len(r), len(r)) for kind, r in sorted(right.items())}
 
 
 def reward_model_from_sft(sft_path: str, tokenizer):
@@ -161,11 +179,18 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
                                           data_collator=collator, peft_config=lora.peft_config(cfg.lora, "SEQ_CLS") if cfg.lora else None), "reward_model")
         model = trainer.model
         result, figures = resumable_train(trainer)
-    accuracy, margin, validation_loss = pairwise_accuracy(model, tokenizer, validation)
+    accuracy, margin, validation_loss, by_kind = pairwise_accuracy_by_kind(model, tokenizer, validation)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
-    logger.info("reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f", accuracy, initial_accuracy, margin)
+    logger.info("reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f; by kind: %s", accuracy, initial_accuracy, margin,
+                ", ".join(f"{kind} {acc:.3f} ({n} pairs)" for kind, (acc, n) in by_kind.items()))
+    unjudged = sorted({task.kind for task in map(parse_task, train["prompt"]) if task} - set(by_kind))
+    if unjudged:
+        logger.warning("reward model: no held-out pairs of kind %s (every such prompt hashed into train): the held-out accuracy says nothing "
+                       "about how the RM ranks them", ", ".join(unjudged))
     metrics = {
         "validation_accuracy": accuracy,
+        **{f"validation_accuracy_{kind}": acc for kind, (acc, _) in by_kind.items()},
+        **{f"validation_pairs_{kind}": n for kind, (_, n) in by_kind.items()},
         "validation_margin": margin,
         "validation_loss": validation_loss,
         "initial_validation_accuracy": initial_accuracy,

@@ -258,7 +258,7 @@ def _require_same_reward_model(step: str, policy: str, inputs: dict[str, str]) -
 
 @step
 def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
-    from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, side_by_side, source_prompt_pass_rates, win_rate
+    from .evaluate import evaluate_policies, reward_hacking_figure, sequence_kl, side_by_side, source_prompt_pass_rates, win_rate, win_rate_by_kind
     from .models import load_causal_lm, load_reward_model
 
     labels = load_labels(inputs["eval_prompts"], "eval_prompts")  # a bad line fails first, naming its file and line
@@ -273,6 +273,8 @@ def policy_evaluation(inputs: dict[str, str], cfg: EvalConfig) -> StepResult:
     for a, b in (("ppo", "sft"), ("sft", "base"), ("ppo", "base")):
         rate, low, high = win_rate(results[a]["gold"], results[b]["gold"])
         metrics.update({f"win_rate_{a}_vs_{b}": rate, f"win_rate_{a}_vs_{b}_ci_low": low, f"win_rate_{a}_vs_{b}_ci_high": high})
+    repeated = [s.prompt for s in results["ppo"]["samples"]]
+    metrics.update({f"win_rate_ppo_vs_sft_{kind}": rate for kind, rate in win_rate_by_kind(repeated, results["ppo"]["gold"], results["sft"]["gold"]).items()})
     for name, r in results.items():
         metrics.update({f"{name}_gold_mean": r["gold_mean"], f"{name}_rm_mean": r["rm_mean"], f"{name}_eos_rate": r["eos_rate"], f"{name}_response_tokens": r["response_tokens"]})
     for name, (model, instruct) in {"base": (base, False), "sft": (sft, True), "ppo": (ppo, True)}.items():
