@@ -30,18 +30,16 @@ from harness import REPO, SCRATCH, bench_parser, machine, machine_line, markdown
 def probe_pairs(prompts: list[str], per_style: int, seed: int = 5) -> list[tuple[str, str, str, str, str]]:
     """(kind, style, prompt, chosen, rejected) for every pair style and prompt, ranked by the gold labeler; ties dropped."""
     from rlhf_dag.data.domain import RESPONSE_STYLES, parse_task
-    from rlhf_dag.data.gold import gold_score
-    from rlhf_dag.data.labeling import PAIR_STYLES
+    from rlhf_dag.data.labeling import PAIR_STYLES, gold_ranked
 
     rng, pairs = random.Random(seed), []
     for prompt in prompts:
         task = parse_task(prompt)
         for (better, worse), _ in PAIR_STYLES:
             for _ in range(per_style):
-                a, b = RESPONSE_STYLES[better](task, rng), RESPONSE_STYLES[worse](task, rng)
-                ga, gb = gold_score(prompt, a).score, gold_score(prompt, b).score
-                if ga != gb and a.strip() != b.strip():
-                    pairs.append((task.kind, f"{better} vs {worse}", prompt, *((a, b) if ga > gb else (b, a))))
+                ranked = gold_ranked(prompt, RESPONSE_STYLES[better](task, rng), RESPONSE_STYLES[worse](task, rng))
+                if ranked:
+                    pairs.append((task.kind, f"{better} vs {worse}", prompt, *ranked))
     return pairs
 
 

@@ -84,11 +84,12 @@ def test_the_benchmarks_core_steps_are_the_rlhf_group_in_dependency_order():
     sys.path.insert(0, str(REPO / "bench"))
     from harness import CORE_STEPS
 
+    labels = {f"labels/{n}" for n in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
     graph = defs.resolve_asset_graph()
     group = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == "rlhf"}
-    assert set(CORE_STEPS) == group - {f"labels/{n}" for n in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
+    assert set(CORE_STEPS) == group - labels
     for i, step in enumerate(CORE_STEPS):
-        assert set(EXPECTED_INPUTS[step]) - {f"labels/{n}" for n in ("prompts", "demonstrations", "comparisons", "eval_prompts")} <= set(CORE_STEPS[:i])
+        assert set(EXPECTED_INPUTS[step]) - labels <= set(CORE_STEPS[:i])
 
 
 def test_label_files_are_observable_sources():

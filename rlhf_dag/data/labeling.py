@@ -29,6 +29,15 @@ PAIR_STYLES = (
 )
 
 
+def gold_ranked(prompt: str, first: str, second: str) -> tuple[str, str] | None:
+    """(chosen, rejected) as the gold labeler ranks two responses to `prompt`; None for a tie or the same text,
+    which a labeler cannot rank."""
+    a, b = gold_score(prompt, first).score, gold_score(prompt, second).score
+    if a == b or first.strip() == second.strip():
+        return None
+    return (first, second) if a > b else (second, first)
+
+
 def _eval_prompts(rng: random.Random, per_kind: int) -> list[str]:
     prompts = list(SOURCE_PROMPTS)
     for kind in KINDS:
@@ -122,12 +131,8 @@ def make_label_files(
 
     def comparison():
         task = _training_task(rng, held_out)
-        pair = [RESPONSE_STYLES[style](task, rng) for style in rng.choices(styles, weights)[0]]
-        scores = [gold_score(task.prompt, r).score for r in pair]
-        if scores[0] == scores[1] or pair[0].strip() == pair[1].strip():
-            return None  # the labeler cannot rank a tie
-        chosen, rejected = (pair[0], pair[1]) if scores[0] > scores[1] else (pair[1], pair[0])
-        return {"prompt": task.prompt, "chosen": chosen, "rejected": rejected}
+        ranked = gold_ranked(task.prompt, *(RESPONSE_STYLES[style](task, rng) for style in rng.choices(styles, weights)[0]))
+        return ranked and {"prompt": task.prompt, "chosen": ranked[0], "rejected": ranked[1]}
 
     files = {
         "prompts": ("p", _unique_records(n_prompts, prompt)),
