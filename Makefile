@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup run test mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
+.PHONY: setup run test test-all mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
 
 setup: $(STAMP)
 
@@ -22,13 +22,18 @@ $(STAMP): pyproject.toml
 run: setup  ## materialize the whole graph (RLHF_DAG_PROFILE=default unless set)
 	$(BIN)/rlhf-dag run
 
-# PYTEST_ARGS: e.g. `--random-order-bucket=global` (what CI adds) runs the tests in a random order.
+# PYTEST_ARGS: e.g. `--random-order-bucket=global --random-order-seed=N` (what CI adds) runs the tests in a random order.
+# pytest exits 5 when it collects or selects no test: an empty run fails either loop.
 PYTEST_ARGS ?=
-test: setup  ## the test suite (fails when a test fails or none ran)
+test: setup  ## the fast loop: every test not marked slow, in about 2 minutes (fails when a test fails or none ran)
+	$(BIN)/python -m pytest -q -m "not slow" --timeout=300 $(PYTEST_ARGS)
+
+test-all: setup  ## every test, the slow ones included (graphs, the web UI, Label Studio, kills): 15-25 minutes
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-mutants: setup  ## break the code on purpose, one way at a time; a test must catch each (docs/testing.md; 3-5 min)
-	OMP_NUM_THREADS=1 $(BIN)/python tests/mutants.py -v
+MUTANTS_ARGS ?=
+mutants: setup  ## break the code on purpose, one way at a time; a named test must catch each (docs/testing.md; 10-15 min)
+	$(BIN)/python tests/mutants.py $(MUTANTS_ARGS)
 
 # The benchmarks of docs/benchmarks.md: about 30 minutes on the 2-core CPU at the default profile
 # (BENCH_PROFILE=smoke: a few minutes, to check that they run). Run them on a quiet machine.

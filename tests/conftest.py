@@ -8,6 +8,7 @@ import time, exactly as `dagster dev` or the CLI would see them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -32,6 +33,34 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(ROOT, ignore_errors=True)
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With RLHF_DAG_FAILURE_LOG set (tests/mutants.py sets it), one JSON line per failed phase of a test: its node id,
+    the phase (setup, call, teardown), the exception's type, and whether the innermost frame that raised it lies in
+    tests/. A test "caught" a mutation only when it failed in its call phase on an assertion of its own."""
+    outcome = yield
+    report, log = outcome.get_result(), os.environ.get("RLHF_DAG_FAILURE_LOG")
+    if not log or not report.failed or call.excinfo is None:
+        return
+    excinfo = call.excinfo
+    # pytest.fail and pytest.raises raise from pytest's own code: the frame that counts is the innermost one outside it
+    frames = [entry for entry in excinfo.traceback if "_pytest" not in Path(str(entry.path)).parts]
+    raised_in = Path(str(frames[-1].path)).resolve() if frames else None
+    record = {
+        "nodeid": item.nodeid,
+        "when": report.when,
+        "exception": excinfo.typename,
+        "assertion": excinfo.errisinstance((AssertionError, pytest.fail.Exception)),
+        "in_tests": raised_in is not None and raised_in.is_relative_to(TESTS),
+        "message": str(excinfo.value).splitlines()[0][:300] if str(excinfo.value) else "",
+    }
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,31 @@
 Each mutation is a textual patch of one file (exact snippets, so a change to the
 code shows up as "patch did not apply", never as a silent pass). The script
 copies the working tree (tracked and untracked, not ignored files) to a scratch
-folder with the venv linked in, then for each mutation patches the copy, runs
-the tests that should catch it (`pytest -x`, in the order listed, fastest
-first), prints one line, restores the file, and ends with `caught N of M`. It
-exits non-zero if a mutation survives, a patch does not apply, or the tests do
-not pass on the unmutated copy. Not part of `make test`; the table of results
-is in docs/testing.md.
+folder per worker with the venv linked in, checks that the named tests pass
+there unmutated, then for each mutation patches its worker's copy, runs the tests
+that should catch it (`pytest -x`, in the order listed, fastest first), prints
+one line, restores the file, and ends with `caught N of M`.
 
-    .venv/bin/python tests/mutants.py                  # all mutations (what `make mutants` runs)
-    .venv/bin/python tests/mutants.py -k gate          # those whose name contains "gate"
-    .venv/bin/python tests/mutants.py --tests-from REV # the whole suite as of git REV instead (the "before" column)
+"Caught" means one of the named tests failed in its own body, on an assertion
+(or `pytest.fail`) raised from a frame in tests/: conftest.py logs every failed
+phase of a test when RLHF_DAG_FAILURE_LOG is set. A failure in a fixture's
+setup, a crash in library code, or a test that was not named is an ERROR, not a
+catch: the patch no longer means what it says, or the test does not guard it.
+The script exits non-zero unless every mutation is caught.
+
+`check_patches` (run by tests/test_mutants.py in `make test`, in a second) applies
+every patch in memory: each snippet occurs once, the patch changes the file, the
+result parses, and every named test exists.
+
+    .venv/bin/python tests/mutants.py              # all mutations, two workers (what `make mutants` runs)
+    .venv/bin/python tests/mutants.py -k gate      # those whose name contains "gate"
+    .venv/bin/python tests/mutants.py --docs       # and rewrite the table in docs/testing.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -25,8 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Queue
 
 REPO = Path(__file__).resolve().parent.parent
 PPO = "tests/test_ppo_train.py::"
@@ -95,7 +107,7 @@ MUTATIONS = [
               ("loss = pg_loss + cfg.vf_coef * vf_loss", "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * (new_logprobs - ref_new_logprobs).mean()")],
              [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
     Mutation("LoRA: PPO's reference is the adapted policy, not the SFT model", "rlhf_dag/training/ppo.py",
-             [("    with policy.disable_adapter():\n        return response_logprobs(policy", "    if True:\n        return response_logprobs(policy")],
+             [("    with policy.disable_adapter():\n        yield policy\n", "    if True:\n        yield policy\n")],
              [LORA + "test_the_lora_reference_is_the_sft_model_itself_not_the_adapted_policy", LORA + "test_lora_ppo_is_kl_penalized_against_the_sft_model"]),
     Mutation("LoRA: PPO trains the base weights along with the adapter", "rlhf_dag/training/steps.py",
              [("policy, reference = adapt(policy, cfg.lora), None", "policy, reference = adapt(policy, cfg.lora).requires_grad_(True), None")],
@@ -149,8 +161,7 @@ MUTATIONS = [
              [("            return scores\n", "            return [0.0 for _ in scores]\n")],
              ["tests/test_methods.py::test_an_online_method_moves_the_policy_with_the_reward_model_as_reward"]),
     Mutation("a failed atomic write leaves its temporary file", "rlhf_dag/artifacts.py",
-             [("    finally:\n        if tmp.is_dir():\n            shutil.rmtree(tmp, ignore_errors=True)\n        else:\n            tmp.unlink(missing_ok=True)\n",
-               "    finally:\n        pass\n")],
+             [("    finally:\n        _remove(tmp)\n", "    finally:\n        pass\n")],
              ["tests/test_datasets.py::test_a_write_failing_halfway_leaves_the_previous_file_and_no_temp_file"]),
     Mutation("a human ranking's pairs in reverse order", "rlhf_dag/data/feedback.py",
              [('"chosen": ranking.responses[i], "rejected": ranking.responses[j]', '"chosen": ranking.responses[j], "rejected": ranking.responses[i]')],
@@ -176,11 +187,45 @@ MUTATIONS = [
              ["tests/test_resume.py::test_the_checkpoint_key_changes_with_every_input_and_training_field_only"]),
 ]
 
-# The tests of a whole old suite that cannot catch these mutations and take minutes (the UI, kills, concurrent runs).
-SLOW_UNRELATED = ["tests/test_webserver.py", "tests/test_kill_mid_training.py", "tests/test_concurrent_runs.py"]
+def patched(text: str, mutation: Mutation) -> str:
+    """The file's text with the mutation's patches applied. Raises LookupError if a snippet is missing or ambiguous,
+    ValueError if the patches change nothing, SyntaxError if the result does not parse."""
+    original = text
+    for old, new in mutation.patches:
+        if text.count(old) != 1:
+            raise LookupError(f"patch did not apply: {mutation.file} contains {old!r} {text.count(old)} times (expected once)")
+        text = text.replace(old, new)
+    if text == original:
+        raise ValueError(f"patch changes nothing in {mutation.file}")
+    compile(text, mutation.file, "exec")  # a patch that breaks the syntax would fail every test for the wrong reason
+    return text
 
 
-def scratch_copy(tests_from: str | None) -> Path:
+def named_test_exists(root: Path, node_id: str) -> bool:
+    """`tests/x.py::test_name[param]` names a test function defined in that file (the parameter is not checked)."""
+    file, _, name = node_id.partition("::")
+    path = root / file
+    return path.is_file() and re.search(rf"^def {re.escape(name.split('[')[0])}\(", path.read_text(encoding="utf-8"), flags=re.M) is not None
+
+
+def check_patches(root: Path = REPO) -> list[str]:
+    """Every problem with the mutation table against the code in `root`: patches that do not apply once, change nothing
+    or do not parse; named tests that do not exist; repeated names."""
+    problems = []
+    names = [m.name for m in MUTATIONS]
+    problems += [f"mutation named twice: {n}" for n in sorted({n for n in names if names.count(n) > 1})]
+    for mutation in MUTATIONS:
+        try:
+            patched((root / mutation.file).read_text(encoding="utf-8"), mutation)
+        except (OSError, LookupError, ValueError, SyntaxError) as error:
+            problems.append(f"{mutation.name}: {error}")
+        if not mutation.tests:
+            problems.append(f"{mutation.name}: no test named")
+        problems += [f"{mutation.name}: no test {t}" for t in mutation.tests if not named_test_exists(root, t)]
+    return problems
+
+
+def scratch_copy() -> Path:
     """The working tree's files (tracked and untracked, not ignored) in a temporary folder, with .venv linked."""
     root = Path(tempfile.mkdtemp(prefix="rlhf_dag_mutants_")) / "repo"
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout
@@ -190,97 +235,139 @@ def scratch_copy(tests_from: str | None) -> Path:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
     (root / ".venv").symlink_to(REPO / ".venv")
-    if tests_from:
-        shutil.rmtree(root / "tests")
-        archive = subprocess.run(["git", "archive", tests_from, "tests"], cwd=REPO, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
     return root
 
 
-def environment(root: Path) -> dict:
+def environment(root: Path, failure_log: Path) -> dict:
     # PYTHONPATH first: the venv's editable install would otherwise import the real repo's rlhf_dag.
-    return {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+            "RLHF_DAG_FAILURE_LOG": str(failure_log)}
 
 
-def pytest(root: Path, tests: list[str], extra: list[str] = ()) -> tuple[int, str, float]:
+@dataclass
+class Outcome:
+    verdict: str  # "caught", "NOT caught", "ERROR"
+    detail: str
+    seconds: float
+
+
+def pytest(root: Path, tests: list[str]) -> tuple[int, str, list[dict], float]:
+    """(exit code, output, the failure log's records, seconds) of `pytest -x` on `tests` in `root`."""
+    log = root.parent / "failures.jsonl"
+    log.unlink(missing_ok=True)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", *extra, *tests],
-                          cwd=root, env=environment(root), capture_output=True, text=True)
-    return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - started
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", *tests],
+                          cwd=root, env=environment(root, log), capture_output=True, text=True)
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
+    return proc.returncode, proc.stdout + proc.stderr, records, time.perf_counter() - started
 
 
-def apply(root: Path, mutation: Mutation) -> str:
-    """Patch the scratch copy; return the original text. Raises if a snippet is missing or ambiguous."""
+def names_one_of(node_id: str, tests: list[str]) -> bool:
+    return any(node_id == t or node_id.startswith(t + "[") for t in tests)
+
+
+def judge(mutation: Mutation, code: int, output: str, records: list[dict], seconds: float) -> Outcome:
+    own = [r for r in records if r["when"] == "call" and r["assertion"] and r["in_tests"] and names_one_of(r["nodeid"], mutation.tests)]
+    if own:
+        return Outcome("caught", f"by {own[0]['nodeid']}: {own[0]['message'][:160]}", seconds)
+    if code == 0:
+        return Outcome("NOT caught", "every named test passed", seconds)
+    if records:
+        r = records[0]
+        where = "in library code" if not r["in_tests"] else "outside a named test" if not names_one_of(r["nodeid"], mutation.tests) else "in the test"
+        return Outcome("ERROR", f"{r['nodeid']} failed in {r['when']} with {r['exception']} {where}, not on its own assertion: {r['message'][:160]}", seconds)
+    return Outcome("ERROR", f"pytest exited {code} with no test failure: {output.strip().splitlines()[-1] if output.strip() else ''}", seconds)
+
+
+def run_mutation(root: Path, mutation: Mutation) -> Outcome:
     path = root / mutation.file
-    original = text = path.read_text(encoding="utf-8")
-    for old, new in mutation.patches:
-        if text.count(old) != 1:
-            raise LookupError(f"patch did not apply: {mutation.file} contains {old!r} {text.count(old)} times (expected once)")
-        text = text.replace(old, new)
-    compile(text, str(path), "exec")  # a patch that breaks the syntax would fail every test for the wrong reason
+    original = path.read_text(encoding="utf-8")
+    try:
+        text = patched(original, mutation)
+    except (LookupError, ValueError, SyntaxError) as error:
+        return Outcome("ERROR", str(error), 0.0)
     path.write_text(text, encoding="utf-8")
-    return original
+    try:
+        return judge(mutation, *pytest(root, mutation.tests))
+    finally:
+        path.write_text(original, encoding="utf-8")
+
+
+DOCS = REPO / "docs" / "testing.md"
+TABLE_START, TABLE_END = "<!-- mutants: start (written by `tests/mutants.py --docs`) -->", "<!-- mutants: end -->"
+
+
+def write_docs(results: list[tuple[Mutation, Outcome]], seconds: float, workers: int) -> None:
+    caught = sum(o.verdict == "caught" for _, o in results)
+    lines = [TABLE_START, "", f"{caught} of {len(results)} caught in {seconds / 60:.1f} min with {workers} workers "
+             f"({time.strftime('%Y-%m-%d')}, `make mutants`).", "", "| mutation | file | verdict | by | seconds |", "|---|---|---|---|---|"]
+    for mutation, outcome in results:
+        by = outcome.detail.split(":")[0].removeprefix("by ") if outcome.verdict == "caught" else outcome.detail.replace("|", "/")
+        lines.append(f"| {mutation.name} | `{mutation.file.removeprefix('rlhf_dag/')}` | {outcome.verdict} | `{by}` | {outcome.seconds:.0f} |")
+    lines += ["", TABLE_END]
+    text = DOCS.read_text(encoding="utf-8")
+    start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
+    DOCS.write_text(text[:start] + "\n".join(lines) + text[end:], encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", default="", help="run only the mutations whose name contains this")
-    parser.add_argument("--tests-from", metavar="REV", help=f"run the whole suite as of this git revision (less {', '.join(SLOW_UNRELATED)})")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the first lines of each failed assertion")
+    parser.add_argument("-j", "--workers", type=int, default=2, help="scratch copies run side by side, one thread each (default 2: this box's cores)")
+    parser.add_argument("--docs", action="store_true", help="rewrite the mutation table in docs/testing.md")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
     args = parser.parse_args(argv)
     mutations = [m for m in MUTATIONS if args.k in m.name]
-    root = scratch_copy(args.tests_from)
-    print(f"scratch copy: {root}", flush=True)
+    problems = check_patches()
+    if problems:
+        print("\n".join(problems))
+        return 2
+    started = time.perf_counter()
+    roots = [scratch_copy() for _ in range(max(1, min(args.workers, len(mutations))))]
+    print(f"scratch copies: {', '.join(str(r) for r in roots)}", flush=True)
     try:
-        imported = subprocess.run([sys.executable, "-c", "import rlhf_dag; print(rlhf_dag.__file__)"], cwd=root, env=environment(root),
-                                  capture_output=True, text=True, check=True).stdout.strip()
-        if not imported.startswith(str(root)):
+        imported = subprocess.run([sys.executable, "-c", "import rlhf_dag; print(rlhf_dag.__file__)"], cwd=roots[0],
+                                  env=environment(roots[0], roots[0].parent / "unused"), capture_output=True, text=True, check=True).stdout.strip()
+        if not imported.startswith(str(roots[0])):
             print(f"the scratch copy imports rlhf_dag from {imported}, not from itself")
             return 2
-        if args.tests_from:
-            selection, extra = ["tests"], [arg for path in SLOW_UNRELATED for arg in ("--ignore", path)]
-        else:
-            selection, extra = list(dict.fromkeys(t for m in mutations for t in m.tests)), []
-        code, output, seconds = pytest(root, selection, extra)
-        if code != 0:
-            print(output[-4000:])
-            print(f"the tests do not pass on the unmutated copy (exit {code}); nothing to compare against")
-            return 2
-        print(f"unmutated: {len(selection)} test selections pass ({seconds:.0f}s)", flush=True)
-        caught, errors = 0, 0
-        for mutation in mutations:
+        # unmutated, every named test passes (split between the workers, each warming its own fixtures)
+        selection = list(dict.fromkeys(t for m in mutations for t in m.tests))
+        shares = [selection[i :: len(roots)] for i in range(len(roots))]
+        with ThreadPoolExecutor(len(roots)) as pool:
+            for code, output, _, seconds in pool.map(pytest, roots, shares):
+                if code != 0:
+                    print(output[-4000:])
+                    print(f"the tests do not pass on the unmutated copy (exit {code}); nothing to compare against")
+                    return 2
+        print(f"unmutated: {len(selection)} named tests pass ({time.perf_counter() - started:.0f}s)", flush=True)
+
+        free: Queue[Path] = Queue()
+        for root in roots:
+            free.put(root)
+
+        def one(mutation: Mutation) -> Outcome:
+            root = free.get()
             try:
-                original = apply(root, mutation)
-            except (LookupError, SyntaxError) as error:
-                print(f"ERROR       {mutation.name}: {error}", flush=True)
-                errors += 1
-                continue
-            try:
-                code, output, seconds = pytest(root, mutation.tests if not args.tests_from else selection, extra)
+                outcome = run_mutation(root, mutation)
             finally:
-                (root / mutation.file).write_text(original, encoding="utf-8")
-            failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.M)
-            if code == 1 and failed and not re.search(r"AssertionError|^E\s+Failed: ", output, flags=re.M):
-                print(output[-3000:])
-                print(f"ERROR       {mutation.name}: the tests crashed instead of failing an assertion; fix the patch", flush=True)
-                errors += 1
-            elif code == 1 and failed:
-                caught += 1
-                print(f"caught      {mutation.name} ({mutation.file}) by {failed[0]} ({seconds:.0f}s)", flush=True)
-                if args.verbose:
-                    print("".join(f"              {line[:200]}\n" for line in re.findall(r"^E .*$", output, flags=re.M)[:3]), end="")
-            elif code == 0:
-                print(f"NOT caught  {mutation.name} ({mutation.file}) ({seconds:.0f}s)", flush=True)
-            else:
-                print(output[-3000:])
-                print(f"ERROR       {mutation.name}: pytest exited {code} (not a test failure)", flush=True)
-                errors += 1
-        print(f"caught {caught} of {len(mutations)}" + (f" ({errors} could not run)" if errors else ""))
+                free.put(root)
+            print(f"{outcome.verdict:<11} {mutation.name} ({mutation.file}) {outcome.detail} ({outcome.seconds:.0f}s)", flush=True)
+            return outcome
+
+        with ThreadPoolExecutor(len(roots)) as pool:
+            results = list(zip(mutations, pool.map(one, mutations)))
+        caught = sum(o.verdict == "caught" for _, o in results)
+        errors = sum(o.verdict == "ERROR" for _, o in results)
+        seconds = time.perf_counter() - started
+        print(f"caught {caught} of {len(mutations)}" + (f" ({errors} errors)" if errors else "") + f" in {seconds:.0f}s")
+        if args.docs and not args.k:
+            write_docs(results, seconds, len(roots))
         return 0 if caught == len(mutations) else 1
     finally:
         if not args.keep:
-            shutil.rmtree(root.parent, ignore_errors=True)
+            for root in roots:
+                shutil.rmtree(root.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ class Labeler:
         self.annotate(task["id"], [{"from_name": "rank", "to_name": "responses", "type": "ranker", "value": {"ranker": {"rank": order}}}])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def label_studio(isolated_env, tmp_path_factory):
     """`make label-studio` on a free port, its SQLite store under the tests' RLHF_DAG_HOME; (url, seconds to answer)."""
     if not LABEL_STUDIO.exists() or CHROMIUM is None:

@@ -141,7 +141,7 @@ def test_leaked_prompts_counts_training_prompts_that_are_eval_prompts(tmp_path):
 # ---------------------------------------------------------------- the shipped files
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shipped() -> dict[str, LabelFile]:
     return {name: load_labels(ASSETS / f"{name}.jsonl") for name in LABEL_FILES}
 

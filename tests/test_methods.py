@@ -3,6 +3,7 @@ MLflow with a `champion` alias that moves only through the gates (or by hand, wi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from types import SimpleNamespace
 
@@ -28,12 +29,10 @@ def _champion(low: float) -> SimpleNamespace:
 def test_the_champion_rule():
     assert champion_decision("dpo", _metrics("dpo", 0.70, 0.60), GATES, None) == []  # first champion: gates suffice
     assert champion_decision("dpo", _metrics("dpo", 0.65, 0.55), GATES, _champion(0.65)) == []  # at the bound: not below it
-    (why,) = champion_decision("dpo", _metrics("dpo", 0.649, 0.55), GATES, _champion(0.65))
-    assert "gold win rate vs SFT 0.649 is below the lower 95% bound 0.650 of the champion (version 3, ppo)" in why
-    (why,) = champion_decision("grpo", _metrics("grpo", 0.9, 0.8, kl=5.01), GATES, None)
-    assert "KL to SFT 5.01 is over the budget 5.0" in why
-    (why,) = champion_decision("rloo", _metrics("rloo", 0.9, 0.8, eos=0.79), GATES, None)
-    assert "EOS rate 0.79 is below the floor 0.8" in why
+    assert champion_decision("dpo", _metrics("dpo", 0.649, 0.55), GATES, _champion(0.65)) == [
+        "gold win rate vs SFT 0.649 is below the lower 95% bound 0.650 of the champion (version 3, ppo)"]
+    assert champion_decision("grpo", _metrics("grpo", 0.9, 0.8, kl=5.01), GATES, None) == ["KL to SFT 5.01 is over the budget 5.0"]
+    assert champion_decision("rloo", _metrics("rloo", 0.9, 0.8, eos=0.79), GATES, None) == ["EOS rate 0.79 is below the floor 0.8"]
     (why,) = champion_decision("rloo", _metrics("rloo", float("nan"), float("nan")), GATES, None)
     assert "not finite" in why
 
@@ -60,15 +59,36 @@ def test_an_online_method_moves_the_policy_with_the_reward_model_as_reward(smoke
     assert len(history) == 4 and {"rm_score", "gold_score", "eos_rate"} <= set(history[0])  # one row per generation batch, gold observing
 
 
-@pytest.fixture(scope="module")
-def alternatives(smoke_run):
-    """The `alternatives` job on top of the smoke run, through Dagster; wiped afterwards so that the other tests see the core graph."""
-    defs, instance, _ = smoke_run
-    result = defs.resolve_job_def("alternatives").execute_in_process(instance=instance, raise_on_error=False)
+@pytest.fixture(scope="session")
+def alternatives(isolated_env):
+    """The core graph and then the `alternatives` job, through Dagster, in an instance and RLHF_DAG_HOME of their own
+    (built once per session, whatever the order): the shared smoke graph stays the core graph the other tests expect.
+    (defs, instance, result, root): tests that read RLHF_DAG_HOME enter `own_home(root)`."""
+    from conftest import own_home
+
+    from rlhf_dag.definitions import build_definitions
+
+    root = isolated_env / "alternatives"
+    with own_home(root):
+        defs = build_definitions()
+        instance = dg.DagsterInstance.get()
+        defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
+        assert defs.resolve_job_def("rlhf_graph").execute_in_process(instance=instance).success
+        result = defs.resolve_job_def("alternatives").execute_in_process(instance=instance, raise_on_error=False)
+    return defs, instance, result, root
+
+
+@contextlib.contextmanager
+def _mlflow_store_restored():
+    """MLflow's tracking URI is process-wide: point it back at the session's own store afterwards."""
+    import mlflow
+
+    from rlhf_dag.config import mlflow_tracking_uri
+
     try:
-        yield defs, instance, result
+        yield
     finally:
-        instance.wipe_assets([dg.AssetKey(a) for a in ALTERNATIVES])
+        mlflow.set_tracking_uri(mlflow_tracking_uri())
 
 
 def _metadata(result, asset: str) -> dict:
@@ -78,7 +98,7 @@ def _metadata(result, asset: str) -> dict:
 
 @pytest.mark.slow
 def test_the_alternatives_train_pass_their_gates_and_fill_one_table(alternatives):
-    _, _, result = alternatives
+    _, _, result, _ = alternatives
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {f"{m}_{g}": True for m in ("dpo", "grpo", "rloo") for g in ("within_kl_budget", "emits_eos", "finite")}
@@ -102,35 +122,38 @@ def test_the_champion_loads_from_the_registry_and_moves_only_through_gates_or_by
     from rlhf_dag.config import mlflow_tracking_uri
     from rlhf_dag.pipeline.registry import HISTORY_TAG, REASON_TAG
 
-    defs, instance, result = alternatives
+    from conftest import own_home
+
+    defs, instance, result, root = alternatives
     assert result.success
-    mlflow.set_tracking_uri(mlflow_tracking_uri())
-    client, name = mlflow.MlflowClient(), "rlhf-dag-policy"
-    versions = {_metadata(result, f"{m}_evaluation")["registry_version"]: m for m in ("dpo", "grpo", "rloo")}
-    for version, method in versions.items():
-        assert client.get_model_version(name, version).tags["method"] == method
-    champion = client.get_model_version_by_alias(name, CHAMPION)
+    with _mlflow_store_restored(), own_home(root):
+        mlflow.set_tracking_uri(mlflow_tracking_uri())
+        client, name = mlflow.MlflowClient(), "rlhf-dag-policy"
+        versions = {_metadata(result, f"{m}_evaluation")["registry_version"]: m for m in ("dpo", "grpo", "rloo")}
+        for version, method in versions.items():
+            assert client.get_model_version(name, version).tags["method"] == method
+        champion = client.get_model_version_by_alias(name, CHAMPION)
 
-    started = time.perf_counter()
-    pipeline = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}")
-    load_seconds = time.perf_counter() - started
-    out = pipeline("What is 2 + 2?", max_new_tokens=4, do_sample=False)
-    assert isinstance(out[0]["generated_text"], str)
-    print(f"champion (version {champion.version}) loaded from the registry in {load_seconds:.2f} s")
+        started = time.perf_counter()
+        pipeline = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}")
+        load_seconds = time.perf_counter() - started
+        out = pipeline("What is 2 + 2?", max_new_tokens=4, do_sample=False)
+        assert isinstance(out[0]["generated_text"], str)
+        print(f"champion (version {champion.version}) loaded from the registry in {load_seconds:.2f} s")
 
-    # a version that fails a gate is registered without the alias, and its evaluation says why
-    run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[dg.AssetKey("dpo_evaluation")], run_config={"resources": {"gates": {"config": {"kl_budget": -1.0}}}})
-    refused = _metadata(run, "dpo_evaluation")
-    assert refused["registry_champion"] == "no" and "over the budget -1.0" in refused["registry_why"]
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == str(champion.version)
+        # a version that fails a gate is registered without the alias, and its evaluation says why
+        run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("dpo_evaluation")], run_config={"resources": {"gates": {"config": {"kl_budget": -1.0}}}})
+        refused = _metadata(run, "dpo_evaluation")
+        assert refused["registry_champion"] == "no" and "over the budget -1.0" in refused["registry_why"]
+        assert str(client.get_model_version_by_alias(name, CHAMPION).version) == str(champion.version)
 
-    # by hand: promote the refused version, then roll back to the champion before it
-    assert main(["promote", refused["registry_version"], "--reason", "reviewed the samples"]) == 0
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == refused["registry_version"]
-    assert client.get_model_version(name, refused["registry_version"]).tags[REASON_TAG] == "promoted by hand: reviewed the samples"
-    assert main(["rollback", "--reason", "users complained"]) == 0
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == str(champion.version)
-    assert client.get_model_version(name, refused["registry_version"]).tags["rolled_back.reason"] == "users complained"
-    assert client.get_registered_model(name).tags[HISTORY_TAG].split(",")[-1] == str(champion.version)
-    assert "champion version" in capsys.readouterr().out
+        # by hand: promote the refused version, then roll back to the champion before it
+        assert main(["promote", refused["registry_version"], "--reason", "reviewed the samples"]) == 0
+        assert str(client.get_model_version_by_alias(name, CHAMPION).version) == refused["registry_version"]
+        assert client.get_model_version(name, refused["registry_version"]).tags[REASON_TAG] == "promoted by hand: reviewed the samples"
+        assert main(["rollback", "--reason", "users complained"]) == 0
+        assert str(client.get_model_version_by_alias(name, CHAMPION).version) == str(champion.version)
+        assert client.get_model_version(name, refused["registry_version"]).tags["rolled_back.reason"] == "users complained"
+        assert client.get_registered_model(name).tags[HISTORY_TAG].split(",")[-1] == str(champion.version)
+        assert "champion version" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from rlhf_dag.training.reward import per_token_scores
 PROMPTS = ["a b", "c d e f", "g", "h a b c d e", "b", "c c c"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rollout():
     torch.manual_seed(0)
     policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()

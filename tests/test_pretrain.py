@@ -16,12 +16,12 @@ from rlhf_dag.training.chat import format_prompt
 from rlhf_dag.training.pretrain import PackedCollator, build_model, packed_documents, train_tokenizer
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tokenizer():
     return train_tokenizer(pretraining_documents(400, seed=0), 400)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model(tokenizer):
     cfg = PretrainConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_length=128)
     return build_model(cfg, tokenizer).eval()

@@ -51,7 +51,7 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dagster_dev(tmp_path_factory):
     if CHROMIUM is None:  # decided before `dagster dev` starts, which takes up to minutes to answer
         message = "Chromium is not installed: `make ui-test-deps` installs Debian's chromium"
@@ -78,7 +78,7 @@ def dagster_dev(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def materialized(dagster_dev):
     """The whole graph, launched from the UI's GraphQL as the Materialize button does."""
     from dagster import DagsterRunStatus
