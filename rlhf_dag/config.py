@@ -298,10 +298,35 @@ def active_profile() -> str:
 
 
 def resolve(asset: str, overrides: dict | None = None, profile: str | None = None) -> StepConfig:
-    """The asset's config: class defaults, then the profile's values, then run-config overrides."""
+    """The asset's config: class defaults, then the profile's values, then `overrides`.
+
+    An override is taken as given, None included (`missing_eos_penalty: None` means no penalty); a caller whose
+    "unset" is None (Dagster run config, the gates resource) leaves those fields out.
+    """
     profile = profile or active_profile()
-    values = {**PROFILES[profile].get(asset, {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    return (GateConfig if asset == GATES else STEP_CONFIGS[asset])(**values)
+    values = {**PROFILES[profile].get(asset, {}), **(overrides or {})}
+    return _config_class(asset)(**values)
+
+
+def _config_class(asset: str) -> type[BaseModel]:
+    return GateConfig if asset == GATES else STEP_CONFIGS[asset]
+
+
+def check_profiles(profiles: dict[str, dict[str, dict]]) -> None:
+    """Every asset and field a profile names exists: a typo is an error when config.py is imported, never ignored."""
+    for profile, assets in profiles.items():
+        for asset, fields in assets.items():
+            if asset != GATES and asset not in STEP_CONFIGS:
+                raise ValueError(f"rlhf_dag/config.py PROFILES[{profile!r}] names {asset!r}, which is not an asset; "
+                                 f"the assets are {', '.join(STEP_CONFIGS)} (and {GATES!r} for the checks' thresholds)")
+            cls = _config_class(asset)
+            unknown = sorted(set(fields) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"rlhf_dag/config.py PROFILES[{profile!r}][{asset!r}] sets {', '.join(unknown)}, not a field of "
+                                 f"{cls.__name__}; its fields are {', '.join(cls.model_fields)}")
+
+
+check_profiles(PROFILES)
 
 
 def home_dir() -> Path:

@@ -185,7 +185,14 @@ MUTATIONS = [
     Mutation("checkpoint key blind to a labeled file's bytes", "rlhf_dag/training/resume.py",
              [("        if path.is_file():", "        if False:")],
              ["tests/test_resume.py::test_the_checkpoint_key_changes_with_every_input_and_training_field_only"]),
+    Mutation("run config cannot set a field to None (an override of None is dropped)", "rlhf_dag/config.py",
+             [("values = {**PROFILES[profile].get(asset, {}), **(overrides or {})}", "values = {**PROFILES[profile].get(asset, {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}")],
+             ["tests/test_config.py::test_an_override_of_none_is_kept_and_an_absent_field_takes_the_profile_value"]),
+    Mutation("a profile's misspelt field is ignored", "rlhf_dag/config.py",
+             [("unknown = sorted(set(fields) - set(cls.model_fields))", "unknown = []")],
+             ["tests/test_config.py::test_a_profile_that_names_an_unknown_asset_or_field_is_an_error"]),
 ]
+
 
 def patched(text: str, mutation: Mutation) -> str:
     """The file's text with the mutation's patches applied. Raises LookupError if a snippet is missing or ambiguous,
@@ -318,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
     args = parser.parse_args(argv)
     mutations = [m for m in MUTATIONS if args.k in m.name]
+    if not mutations:
+        print(f"no mutation's name contains {args.k!r}")
+        return 2
     problems = check_patches()
     if problems:
         print("\n".join(problems))

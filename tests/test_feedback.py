@@ -232,6 +232,35 @@ def test_the_sensor_appends_a_dropped_export_once_and_stops_with_the_file_intact
     assert (labels / "comparisons.jsonl").read_bytes() == after
 
 
+def test_pull_labels_appends_a_dropped_export_once_and_a_second_pull_adds_nothing(tmp_path, monkeypatch, capsys):
+    """`rlhf-dag pull-labels` as a user runs it, with one Label Studio export dropped into <labels>/label_studio/ twice
+    (the download and a browser's "(1)" copy of it): the first pull appends its ranking's 3 pairs once, in rank order;
+    the second adds nothing and leaves comparisons.jsonl byte for byte as it was."""
+    from rlhf_dag.cli import main
+
+    labels = tmp_path / "labels"
+    (labels / "label_studio").mkdir(parents=True)
+    comparisons = labels / "comparisons.jsonl"
+    comparisons.write_text(json.dumps({"id": "c1", "prompt": PROMPT, "chosen": "4", "rejected": "5"}) + "\n")
+    shipped = comparisons.read_bytes()
+    export = json.dumps([_export_task(1, ["4", "5", "It is 4."], [_ranked(10, ["r2", "r0", "r1"])])])
+    for name in ("project-1-export.json", "project-1-export (1).json"):
+        (labels / "label_studio" / name).write_text(export)
+    monkeypatch.setenv("RLHF_DAG_LABELS_DIR", str(labels))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))  # an instance with no labeling batch: no server to reach
+
+    assert main(["pull-labels"]) == 0
+    assert f"{comparisons}: +3 pairs from 1 new ranking(s)" in capsys.readouterr().out
+    after = comparisons.read_bytes()
+    assert after.startswith(shipped)
+    added = [json.loads(line) for line in after[len(shipped):].decode().splitlines()]
+    assert [(r["chosen"], r["rejected"], r["ranking"]) for r in added] == [("It is 4.", "4", "u-10"), ("It is 4.", "5", "u-10"), ("4", "5", "u-10")]
+
+    assert main(["pull-labels"]) == 0
+    assert comparisons.read_bytes() == after
+    assert f"{comparisons}: +0 pairs from 0 new ranking(s)" in capsys.readouterr().out
+
+
 def test_a_labeler_with_gold_pairs_is_judged_against_gold_not_against_a_majority():
     # ann ranks as gold (a>b>c>d); bo reverses it; cy is closer to bo. Against the other labelers ann is the
     # outlier (she agrees with cy on 2 of 6 pairs, bo on 4 of 6); against gold, bo is.

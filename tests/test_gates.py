@@ -55,6 +55,31 @@ def test_each_gate_passes_at_its_threshold_and_refuses_past_it(check_name, asset
     assert not refused.passed and message in refused.description, refused.description
 
 
+# (accuracy_floor, kl_budget, eos_rate_floor) per profile: GateConfig's defaults, and smoke's PROFILES["smoke"]["gates"]
+PROFILE_THRESHOLDS = {"default": (0.75, 12.0, 0.8), "smoke": (0.0, 1e6, 0.0), "gpu": (0.75, 12.0, 0.8)}
+
+
+@pytest.mark.parametrize("profile", list(PROFILE_THRESHOLDS))
+def test_unset_thresholds_are_the_active_profiles_and_a_set_one_wins(monkeypatch, profile):
+    """The `gates` resource reads RLHF_DAG_PROFILE when a check runs, not the default profile's values."""
+    monkeypatch.setenv("RLHF_DAG_PROFILE", profile)
+    unset = QualityGates().thresholds()
+    assert (unset.accuracy_floor, unset.kl_budget, unset.eos_rate_floor) == PROFILE_THRESHOLDS[profile]
+    one_set = QualityGates(kl_budget=3.0).thresholds()
+    assert (one_set.accuracy_floor, one_set.kl_budget, one_set.eos_rate_floor) == (PROFILE_THRESHOLDS[profile][0], 3.0, PROFILE_THRESHOLDS[profile][2])
+
+
+def test_the_same_reward_model_passes_the_smoke_gate_and_fails_the_default_one(monkeypatch):
+    """A reward model at chance (accuracy 0.5): smoke's floor 0 lets it through, the default floor 0.75 does not."""
+    handle = ArtifactHandle("reward_model", "/not/read", "hash", metrics={"validation_accuracy": 0.5})
+    outcomes = {}
+    for profile in ("smoke", "default"):
+        monkeypatch.setenv("RLHF_DAG_PROFILE", profile)
+        outcomes[profile] = checks.reward_model_accuracy(reward_model=handle, gates=QualityGates())
+    assert outcomes["smoke"].passed and outcomes["smoke"].metadata["accuracy_floor"].value == 0.0, outcomes["smoke"]
+    assert not outcomes["default"].passed and "accuracy 0.500 is below the floor 0.75" in outcomes["default"].description
+
+
 def test_a_pretrained_base_model_skips_the_learning_gate():
     result = _evaluate("base_model_learned", "base_model", {"parameters": 1000})
     assert result.passed and "supplied by the user" in result.description

@@ -49,8 +49,7 @@ def test_an_online_method_moves_the_policy_with_the_reward_model_as_reward(smoke
     _, _, result = smoke_run
     sft = result.output_for_node("sft_model").path
     inputs = {"sft_model": sft, "reward_model": result.output_for_node("reward_model").path, "prompts": str(label_file(labels_dir(), "prompts"))}
-    # (run config cannot unset a field: None there means "the profile's value")
-    cfg = resolve(f"{method}_policy", {"steps": 4, "learning_rate": 5e-3, "check_prompts": 16}).model_copy(update={"missing_eos_penalty": None})
+    cfg = resolve(f"{method}_policy", {"steps": 4, "learning_rate": 5e-3, "check_prompts": 16, "missing_eos_penalty": None})
     trained = STEPS[f"{method}_policy"](inputs, cfg)
     before, _ = load_causal_lm(sft)
     deltas = [float((a - b.to(a.device)).abs().max()) for a, b in zip(trained.model.state_dict().values(), before.state_dict().values())]

@@ -20,7 +20,7 @@ PPO_OVERRIDES = dict(iterations=10, rollout_batch_size=16, minibatch_size=8, ppo
 def _config(**overrides):
     # The smoke model rarely emits EOS, and the missing-EOS penalty would hide the RM signal
     # (the penalty itself is tested through ppo_train in test_ppo_train.py).
-    return resolve("ppo_policy", {**PPO_OVERRIDES, **overrides}).model_copy(update={"missing_eos_penalty": None})
+    return resolve("ppo_policy", {**PPO_OVERRIDES, "missing_eos_penalty": None, **overrides})
 
 
 def _models(smoke_run):

@@ -1,4 +1,4 @@
-"""The reward model's pairwise loss and the evaluation's win rate, with hand numbers."""
+"""The reward model's pairwise loss, where its score is read, and the evaluation's win rate, with hand numbers."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+from toy import one_thread, toy_tokenizer, value_model  # noqa: F401  (one_thread: an autouse fixture)
 
+from rlhf_dag.training.chat import EOS, format_prompt
 from rlhf_dag.training.evaluate import gold_scores, mean_gold, win_rate, win_rate_by_kind
 from rlhf_dag.training.generate import Sample
-from rlhf_dag.training.reward import accuracy_by_kind, pairwise_loss
+from rlhf_dag.training.reward import accuracy_by_kind, pairwise_loss, score_texts
 
 
 def test_pairwise_loss_two_pairs():
@@ -37,6 +39,21 @@ def test_pairwise_loss_gradient_pushes_chosen_up_and_rejected_down():
     # d/dc [-log sigmoid(c - r)] = -(1 - sigmoid(0)) = -0.5; d/dr = +0.5
     assert chosen.grad.item() == pytest.approx(-0.5)
     assert rejected.grad.item() == pytest.approx(0.5)
+
+
+def test_each_text_is_scored_at_its_own_eos_in_a_padded_batch():
+    """`score_texts` batches texts of different lengths, right-padded, and reads each one's score at its EOS: the
+    logit the model's own sequence-classification head gives the text alone, unpadded (what TRL's RewardTrainer trains).
+
+    5 texts of 8, 10, 11 | 10, 5 tokens in batches of 3: both batches are padded, and no two texts score the same.
+    """
+    tokenizer, reward_model = toy_tokenizer(), value_model(2)
+    prompts, responses = ["a b", "c d e f g h", "g", "h a b c d e", "b"], ["a a b", "c", "d e f g h a b", "e", "a"]
+    with torch.no_grad():
+        alone = [reward_model(input_ids=tokenizer(format_prompt(p) + r + EOS, return_tensors="pt").input_ids).logits.item()
+                 for p, r in zip(prompts, responses)]
+    assert len(set(alone)) == len(alone)
+    assert score_texts(reward_model, tokenizer, prompts, responses, batch_size=3) == pytest.approx(alone, abs=1e-6)
 
 
 def test_win_rate_counts_ties_half():

@@ -41,8 +41,19 @@ def asset_config_class(asset: str) -> type[dg.Config]:
         name: (Optional[_dagster_type(f.annotation)], Field(None, description=f"{f.description} (unset: profile value; default {f.default!r})"))
         for name, f in step_cls.model_fields.items()
     }
+    nullable = [name for name, f in step_cls.model_fields.items() if _admits_none(f.annotation)]
+    if nullable:
+        fields[SET_TO_NONE] = (Optional[list[str]], Field(None, description=f"fields to set to None, of {', '.join(nullable)} (Dagster run config "
+                                                                             "reads a null as unset, so None is asked for here)"))
     name = "".join(part.title() for part in asset.split("_")) + "Config"
     return create_model(name, __base__=dg.Config, __doc__=step_cls.__doc__, **fields)
+
+
+SET_TO_NONE = "set_to_none"
+
+
+def _admits_none(annotation) -> bool:
+    return annotation is None or type(None) in typing.get_args(annotation)
 
 
 def _dagster_type(annotation):
@@ -87,7 +98,13 @@ def profile_version(asset: str) -> str:
 
 def resolve_config(context: dg.AssetExecutionContext, config: dg.Config) -> StepConfig:
     asset = context.asset_key.path[-1]
-    resolved = resolve(asset, config.model_dump())
+    given = config.model_dump()
+    to_none = given.pop(SET_TO_NONE, None) or []
+    fields = STEP_CONFIGS[asset].model_fields
+    for name in to_none:
+        if name not in fields or not _admits_none(fields[name].annotation):
+            raise ValueError(f"{asset}: run config {SET_TO_NONE} names {name!r}, which is not one of its fields that can be None")
+    resolved = resolve(asset, {k: v for k, v in given.items() if v is not None} | dict.fromkeys(to_none))
     context.log.info(f"{asset}: profile '{active_profile()}', config {resolved.model_dump(mode='json')}")
     return resolved
 

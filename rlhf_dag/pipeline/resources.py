@@ -133,7 +133,8 @@ class QualityGates(dg.ConfigurableResource):
     eos_rate_floor: float | None = Field(None, description=GateConfig.model_fields["eos_rate_floor"].description)
 
     def thresholds(self) -> GateConfig:
-        return resolve(GATES, {"accuracy_floor": self.accuracy_floor, "kl_budget": self.kl_budget, "eos_rate_floor": self.eos_rate_floor})
+        given = {"accuracy_floor": self.accuracy_floor, "kl_budget": self.kl_budget, "eos_rate_floor": self.eos_rate_floor}
+        return resolve(GATES, {k: v for k, v in given.items() if v is not None})
 
 
 class LabelStudio(dg.ConfigurableResource):
