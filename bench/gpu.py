@@ -23,7 +23,6 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 
 from harness import CORE_STEPS, SCRATCH, bench_parser, machine, machine_line, markdown_table, run_child, save_results, write_report
 
@@ -81,21 +80,22 @@ def main() -> int:
         return 0
 
     os.environ["RLHF_DAG_PROFILE"] = args.profile
+    from rlhf_dag import graph
     from rlhf_dag.config import labels_dir, resolve
-    from rlhf_dag.training.steps import STEP_INPUTS
+    from rlhf_dag.data.labels import label_file
 
     info = machine()
     root = SCRATCH / f"gpu-{args.profile}"
     shutil.rmtree(root, ignore_errors=True)
     env = {**os.environ, "RLHF_DAG_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    paths = {name: str(labels_dir() / f"{name}.jsonl") for name in ("prompts", "demonstrations", "comparisons", "eval_prompts")}
+    paths = {name: str(label_file(labels_dir(), name)) for name in graph.LABEL_FILES}
     reports: dict[str, dict] = {}
 
-    def run_step(step: str, tag: str, launcher: list[str]) -> dict:
+    def launch(step: str, tag: str, launcher: list[str]) -> dict:
         spec = root / "specs" / f"{tag}.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(json.dumps({"step": step, "inputs": {n: paths[n] for n in STEP_INPUTS[step]}, "config": {}, "output": str(root / "out" / tag)}))
+        spec.write_text(json.dumps({"step": step, "inputs": {n: paths[n] for n in graph.step(step).inputs}, "config": {}, "output": str(root / "out" / tag)}))
         report = root / "reports" / f"{tag}.json"
         report.parent.mkdir(parents=True, exist_ok=True)
         child = run_child([*launcher, __file__, "--worker", step, "--spec", str(spec), "--report", str(report)], env, root / "logs" / f"{tag}.log", report)
@@ -105,12 +105,12 @@ def main() -> int:
 
     print(f"bench/gpu.py: profile '{args.profile}', one child process per step, run in {root}", flush=True)
     for step in CORE_STEPS:
-        reports[step] = run_step(step, step, [sys.executable])
+        reports[step] = launch(step, step, [sys.executable])
         paths[step] = reports[step]["read_path"]
         (root / "partial.json").write_text(json.dumps(reports, indent=1))
     if args.torchrun_step:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--standalone"]
-        reports[f"{args.torchrun_step}@torchrun:1"] = run_step(args.torchrun_step, f"{args.torchrun_step}-torchrun1", torchrun)
+        reports[f"{args.torchrun_step}@torchrun:1"] = launch(args.torchrun_step, f"{args.torchrun_step}-torchrun1", torchrun)
 
     ppo = resolve("ppo_policy")
     device = next((r["device"] for r in reports.values() if r.get("device")), "cpu")

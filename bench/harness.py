@@ -24,9 +24,35 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 SCRATCH = RESULTS / "tmp"  # gitignored: isolated RLHF_DAG_HOMEs, kept after a run for inspection and reuse
-# The core graph (the PPO path, the `rlhf` group) in dependency order: what the graph benchmarks time. The other
-# methods (DPO, GRPO, RLOO) have their own bench (bench/methods.py); labeling_candidates is partitioned, per batch.
-CORE_STEPS = ("pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation")
+
+
+def __getattr__(name: str):
+    """`CORE_STEPS`: the core graph (the PPO path, the `rlhf` group of rlhf_dag/graph.py) in dependency order, what the
+    graph benchmarks time. The other methods (DPO, GRPO, RLOO) have their own bench (bench/methods.py);
+    labeling_candidates is partitioned, per batch. Read when first asked for, so that importing harness needs
+    nothing but the standard library (bench/trl_reference.py imports it in TRL 1.12's venv, without rlhf_dag)."""
+    if name == "CORE_STEPS":
+        from rlhf_dag import graph
+
+        return tuple(graph.names("rlhf"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def run_steps(steps: list[str], root: Path, configs: dict[str, dict] | None = None, paths: dict[str, str] | None = None,
+              echo: bool = False) -> tuple[dict[str, str], dict, dict[str, float]]:
+    """rlhf_dag.training.steps.run_chain (labels from RLHF_DAG_LABELS_DIR, each step saved to `<root>/<step>/`), called
+    one step at a time to time each, its save included, and with `echo` print it. Returns (paths, results, seconds)."""
+    from rlhf_dag.config import labels_dir
+    from rlhf_dag.training.steps import run_chain
+
+    results, seconds = {}, {}
+    for step in steps:
+        started = time.perf_counter()
+        paths, ran = run_chain([step], labels_dir(), root, configs, paths)
+        results[step], seconds[step] = ran[step], time.perf_counter() - started
+        if echo:
+            print(f"  {step}: {seconds[step]:.1f}s", flush=True)
+    return paths, results, seconds
 
 
 def bench_parser(doc: str, default_profile: str = "default") -> argparse.ArgumentParser:

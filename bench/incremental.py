@@ -23,7 +23,10 @@ from pathlib import Path
 
 from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
 
-EDITED = {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
+from rlhf_dag import graph
+
+# what an edit of comparisons.jsonl makes stale in the core graph: comparison_dataset, reward_model, ppo_policy, policy_evaluation
+EDITED = {step for step in graph.names("rlhf") if "comparisons" in graph.upstream_labels(step)}
 NEW_PAIR = {"id": "bench-incremental-pair", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."}
 
 

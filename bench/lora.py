@@ -31,6 +31,8 @@ from pathlib import Path
 
 from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy
 
+from rlhf_dag import graph
+
 LORA = {"r": 8, "alpha": 16.0, "target_modules": ["all-linear"]}
 ALLOCATORS = {"glibc": {}, "fixed_mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 # Short runs: the same number of optimizer steps for both variants, past the first one (where Adam allocates its state).
@@ -41,11 +43,13 @@ STEP_CONFIG = {
 }
 
 
-def run_step(root: Path, env: dict, step: str, inputs: dict, config: dict, name: str):
-    """One step in a child process from a spec file; returns the child (wall, peak RSS) and the step's metrics."""
+def launch(root: Path, env: dict, step: str, paths: dict, config: dict, name: str):
+    """One step in a child process from a spec file, its inputs (graph.py) from `paths`; returns the child (wall,
+    peak RSS), the step's metrics and the path downstream steps read."""
     spec = root / "specs" / f"{name}.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
     output = root / "out" / name
+    inputs = {n: paths[n] for n in graph.step(step).inputs}
     spec.write_text(json.dumps({"step": step, "inputs": inputs, "config": config, "output": str(output)}))
     child = run_child([sys.executable, "-m", "rlhf_dag.training.steps", "--spec", str(spec)], env, root / "logs" / f"{name}.log")
     summary = json.loads((output / "step.json").read_text())
@@ -75,27 +79,23 @@ def main() -> int:
     info = machine()
     warn_if_busy(info)
     root, env = isolated_env("lora", args.profile)
-    labels = Path(env["RLHF_DAG_LABELS_DIR"])
+    from rlhf_dag.data.labels import label_file
 
-    _, _, corpus = run_step(root, env, "pretraining_corpus", {}, {"n_documents": 2000}, "pretraining_corpus")
+    paths = {name: str(label_file(env["RLHF_DAG_LABELS_DIR"], name)) for name in graph.LABEL_FILES}
     small_validation = {"validation_fraction": 0.03}  # each step evaluates its validation split several times
-    _, _, sft_data = run_step(root, env, "sft_dataset", {"demonstrations": str(labels / "demonstrations.jsonl")}, small_validation, "sft_dataset")
-    _, _, comparisons = run_step(root, env, "comparison_dataset", {"comparisons": str(labels / "comparisons.jsonl")}, small_validation, "comparison_dataset")
-    checkpoint = untrained_model(root / "checkpoint", corpus, args.hidden_size, args.layers)
-    _, _, base = run_step(root, env, "base_model", {"pretraining_corpus": corpus}, {"pretrained": checkpoint}, "base_model")
+    for step, config in (("pretraining_corpus", {"n_documents": 2000}), ("sft_dataset", small_validation), ("comparison_dataset", small_validation)):
+        paths[step] = launch(root, env, step, paths, config, step)[2]
+    checkpoint = untrained_model(root / "checkpoint", paths["pretraining_corpus"], args.hidden_size, args.layers)
+    paths["base_model"] = launch(root, env, "base_model", paths, {"pretrained": checkpoint}, "base_model")[2]
 
-    rows, figures, upstream = [], {}, {}
-    for step in ("sft_model", "reward_model", "ppo_policy"):
-        inputs = {"sft_model": {"base_model": base, "sft_dataset": sft_data},
-                  "reward_model": {"sft_model": upstream.get("sft_model"), "comparison_dataset": comparisons},
-                  "ppo_policy": {"sft_model": upstream.get("sft_model"), "reward_model": upstream.get("reward_model"),
-                                 "prompts": str(labels / "prompts.jsonl")}}[step]
+    rows, figures = [], {}
+    for step in STEP_CONFIG:  # sft_model, reward_model, ppo_policy: each from the full fine-tune of the step before
         for variant, extra in (("full", {}), ("lora", {"lora": LORA})):
             f = figures[f"{step}/{variant}"] = {}
             for allocator, allocator_env in ALLOCATORS.items():
-                child, metrics, path = run_step(root, {**env, **allocator_env}, step, inputs, {**STEP_CONFIG[step], **extra}, f"{step}-{variant}-{allocator}")
+                child, metrics, path = launch(root, {**env, **allocator_env}, step, paths, {**STEP_CONFIG[step], **extra}, f"{step}-{variant}-{allocator}")
                 if variant == "full" and allocator == "glibc":
-                    upstream[step] = path
+                    paths[step] = path
                 f.update(trainable_parameters=metrics["trainable_parameters"], parameters=metrics["parameters"])
                 f[f"peak_rss_mb_{allocator}"], f[f"wall_seconds_{allocator}"] = child.peak_rss_mb, child.wall_seconds
             print(f"{step} {variant}: {f}", flush=True)

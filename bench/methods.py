@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/methods.py [--profile default] [--reuse]
 
-Runs the graph's own step functions (rlhf_dag/training/steps.py) on the shipped
+Runs the graph's own steps (rlhf_dag/training/steps.py `run_chain`) on the shipped
 labels: corpus -> base -> SFT, comparisons -> RM once, then each method's policy
 and its evaluation vs SFT (policy_evaluation for PPO, <method>_evaluation for the
 others) and the method table (method_comparison). Then registers every policy in
@@ -14,15 +14,16 @@ RM of the previous run (bench/results/tmp/methods-<profile>/shared/).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import time
 
-from harness import SCRATCH, bench_parser, machine, machine_line, save_results, warn_if_busy
-from quality import UPSTREAM, run
+from harness import SCRATCH, bench_parser, machine, machine_line, run_steps, save_results, warn_if_busy
+from quality import UPSTREAM
 
-METHODS = {"ppo": "policy_evaluation", "dpo": "dpo_evaluation", "grpo": "grpo_evaluation", "rloo": "rloo_evaluation"}
+from rlhf_dag import graph
 
 
 def main() -> int:
@@ -33,27 +34,22 @@ def main() -> int:
     root = SCRATCH / f"methods-{args.profile}"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     from rlhf_dag.artifacts import ArtifactHandle
-    from rlhf_dag.config import labels_dir, resolve
-    from rlhf_dag.data.labels import LABEL_FILES, label_file
-    from rlhf_dag.training.steps import STEP_INPUTS
+    from rlhf_dag.config import resolve
 
     info = machine()
     warn_if_busy(info)
-    paths, seconds = {name: str(label_file(labels_dir(), name)) for name in LABEL_FILES}, {}
+    methods = graph.evaluations()  # {"ppo": "policy_evaluation", "dpo": "dpo_evaluation", ...}, in table order
     if args.reuse:
-        paths.update({step: (root / "shared" / f"{step}.path").read_text() for step in UPSTREAM})
+        paths, seconds = json.loads((root / "shared" / "paths.json").read_text()), {}
         shutil.rmtree(root / "methods", ignore_errors=True)
         (root / "mlflow.db").unlink(missing_ok=True)
     else:
         shutil.rmtree(root, ignore_errors=True)
-        for step in UPSTREAM:
-            paths[step], _, seconds[step] = run(step, {n: paths[n] for n in STEP_INPUTS[step]}, root / "shared")
-            print(f"  {step}: {seconds[step]:.1f}s", flush=True)
-    metrics = {}
-    for method, evaluation in METHODS.items():
-        for step in (f"{method}_policy", evaluation):
-            paths[step], metrics[step], seconds[step] = run(step, {n: paths[n] for n in STEP_INPUTS[step]}, root / "methods")
-            print(f"  {step}: {seconds[step]:.1f}s", flush=True)
+        paths, _, seconds = run_steps(UPSTREAM, root / "shared", echo=True)
+        (root / "shared" / "paths.json").write_text(json.dumps(paths))
+    paths, results, method_seconds = run_steps([s for m, e in methods.items() for s in (f"{m}_policy", e)], root / "methods", paths=paths, echo=True)
+    seconds |= method_seconds
+    metrics = {step: result.metrics for step, result in results.items()}
 
     # the registry, as the evaluation assets use it, in a scratch store
     import mlflow
@@ -63,7 +59,7 @@ def main() -> int:
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     mlflow.set_experiment(experiment_id=mlflow.create_experiment("bench-methods", artifact_location=(root / "mlartifacts").as_uri()))
     registrations = {}
-    for method, evaluation in METHODS.items():
+    for method, evaluation in methods.items():
         with mlflow.start_run(run_name=evaluation):
             decision = register_policy("bench-policy", method, ArtifactHandle(f"{method}_policy", paths[f"{method}_policy"], ""), metrics[evaluation], resolve("gates"))
         registrations[method] = decision
@@ -72,13 +68,11 @@ def main() -> int:
     mlflow.transformers.load_model(f"models:/bench-policy@{CHAMPION}")
     load_seconds = time.perf_counter() - started
 
-    from rlhf_dag.training.steps import method_table
+    from rlhf_dag.training.evaluate import method_table
 
-    evaluations = {}
-    for method, evaluation in METHODS.items():
-        evaluations[method] = {"metrics": {**metrics[evaluation], f"{method}_train_seconds": metrics[f"{method}_policy"]["train_seconds"]},
-                               "tags": registrations[method]}
-    table, rows = method_table(evaluations)
+    evaluations = {method: {"metrics": {**metrics[evaluation], f"{method}_train_seconds": metrics[f"{method}_policy"]["train_seconds"]},
+                            "tags": registrations[method]} for method, evaluation in methods.items()}
+    table, rows = method_table(evaluations, reference="ppo")
     register = [float(r["registry.seconds"]) for r in registrations.values()]
     lines = [
         f"### bench/methods.py — PPO, DPO, GRPO, RLOO vs SFT on the same labels ({args.profile})",

@@ -5,9 +5,9 @@
 Three ways to run the same work, each in a fresh process with its own isolated
 home, per profile:
 
-- direct: the step functions the assets run (rlhf_dag/training/steps.py),
-  called in graph order with no Dagster and no MLflow, each result saved to a
-  folder and handed on by path as the publisher hands it on;
+- direct: the step functions the assets run, by rlhf_dag/training/steps.py's
+  `run_chain` in graph order with no Dagster and no MLflow, each result saved to
+  a folder and handed on by path as the publisher hands it on;
 - materialize: `observe_labels`, then `dagster.materialize(...)` of every asset
   and check, in-process (what `rlhf-dag run` and the tests do);
 - cli: `dagster asset materialize -m rlhf_dag.definitions --select 'group:rlhf or group:alternatives'` (what CI runs).
@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
+from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, run_steps, save_results, warn_if_busy, write_report
 
 class Timers:
     """Seconds and calls spent in wrapped functions, by label."""
@@ -86,7 +86,7 @@ class Timers:
 
 def direct_worker(report: str, work: Path) -> None:
     started = time.perf_counter()
-    import rlhf_dag.training.steps  # noqa: F401  (the step functions the assets call, without dagster)
+    import rlhf_dag.training.steps  # noqa: F401  (how bench runs the steps the assets run, without dagster)
 
     imports = time.perf_counter() - started
     run_started = time.perf_counter()
@@ -95,27 +95,12 @@ def direct_worker(report: str, work: Path) -> None:
 
 
 def direct_graph(work: Path) -> dict[str, float]:
-    """The graph's step functions called in order, each result saved to a folder as the publisher saves it; seconds per step.
+    """The graph's steps run in order by rlhf_dag.training.steps.run_chain, each result saved to a folder as the publisher
+    saves it and handed on by path; seconds per step. The same functions the assets run, on the same inputs, minus
+    Dagster and MLflow: every step of a training run (a labeling batch is made on purpose, never by one)."""
+    from rlhf_dag import graph
 
-    The same functions the assets run (rlhf_dag/training/steps.py), on the same inputs, minus Dagster and MLflow.
-    """
-    from rlhf_dag.config import labels_dir, resolve
-    from rlhf_dag.data.labels import LABEL_FILES, label_file
-    from rlhf_dag.training.steps import STEP_INPUTS, STEPS
-
-    labels = {name: str(label_file(labels_dir(), name)) for name in LABEL_FILES}
-    paths, seconds = dict(labels), {}
-    for step, function in STEPS.items():
-        if step == "labeling_candidates":  # a labeling batch, made on purpose: no part of a training run
-            continue
-        t = time.perf_counter()
-        result = function({name: paths[name] for name in STEP_INPUTS[step]}, resolve(step))
-        folder = work / step
-        folder.mkdir(parents=True)
-        result.save(folder)
-        paths[step] = str(folder / result.main_file) if result.main_file else str(folder)
-        seconds[step] = time.perf_counter() - t
-    return seconds
+    return run_steps([s for s in graph.names() if graph.step(s).group != "labeling"], work)[2]
 
 
 def _timed(timers: Timers, function, label: str):
@@ -146,8 +131,9 @@ def materialize_worker(report: str) -> None:
     timers.wrap_context(type(defs.resources["mlflow"]), "start_run", "MLflow")
     for name in ("log_metrics", "log_result", "end_orphaned_runs"):
         timers.wrap(type(defs.resources["mlflow"]), name, "MLflow")
-    for name in list(steps.STEPS):
-        steps.STEPS[name] = _timed(timers, steps.STEPS[name], "step functions")
+    # publish.py runs `steps.step_function(asset)(inputs, cfg)`: the functions it gets are timed
+    step_function = steps.step_function
+    steps.step_function = lambda name: _timed(timers, step_function(name), "step functions")
 
     instance = dg.DagsterInstance.get()
     t = time.perf_counter()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/quality.py [--profile default] [--seeds 0,1,2] [--reuse]
 
-Runs the graph's own step functions (rlhf_dag/training/steps.py) on the shipped
+Runs the graph's own steps (rlhf_dag/training/steps.py `run_chain`) on the shipped
 labels: corpus -> base -> SFT, comparisons -> RM once, then for each seed
 ppo_policy (PPOConfig.seed) and policy_evaluation (EvalConfig.seed, so the
 held-out prompts are sampled afresh too). Prints each seed's PPO-vs-SFT gold
@@ -21,27 +21,14 @@ import json
 import os
 import shutil
 import sys
-import time
-from pathlib import Path
 
-from harness import SCRATCH, bench_parser, machine, machine_line, markdown_table, save_results, warn_if_busy
+from harness import SCRATCH, bench_parser, machine, machine_line, markdown_table, run_steps, save_results, warn_if_busy
 
-UPSTREAM = ("pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model")
+from rlhf_dag import graph
 
-
-def run(step: str, inputs: dict[str, str], work: Path, overrides: dict | None = None) -> tuple[str, dict, float]:
-    """Run one step function, save its result under `work/<step>`; return (path downstream reads, metrics, seconds)."""
-    from rlhf_dag.config import resolve
-    from rlhf_dag.training.steps import STEPS
-
-    started = time.perf_counter()
-    result = STEPS[step](inputs, resolve(step, overrides))
-    folder = work / step
-    folder.mkdir(parents=True)
-    result.save(folder)
-    path = str(folder / result.main_file) if result.main_file else str(folder)
-    (work / f"{step}.path").write_text(path)
-    return path, result.metrics, time.perf_counter() - started
+# the steps PPO trains from, run once for every seed: corpus -> base -> SFT, comparisons -> RM
+UPSTREAM = [step for step in graph.names() if step in graph.upstream_steps("ppo_policy")]
+PPO = ("ppo_policy", "policy_evaluation")  # then, per seed: PPOConfig.seed and EvalConfig.seed
 
 
 def main() -> int:
@@ -50,31 +37,29 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse the SFT model and RM of the previous run")
     args = parser.parse_args()
     os.environ["RLHF_DAG_PROFILE"] = args.profile
-    from rlhf_dag.config import labels_dir, resolve
-    from rlhf_dag.data.labels import LABEL_FILES, label_file
-    from rlhf_dag.training.steps import STEP_INPUTS
+    from rlhf_dag.config import resolve
 
     info = machine()
     warn_if_busy(info)
     root = SCRATCH / f"quality-{args.profile}"
-    labels = {name: str(label_file(labels_dir(), name)) for name in LABEL_FILES}
-    paths, upstream_metrics, seconds = dict(labels), {}, {}
     if args.reuse:
-        paths.update({step: (root / "shared" / f"{step}.path").read_text() for step in UPSTREAM})
+        paths = json.loads((root / "shared" / "paths.json").read_text())
         upstream_metrics = json.loads((root / "shared" / "metrics.json").read_text())
+        seconds = {}
     else:
         shutil.rmtree(root, ignore_errors=True)
-        for step in UPSTREAM:
-            paths[step], upstream_metrics[step], seconds[step] = run(step, {n: paths[n] for n in STEP_INPUTS[step]}, root / "shared")
-            print(f"  {step}: {seconds[step]:.1f}s", flush=True)
+        paths, results, seconds = run_steps(UPSTREAM, root / "shared", echo=True)
+        upstream_metrics = {step: result.metrics for step, result in results.items()}
         (root / "shared" / "metrics.json").write_text(json.dumps(upstream_metrics))
+        (root / "shared" / "paths.json").write_text(json.dumps(paths))
 
     per_seed = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         work = root / f"seed-{seed}"
         shutil.rmtree(work, ignore_errors=True)
-        paths["ppo_policy"], ppo, ppo_seconds = run("ppo_policy", {n: paths[n] for n in STEP_INPUTS["ppo_policy"]}, work, {"seed": seed})
-        _, ev, eval_seconds = run("policy_evaluation", {n: paths[n] for n in STEP_INPUTS["policy_evaluation"]}, work, {"seed": seed})
+        _, results, secs = run_steps(PPO, work, dict.fromkeys(PPO, {"seed": seed}), paths)
+        ppo, ev = results["ppo_policy"].metrics, results["policy_evaluation"].metrics
+        ppo_seconds, eval_seconds = secs["ppo_policy"], secs["policy_evaluation"]
         per_seed.append({"seed": seed, "ppo": ppo, "evaluation": ev, "ppo_seconds": ppo_seconds, "evaluation_seconds": eval_seconds})
         print(f"  seed {seed}: PPO vs SFT {ev['win_rate_ppo_vs_sft']:.3f} [{ev['win_rate_ppo_vs_sft_ci_low']:.3f}, {ev['win_rate_ppo_vs_sft_ci_high']:.3f}] "
               f"({ppo_seconds:.0f}s PPO)", flush=True)

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from harness import REPO, bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy
 
-TRAINED = ("base_model", "sft_model", "reward_model", "ppo_policy")
+from rlhf_dag import graph
+
+TRAINED = tuple(s for s in graph.names("rlhf") if graph.step(s).launched)  # base_model, sft_model, reward_model, ppo_policy
 # the figures compared, per step: the final losses (PPO: its reward and KL)
 FINAL = {"base_model": ("final_loss", "training_loss"), "sft_model": ("validation_loss", "training_loss"),
          "reward_model": ("validation_loss", "training_loss"), "ppo_policy": ("final_rm_score", "final_kl")}
@@ -87,15 +89,15 @@ def main() -> int:
     root, env = isolated_env("resume", args.profile)
     os.environ.update({k: env[k] for k in ("RLHF_DAG_HOME", "RLHF_DAG_LABELS_DIR", "RLHF_DAG_PROFILE")})
     from rlhf_dag.config import checkpoints_dir, resolve
+    from rlhf_dag.data.labels import label_file
     from rlhf_dag.training.resume import checkpoint_key
     from rlhf_dag.training.result import StepResult
-    from rlhf_dag.training.steps import STEP_INPUTS, STEPS
 
     print(f"bench/resume.py: profile '{args.profile}', steps {', '.join(steps)}, run in {root}", flush=True)
     upstream, results, rows = {}, {}, []
-    order = list(STEPS)  # dependency order
-    for step in order[: max(order.index(s) for s in steps) + 1]:
-        inputs = {name: upstream.get(name) or str(root / "labels" / f"{name}.jsonl") for name in STEP_INPUTS[step]}
+    # the steps asked for and those they read, in dependency order
+    for step in [s for s in graph.names() if s in steps or any(s in graph.upstream_steps(t) for t in steps)]:
+        inputs = {name: upstream.get(name) or str(label_file(root / "labels", name)) for name in graph.step(step).inputs}
         cmd, out = spec(root, step, inputs, config if step in steps else {}, "uninterrupted")
         full = run_child(cmd, env, out.with_suffix(".log"))
         saved_result = StepResult.load(out)

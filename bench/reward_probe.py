@@ -19,6 +19,7 @@ With no `--reward-model` it probes the RM of the last `bench/quality.py` run
 from __future__ import annotations
 
 import collections
+import json
 import os
 import random
 import sys
@@ -55,7 +56,7 @@ def main() -> int:
     from rlhf_dag.training.models import load_reward_model
     from rlhf_dag.training.reward import score_texts
 
-    models = args.reward_model or [(SCRATCH / f"quality-{args.profile}" / "shared" / "reward_model.path").read_text().strip()]
+    models = args.reward_model or [json.loads((SCRATCH / f"quality-{args.profile}" / "shared" / "paths.json").read_text())["reward_model"]]
     prompts = [r["prompt"] for r in load_labels(str(label_file(labels_dir(), "eval_prompts")), "eval_prompts").records if parse_task(r["prompt"])]
     pairs = probe_pairs(prompts, args.per_style)
     styles = list(dict.fromkeys(p[1] for p in pairs))

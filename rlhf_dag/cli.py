@@ -134,11 +134,12 @@ def cmd_retrain(args) -> int:
 
 
 def cmd_label_batch(args) -> int:
-    """Add a labeling batch (a partition of labeling_candidates) and materialize it: candidates sampled, pushed to Label Studio."""
+    """Add a labeling batch (a partition of labeling_candidates, in the labeling code location) and materialize it: candidates
+    sampled from the instance's latest sft_model (or ppo_policy), pushed to Label Studio."""
     _use_persistent_instance()
     import dagster as dg
 
-    from .definitions import defs
+    from .labeling_definitions import defs
     from .pipeline.labeling import LABELING_BATCHES
 
     instance = dg.DagsterInstance.get()

@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import graph
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,11 +31,11 @@ class StepConfig(BaseModel):
     def training_hash(self) -> str:
         """sha256 of the fields that change what is trained or built: the asset's code version.
 
-        The settings of the samples a step reports (`SampleSettings`) and how often it
-        checkpoints (`CheckpointSettings`) are left out: changing one changes a figure at
+        The settings of the samples a step reports (`SampleSettings`), the judge of its figures (`JudgeSettings`)
+        and how often it checkpoints (`CheckpointSettings`) are left out: changing one changes a figure at
         the next materialization, or what a killed run leaves, never forces a retrain.
         """
-        return _hash(self.model_dump(exclude=set(SampleSettings.model_fields) | set(CheckpointSettings.model_fields)))
+        return _hash(self.model_dump(exclude=set(SampleSettings.model_fields) | set(JudgeSettings.model_fields) | set(CheckpointSettings.model_fields)))
 
 
 def _hash(values: dict) -> str:
@@ -49,7 +51,17 @@ class CorpusConfig(StepConfig):
     validation_fraction: float = Field(0.05, description="share of documents held out (by a hash of the text) for the base model's loss gate; never trained on")
 
 
-class SampleSettings(StepConfig):
+GOLD_JUDGE = "rlhf_dag.data.gold:GoldJudge"
+
+
+class JudgeSettings(StepConfig):
+    """Who judges the responses a step reports on, beyond the reward model (training/judge.py): figures, not weights."""
+
+    judge: str = Field(default_factory=lambda: os.environ.get("RLHF_DAG_JUDGE", GOLD_JUDGE),
+                       description=f"'module:Class' of a judge, or 'none' (RM-only figures); default RLHF_DAG_JUDGE, else the gold labeler {GOLD_JUDGE}")
+
+
+class SampleSettings(JudgeSettings):
     """How a step samples the generations it reports (the source's prompts, gold means): shape figures, not weights."""
 
     sample_temperature: float = Field(0.7, description="temperature of the reported samples")
@@ -106,6 +118,10 @@ class DatasetConfig(StepConfig):
     split_salt: str = Field("rlhf-dag", description="salt of the prompt hash that assigns each prompt to a split (fixed, so validation never moves)")
 
 
+class ComparisonDatasetConfig(DatasetConfig, JudgeSettings):
+    """`comparison_dataset`: as `sft_dataset`, and where people ranked, their agreement with the judge."""
+
+
 class SFTConfig(SampleSettings, CheckpointSettings):
     """`sft_model`: TRL SFTTrainer on demonstrations, loss on response tokens only."""
 
@@ -120,7 +136,7 @@ class SFTConfig(SampleSettings, CheckpointSettings):
     seed: int = Field(0, description="data-order seed")
 
 
-class RewardConfig(CheckpointSettings):
+class RewardConfig(CheckpointSettings, JudgeSettings):
     """`reward_model`: TRL RewardTrainer, initialized from the SFT model, one scalar head."""
 
     epochs: float = Field(2.0, description="passes over the comparisons")
@@ -200,13 +216,14 @@ class RLOOConfig(OnlineConfig):
     """`rloo_policy`: TRL RLOOTrainer, the reward model as reward; each response's baseline is the mean reward of the group's others."""
 
 
-class EvalConfig(StepConfig):
-    """`policy_evaluation`: base vs SFT vs PPO on held-out prompts, judged by the gold labeler."""
+class EvalConfig(JudgeSettings):
+    """`policy_evaluation` and the alternatives' evaluations: a policy vs SFT (and base) on held-out prompts, judged by
+    the judge where it can, and by the reward model's preference, the proxy the policy optimized."""
 
     temperature: float = Field(1.0, description="sampling temperature of every model under evaluation (1.0: each model's own distribution, as PPO samples it)")
     max_new_tokens: int = Field(64, description="response length cap")
     samples_per_prompt: int = Field(2, description="responses per held-out prompt and model")
-    source_prompt_samples: int = Field(16, description="samples per model for each of the source's four prompts, for their pass rates")
+    source_prompt_samples: int = Field(16, description="samples per model for each of the judge's source prompts, for their pass rates")
     source_prompt_temperature: float = Field(0.7, description="sampling temperature of those samples")
     seed: int = Field(0, description="sampling seed")
 
@@ -231,24 +248,6 @@ class GateConfig(StepConfig):
     eos_rate_floor: float = Field(0.8, description="ppo_emits_eos: share of final rollouts that end with EOS")
 
 
-STEP_CONFIGS: dict[str, type[StepConfig]] = {
-    "pretraining_corpus": CorpusConfig,
-    "base_model": PretrainConfig,
-    "sft_dataset": DatasetConfig,
-    "sft_model": SFTConfig,
-    "comparison_dataset": DatasetConfig,
-    "reward_model": RewardConfig,
-    "ppo_policy": PPOConfig,
-    "policy_evaluation": EvalConfig,
-    "labeling_candidates": LabelingConfig,
-    "dpo_policy": DPOConfig,
-    "grpo_policy": GRPOConfig,
-    "rloo_policy": RLOOConfig,
-    "dpo_evaluation": EvalConfig,
-    "grpo_evaluation": EvalConfig,
-    "rloo_evaluation": EvalConfig,
-    "method_comparison": StepConfig,
-}
 # Not a step: the checks' thresholds, resolved per profile like the steps' configs.
 GATES = "gates"
 
@@ -305,21 +304,22 @@ def resolve(asset: str, overrides: dict | None = None, profile: str | None = Non
     """
     profile = profile or active_profile()
     values = {**PROFILES[profile].get(asset, {}), **(overrides or {})}
-    return _config_class(asset)(**values)
+    return config_class(asset)(**values)
 
 
-def _config_class(asset: str) -> type[BaseModel]:
-    return GateConfig if asset == GATES else STEP_CONFIGS[asset]
+def config_class(asset: str) -> type[StepConfig]:
+    """The config class of a step (its row in graph.py), or of the gates."""
+    return GateConfig if asset == GATES else graph.load(graph.step(asset).config)
 
 
 def check_profiles(profiles: dict[str, dict[str, dict]]) -> None:
     """Every asset and field a profile names exists: a typo is an error when config.py is imported, never ignored."""
     for profile, assets in profiles.items():
         for asset, fields in assets.items():
-            if asset != GATES and asset not in STEP_CONFIGS:
+            if asset != GATES and asset not in graph.names():
                 raise ValueError(f"rlhf_dag/config.py PROFILES[{profile!r}] names {asset!r}, which is not an asset; "
-                                 f"the assets are {', '.join(STEP_CONFIGS)} (and {GATES!r} for the checks' thresholds)")
-            cls = _config_class(asset)
+                                 f"the assets are {', '.join(graph.names())} (and {GATES!r} for the checks' thresholds)")
+            cls = config_class(asset)
             unknown = sorted(set(fields) - set(cls.model_fields))
             if unknown:
                 raise ValueError(f"rlhf_dag/config.py PROFILES[{profile!r}][{asset!r}] sets {', '.join(unknown)}, not a field of "

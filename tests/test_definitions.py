@@ -1,10 +1,15 @@
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
+import yaml
 
 from rlhf_dag.definitions import defs
+from rlhf_dag.labeling_definitions import defs as labeling_defs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,21 +66,23 @@ EXPECTED_BLOCKING_CHECKS = {
 }
 
 
+def _shape(graph, keys) -> dict[str, list[str]]:
+    return {key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys) for key in keys}
+
+
 def test_asset_graph_shape_matches_the_contract():
-    graph = defs.resolve_asset_graph()
-    shape = {
-        key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
-        for key in graph.get_all_asset_keys()
-    }
+    """Both code locations together: the training graph, and the labeling batches in a location of their own."""
+    graph, labeling = defs.resolve_asset_graph(), labeling_defs.resolve_asset_graph()
+    shape = _shape(graph, graph.get_all_asset_keys()) | _shape(labeling, labeling.materializable_asset_keys)
     assert shape == EXPECTED_GRAPH
 
 
 def test_the_step_functions_read_exactly_the_graph_edges():
-    """bench/ runs the step functions without Dagster from STEP_INPUTS: it must be the assets' own wiring."""
-    from rlhf_dag.training.steps import STEP_INPUTS
+    """The table of steps (graph.py), from which the assets, the spec runner and bench/ take their inputs, is the
+    contract's graph: this expectation is written out by hand from DESIGN.md, not derived from the table."""
+    from rlhf_dag import graph
 
-    labels = {"prompts", "demonstrations", "comparisons", "eval_prompts"}
-    wiring = {step: sorted(f"labels/{n}" if n in labels else n for n in inputs) for step, inputs in STEP_INPUTS.items()}
+    wiring = {step.name: sorted(f"labels/{n}" if n in graph.LABEL_FILES else n for n in step.inputs) for step in graph.STEPS}
     assert wiring == EXPECTED_INPUTS
 
 
@@ -105,6 +112,60 @@ def test_quality_gates_are_blocking_checks():
     for check_def in defs.asset_checks:
         for spec in check_def.check_specs:
             assert spec.blocking == ((spec.asset_key.to_user_string(), spec.name) in EXPECTED_BLOCKING_CHECKS), spec.key
+
+
+def test_the_training_location_has_no_partitioned_asset():
+    """`dagster asset materialize -m rlhf_dag.definitions --select '*'` would refuse to run without --partition."""
+    graph = defs.resolve_asset_graph()
+    assert [key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).is_partitioned] == []
+    assert dg.AssetKey("labeling_candidates") not in graph.get_all_asset_keys()
+
+
+def test_the_labeling_location_reads_the_training_locations_assets_as_external():
+    """labeling_candidates, one partition per batch; its upstream are the training location's assets, declared here as
+    external (never materialized from here) and loaded by the same IO manager from the same handle store."""
+    from rlhf_dag.pipeline.labeling import LABELING_BATCHES
+
+    graph, training = labeling_defs.resolve_asset_graph(), defs.resolve_asset_graph()
+    assert graph.materializable_asset_keys == {dg.AssetKey("labeling_candidates")}
+    node = graph.get(dg.AssetKey("labeling_candidates"))
+    assert node.partitions_def == LABELING_BATCHES
+    for parent in node.parent_keys:
+        assert not graph.get(parent).is_materializable and not graph.get(parent).is_observable, parent
+        assert training.get(parent).is_materializable or training.get(parent).is_observable, parent
+    assert labeling_defs.resources["io_manager"].base_dir == defs.resources["io_manager"].base_dir
+
+
+def test_the_workspace_serves_both_locations_and_each_loads():
+    """`make ui` (dagster dev -w workspace.yaml): the training graph and the labeling batches, validated as Dagster loads them."""
+    locations = {entry["python_module"]["location_name"]: entry["python_module"]["module_name"]
+                 for entry in yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]}
+    assert locations == {"rlhf_dag": "rlhf_dag.definitions", "rlhf_dag_labeling": "rlhf_dag.labeling_definitions"}
+    done = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in locations:
+        assert f"Validation successful for code location {name}." in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_materialize_select_star_from_the_dagster_cli(tmp_path):
+    """The first thing a Dagster user types: every asset of the training location, core graph and alternatives, in one run."""
+    env = {**os.environ, "RLHF_DAG_PROFILE": "smoke", "RLHF_DAG_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
+           "RLHF_DAG_LABELS_DIR": str(tmp_path / "labels"), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    shutil.copytree(REPO / "assets", tmp_path / "labels")
+    (tmp_path / "dagster").mkdir()
+    done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "*"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    graph = defs.resolve_asset_graph()
+    expected = {key.to_user_string() for key in graph.materializable_asset_keys}
+    assert {graph.get(dg.AssetKey(a)).group_name for a in expected} == {"rlhf", "alternatives"}
+    artifacts = tmp_path / "home" / "artifacts"
+    runs = {asset.name: [d.name for d in asset.iterdir() if not d.name.startswith(".")] for asset in artifacts.iterdir()}
+    assert set(runs) == expected
+    assert len({run for dirs in runs.values() for run in dirs}) == 1, runs  # each asset once, all in the one run
 
 
 def test_definitions_load_from_the_cli_module():

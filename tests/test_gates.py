@@ -40,10 +40,10 @@ CASES = [
 
 
 def _evaluate(check_name: str, asset: str, metrics: dict) -> dg.AssetCheckResult:
-    check = getattr(checks, check_name)
+    check = checks.CHECKS_BY_NAME[check_name]
     handle = ArtifactHandle(asset, "/not/read", "hash", metrics=metrics)
     resources = {"gates": GATES} if "gates" in check.required_resource_keys else {}
-    return check(**{asset: handle}, **resources)
+    return check(handle, **resources)
 
 
 @pytest.mark.parametrize("check_name,asset,good,bad,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -171,7 +171,8 @@ def test_each_format_trains_a_reward_model(smoke_run, tmp_path, name):
     """comparison_dataset and reward_model, the step functions the assets run, on a file in each format."""
     from rlhf_dag.training.models import load_reward_model
     from rlhf_dag.training.reward import score_texts
-    from rlhf_dag.training.steps import comparison_dataset, reward_model
+    from rlhf_dag.training.dataset_steps import comparison_dataset
+    from rlhf_dag.training.reward import reward_model
 
     _, _, result = smoke_run
     shipped = [r for r in _shipped_comparisons(64) if r["chosen"] == r["chosen"].strip() and r["rejected"] == r["rejected"].strip()]
@@ -208,7 +209,7 @@ def test_ppo_trains_on_multi_turn_prompts_from_a_parquet_file(smoke_run, tmp_pat
     import torch
 
     from rlhf_dag.training.models import load_causal_lm
-    from rlhf_dag.training.steps import ppo_policy
+    from rlhf_dag.training.ppo import ppo_policy
 
     _, _, result = smoke_run
     conversations = [[*user(f"What is {n} + {n}?"), *assistant(f"{n} + {n} = {2 * n}."), *user(f"And {n} + 1?")] for n in range(2, 10)]

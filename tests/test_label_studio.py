@@ -177,7 +177,7 @@ def test_rank_in_label_studio_pull_into_comparisons_and_exactly_the_downstream_a
                                                                                                monkeypatch, capsys, tmp_path):
     from rlhf_dag.cli import main
     from rlhf_dag.config import resolve
-    from rlhf_dag.training.steps import STEPS
+    from rlhf_dag.training.steps import step_function
 
     url, start_seconds = label_studio
     defs, instance, result = smoke_run
@@ -249,7 +249,7 @@ def test_rank_in_label_studio_pull_into_comparisons_and_exactly_the_downstream_a
         assert {a for a, s in statuses.items() if s != "STALE"} == {"pretraining_corpus", "base_model", "sft_dataset", "sft_model"}
 
         # agreement, as comparison_dataset reports it (its step, so the session's graph stays as it was)
-        step = STEPS["comparison_dataset"]({"comparisons": str(comparisons)}, resolve("comparison_dataset"))
+        step = step_function("comparison_dataset")({"comparisons": str(comparisons)}, resolve("comparison_dataset"))
         m = step.metrics
         key = {email: email.replace("@", "_") for email in (alice.email, bob.email)}
         assert m[f"agreement_gold.labeler.{key[alice.email]}"] == 1.0 and m[f"agreement_gold.labeler.{key[bob.email]}"] == 0.0

@@ -44,13 +44,13 @@ def test_an_online_method_moves_the_policy_with_the_reward_model_as_reward(smoke
     from rlhf_dag.data.labels import label_file
     from rlhf_dag.config import labels_dir
     from rlhf_dag.training.models import load_causal_lm
-    from rlhf_dag.training.steps import STEPS
+    from rlhf_dag.training.steps import step_function
 
     _, _, result = smoke_run
     sft = result.output_for_node("sft_model").path
     inputs = {"sft_model": sft, "reward_model": result.output_for_node("reward_model").path, "prompts": str(label_file(labels_dir(), "prompts"))}
     cfg = resolve(f"{method}_policy", {"steps": 4, "learning_rate": 5e-3, "check_prompts": 16, "missing_eos_penalty": None})
-    trained = STEPS[f"{method}_policy"](inputs, cfg)
+    trained = step_function(f"{method}_policy")(inputs, cfg)
     before, _ = load_causal_lm(sft)
     deltas = [float((a - b.to(a.device)).abs().max()) for a, b in zip(trained.model.state_dict().values(), before.state_dict().values())]
     assert max(deltas) > 0 and trained.metrics["finite"] == 1.0
@@ -104,7 +104,7 @@ def test_the_alternatives_train_pass_their_gates_and_fill_one_table(alternatives
     assert _metadata(result, "dpo_policy")["final_kl"] > 0  # DPO moved the policy off SFT
     table = _metadata(result, "method_comparison")["method_table"]
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| SFT (reference)", "| PPO", "| DPO", "| GRPO", "| RLOO"]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| SFT (reference, figures of ppo's evaluation)", "| PPO", "| DPO", "| GRPO", "| RLOO"]
     for method in ("dpo", "grpo", "rloo"):
         evaluation = _metadata(result, f"{method}_evaluation")
         assert 0 <= evaluation[f"win_rate_{method}_vs_sft_ci_low"] <= evaluation[f"win_rate_{method}_vs_sft"] <= evaluation[f"win_rate_{method}_vs_sft_ci_high"] <= 1

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_ppo_train import RiggedReward
-from toy import A_ID, EOS_ID, WORDS, causal_lm, one_thread, toy_tokenizer  # noqa: F401  (one_thread: an autouse fixture)
+from toy import A_ID, EOS_ID, VOCAB, causal_lm, one_thread, toy_tokenizer  # noqa: F401  (one_thread: an autouse fixture)
 from transformers import AutoModelForCausalLM
 
 from rlhf_dag.config import DPOConfig, GRPOConfig, RLOOConfig
@@ -58,7 +58,7 @@ def comparisons(prompt_words: list[str], n: int, rng: random.Random) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("seed", [0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_dpo_gives_the_chosen_responses_of_held_out_pairs_a_clearly_higher_implicit_reward(tmp_path, seed):
     """Guards which side of a pair DPO pushes up: swapped chosen and rejected would give every held-out margin the other sign.
 
@@ -101,7 +101,7 @@ class CountingRewardModel(RiggedReward):
 def test_reward_model_reward_is_the_rm_score_or_the_penalty_for_a_response_without_eos():
     """The reward TRL receives: the RM score of prompt + response + EOS (2 "a"s: 2.0; 1 "a": 1.0), or with a penalty,
     -5.0 for a response whose ids do not end with EOS. The history logs the RM's own mean and the EOS rate either way."""
-    completions, completion_ids, requests = ["a a", "a b"], [[A_ID, A_ID, EOS_ID], [A_ID, A_ID + 1]], ["c d", "e"]
+    completions, completion_ids, requests = ["a a", "a b"], [[A_ID, A_ID, EOS_ID], [A_ID, VOCAB["b"]]], ["c d", "e"]
     for penalty, expected in ((None, [2.0, 1.0]), (-5.0, [2.0, -5.0])):
         reward = RewardModelReward(CountingRewardModel(A_ID), toy_tokenizer(), penalty)
         rewards = reward([format_prompt(r) for r in requests], completions, completion_ids, requests)
@@ -137,13 +137,16 @@ def test_online_method_raises_the_reward_model_score_far_above_an_lr_0_control(t
     sft, tokenizer = saved_sft_model(tmp_path, 0), toy_tokenizer()
     cfg = config_class(steps=20, prompts_per_step=4, num_generations=4, max_new_tokens=8, temperature=1.0, learning_rate=3e-2, beta=0.01,
                        missing_eos_penalty=None, seed=0)
-    runs = {}
-    for name, learning_rate in (("trained", cfg.learning_rate), ("control", 0.0)):
+
+    def run(learning_rate: float):
         reward = RewardModelReward(CountingRewardModel(A_ID), tokenizer, cfg.missing_eos_penalty)
-        runs[name] = (reward, *train_online(method, sft, tokenizer, reward, PROMPTS, cfg.model_copy(update={"learning_rate": learning_rate})))
-    (trained_reward, trained, trained_metrics), (control_reward, control, control_metrics) = runs["trained"], runs["control"]
-    assert len(trained_reward.history) == cfg.steps  # one row per generation batch: every reward went through RewardModelReward
-    assert trained_metrics["train_final_rm_score"] > control_metrics["train_final_rm_score"] + 3.0, (
-        f"final RM score {trained_metrics['train_final_rm_score']:.2f} vs control {control_metrics['train_final_rm_score']:.2f}; "
-        f"per batch: {[round(r['rm_score'], 2) for r in trained_reward.history]}")
-    assert first_token_probability(trained, tokenizer, HELD_OUT_PROMPTS, A_ID) > 0.5 > 0.2 > first_token_probability(control, tokenizer, HELD_OUT_PROMPTS, A_ID)
+        policy, metrics = train_online(method, sft, tokenizer, reward, PROMPTS, cfg.model_copy(update={"learning_rate": learning_rate}))
+        return reward.history, policy, metrics
+
+    (history, trained, metrics), (_, control, control_metrics) = run(cfg.learning_rate), run(0.0)
+    assert len(history) == cfg.steps  # one row per generation batch: every reward went through RewardModelReward
+    assert metrics["train_final_rm_score"] > control_metrics["train_final_rm_score"] + 3.0, (
+        f"final RM score {metrics['train_final_rm_score']:.2f} vs control {control_metrics['train_final_rm_score']:.2f}; "
+        f"per batch: {[round(r['rm_score'], 2) for r in history]}")
+    trained_a, control_a = (first_token_probability(policy, tokenizer, HELD_OUT_PROMPTS, A_ID) for policy in (trained, control))
+    assert trained_a > 0.5 and control_a < 0.2, (trained_a, control_a)

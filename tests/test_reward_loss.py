@@ -9,7 +9,8 @@ import torch
 from toy import one_thread, toy_tokenizer, value_model  # noqa: F401  (one_thread: an autouse fixture)
 
 from rlhf_dag.training.chat import EOS, format_prompt
-from rlhf_dag.training.evaluate import gold_scores, mean_gold, win_rate, win_rate_by_kind
+from rlhf_dag.data.gold import GoldJudge
+from rlhf_dag.training.evaluate import judge_scores, mean_judged, win_rate, win_rate_by_kind
 from rlhf_dag.training.generate import Sample
 from rlhf_dag.training.reward import accuracy_by_kind, pairwise_loss, score_texts
 
@@ -87,19 +88,21 @@ def test_win_rate_leaves_out_pairs_the_gold_labeler_cannot_judge():
 
 def test_gold_scores_of_prompts_outside_the_task_family_are_none():
     samples = [Sample("What is 2 + 2?", "4.", True, 2), Sample("Summarize my meeting notes.", "Done.", True, 2)]
-    judged = gold_scores(samples)
+    judged = judge_scores(samples, GoldJudge())
     assert judged[0] is not None and judged[1] is None
-    assert mean_gold(samples) == pytest.approx(judged[0])
+    assert mean_judged(samples, GoldJudge()) == pytest.approx(judged[0])
+    assert judge_scores(samples, None) == [None] * len(samples) and mean_judged(samples, None) is None  # no judge: nothing judged
 
 
 def test_accuracy_by_kind_splits_the_held_out_pairs_by_task_kind():
     prompts = ["What is 2 + 2?", "What is 3 times 4?", "What is 7 - 1?",
                "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing.",
                "Summarize this contract."]
-    by_kind = accuracy_by_kind(prompts, [True, False, False, True, True])
+    by_kind = accuracy_by_kind(prompts, [True, False, False, True, True], GoldJudge())
     assert by_kind == {"email": (1.0, 1), "math": (pytest.approx(1 / 3), 3), "other": (1.0, 1)}
     with pytest.raises(ValueError):
-        accuracy_by_kind(prompts, [True])
+        accuracy_by_kind(prompts, [True], GoldJudge())
+    assert accuracy_by_kind(prompts, [True] * 5, None) == {}  # no judge, no kinds
 
 
 def test_win_rate_by_kind_judges_each_kind_on_its_own_pairs():
@@ -108,4 +111,5 @@ def test_win_rate_by_kind_judges_each_kind_on_its_own_pairs():
     ppo = [1.0, 0.5, 0.9, 0.2, None]
     sft = [0.5, 0.5, 0.3, 0.8, 0.4]
     # math: a win and a tie -> 0.75; email: a win and a loss -> 0.5; the prompt outside the domain is no kind
-    assert win_rate_by_kind(prompts, ppo, sft) == {"email": 0.5, "math": 0.75}
+    assert win_rate_by_kind(prompts, ppo, sft, GoldJudge()) == {"email": 0.5, "math": 0.75}
+    assert win_rate_by_kind(prompts, ppo, sft, None) == {}

@@ -14,7 +14,8 @@ import pytest
 
 from rlhf_dag.config import resolve
 from rlhf_dag.training.result import StepResult
-from rlhf_dag.training.steps import policy_evaluation, pretraining_corpus, sft_dataset
+from rlhf_dag.training.dataset_steps import pretraining_corpus, sft_dataset
+from rlhf_dag.training.evaluate import policy_evaluation
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,7 +99,7 @@ def test_the_evaluation_compares_ppo_with_sft_samples(smoke_run, isolated_env, m
     inputs["eval_prompts"] = str(isolated_env / "labels" / "eval_prompts.jsonl")
     seen = {}
 
-    def known_scores(policies, tokenizer, reward_model, prompts, cfg):
+    def known_scores(policies, tokenizer, reward_model, prompts, cfg, judge):
         seen.update(policies)
         repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
         n = len(repeated)

@@ -13,7 +13,7 @@ import ast
 import re
 from dataclasses import dataclass
 
-from .domain import ASKED, CODE_PROPERTIES, HEROES_VILLAINS, RECIPIENTS, Task, parse_task
+from .domain import ASKED, CODE_PROPERTIES, HEROES_VILLAINS, KINDS, RECIPIENTS, SOURCE_PROMPTS, Task, parse_task
 
 WEIGHTS = {"content": 0.55, "length": 0.15, "stopped": 0.15, "no_repetition": 0.15}
 CONTINUATION_PENALTY = 0.4
@@ -219,3 +219,22 @@ def gold_score(prompt: str, response: str, ended_with_eos: bool = True) -> GoldS
         continuation=continuation,
         repetition=rep,
     )
+
+
+class GoldJudge:
+    """The gold labeler as a `training.judge.Judge`: it judges the built-in task family, and nothing else."""
+
+    kinds = KINDS
+    source_prompts = SOURCE_PROMPTS
+
+    def score(self, prompt: str, response: str, ended_with_eos: bool = True) -> float | None:
+        judged = gold_score(prompt, response, ended_with_eos)
+        return judged.score if judged else None
+
+    def kind(self, prompt: str) -> str | None:
+        task = parse_task(prompt)
+        return task.kind if task else None
+
+    def is_correct(self, prompt: str, response: str) -> bool | None:
+        return is_correct(prompt, response)
+

@@ -12,8 +12,9 @@ import math
 
 import dagster as dg
 
+from .. import graph
 from ..artifacts import ArtifactHandle
-from ..config import labels_dir
+from ..config import config_class, labels_dir
 from ..data.labels import label_file, leaked_prompts, load_labels
 from .resources import QualityGates
 
@@ -47,7 +48,7 @@ def reward_model_accuracy(reward_model: ArtifactHandle, gates: QualityGates) -> 
 
 
 # A policy's three gates, shared by PPO and the TRL-trained alternatives; `samples` names what the EOS rate was
-# measured on, the remedies what to change (PPO's KL coefficient is kl_coef, the TRL trainers' is beta).
+# measured on, the remedies what to change.
 def _kl_gate(metrics: dict, gates: QualityGates, remedy: str) -> dg.AssetCheckResult:
     kl, budget = metrics["final_kl"], gates.thresholds().kl_budget
     return _gate(kl <= budget, {"final_kl": kl, "kl_budget": budget}, f"mean sequence KL {kl:.2f} exceeds the budget {budget}; {remedy}")
@@ -64,64 +65,29 @@ def _finite_gate(metrics: dict, method: str) -> dg.AssetCheckResult:
     return _gate(passed, {}, f"{method} statistics contain NaN or inf")
 
 
-@dg.asset_check(asset="ppo_policy", blocking=True, description="PPO stayed within its KL budget to the SFT model.")
-def ppo_within_kl_budget(ppo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    return _kl_gate(ppo_policy.metrics, gates, "raise kl_coef or lower learning_rate")
+def _policy_gates(step: graph.Step) -> list[dg.AssetChecksDefinition]:
+    """A policy's three gates, named `<method>_<gate>`, their remedies in the words of its config: PPO's KL coefficient
+    is kl_coef, the TRL trainers' beta; a step that samples while training has missing_eos_penalty."""
+    fields = config_class(step.name).model_fields
+    name, knob = step.method.upper(), "kl_coef" if "kl_coef" in fields else "beta"
+    samples = "rollouts" if "rollout_batch_size" in fields else "its samples"
+    eos_remedy = "make missing_eos_penalty more negative" if "missing_eos_penalty" in fields else "lower learning_rate or epochs"
+    after = "" if samples == "rollouts" else " (on its samples after training)"
 
+    @dg.asset_check(asset=step.name, name=f"{step.method}_within_kl_budget", blocking=True,
+                    description=f"{name} stayed within its KL budget to the SFT model{after}.")
+    def within_kl_budget(policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+        return _kl_gate(policy.metrics, gates, f"raise {knob} or lower learning_rate")
 
-@dg.asset_check(asset="ppo_policy", blocking=True, description="The PPO policy still ends its responses with EOS.")
-def ppo_emits_eos(ppo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    return _eos_gate(ppo_policy.metrics, gates, "rollouts", "make missing_eos_penalty more negative")
+    @dg.asset_check(asset=step.name, name=f"{step.method}_emits_eos", blocking=True, description=f"The {name} policy still ends its responses with EOS.")
+    def emits_eos(policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
+        return _eos_gate(policy.metrics, gates, samples, eos_remedy)
 
+    @dg.asset_check(asset=step.name, name=f"{step.method}_finite", blocking=True, description=f"No NaN or inf in {name}'s losses, rewards, statistics or weights.")
+    def finite(policy: ArtifactHandle) -> dg.AssetCheckResult:
+        return _finite_gate(policy.metrics, name)
 
-@dg.asset_check(asset="ppo_policy", blocking=True, description="No NaN or inf in PPO's losses, rewards or statistics.")
-def ppo_finite(ppo_policy: ArtifactHandle) -> dg.AssetCheckResult:
-    return _finite_gate(ppo_policy.metrics, "PPO")
-
-
-@dg.asset_check(asset="dpo_policy", blocking=True, description="DPO stayed within its KL budget to the SFT model (on its samples after training).")
-def dpo_within_kl_budget(dpo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    return _kl_gate(dpo_policy.metrics, gates, "raise beta or lower learning_rate")
-
-
-@dg.asset_check(asset="dpo_policy", blocking=True, description="The DPO policy still ends its responses with EOS.")
-def dpo_emits_eos(dpo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    return _eos_gate(dpo_policy.metrics, gates, "its samples", "lower learning_rate or epochs")
-
-
-@dg.asset_check(asset="dpo_policy", blocking=True, description="No NaN or inf in DPO's losses, statistics or weights.")
-def dpo_finite(dpo_policy: ArtifactHandle) -> dg.AssetCheckResult:
-    return _finite_gate(dpo_policy.metrics, "DPO")
-
-
-@dg.asset_check(asset="grpo_policy", blocking=True, description="GRPO stayed within its KL budget to the SFT model (on its samples after training).")
-def grpo_within_kl_budget(grpo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    return _kl_gate(grpo_policy.metrics, gates, "raise beta or lower learning_rate")
-
-
-@dg.asset_check(asset="grpo_policy", blocking=True, description="The GRPO policy still ends its responses with EOS.")
-def grpo_emits_eos(grpo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    return _eos_gate(grpo_policy.metrics, gates, "its samples", "make missing_eos_penalty more negative")
-
-
-@dg.asset_check(asset="grpo_policy", blocking=True, description="No NaN or inf in GRPO's losses, rewards, statistics or weights.")
-def grpo_finite(grpo_policy: ArtifactHandle) -> dg.AssetCheckResult:
-    return _finite_gate(grpo_policy.metrics, "GRPO")
-
-
-@dg.asset_check(asset="rloo_policy", blocking=True, description="RLOO stayed within its KL budget to the SFT model (on its samples after training).")
-def rloo_within_kl_budget(rloo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    return _kl_gate(rloo_policy.metrics, gates, "raise beta or lower learning_rate")
-
-
-@dg.asset_check(asset="rloo_policy", blocking=True, description="The RLOO policy still ends its responses with EOS.")
-def rloo_emits_eos(rloo_policy: ArtifactHandle, gates: QualityGates) -> dg.AssetCheckResult:
-    return _eos_gate(rloo_policy.metrics, gates, "its samples", "make missing_eos_penalty more negative")
-
-
-@dg.asset_check(asset="rloo_policy", blocking=True, description="No NaN or inf in RLOO's losses, rewards, statistics or weights.")
-def rloo_finite(rloo_policy: ArtifactHandle) -> dg.AssetCheckResult:
-    return _finite_gate(rloo_policy.metrics, "RLOO")
+    return [{"within_kl_budget": within_kl_budget, "emits_eos": emits_eos, "finite": finite}[gate] for gate in step.gates]
 
 
 TRAINING_LABELS = ("prompts", "demonstrations", "comparisons")
@@ -144,6 +110,11 @@ def eval_prompts_held_out() -> dg.AssetCheckResult:
     )
 
 
-POLICY_GATES = [ppo_within_kl_budget, ppo_emits_eos, ppo_finite, dpo_within_kl_budget, dpo_emits_eos, dpo_finite,
-                grpo_within_kl_budget, grpo_emits_eos, grpo_finite, rloo_within_kl_budget, rloo_emits_eos, rloo_finite]
-ASSET_CHECKS = [base_model_learned, sft_beats_base, reward_model_accuracy, *POLICY_GATES, eval_prompts_held_out]
+# The gates of each step, as its row in graph.py lists them.
+STEP_GATES = {"base_model_learned": base_model_learned, "sft_beats_base": sft_beats_base, "reward_model_accuracy": reward_model_accuracy}
+ASSET_CHECKS = [
+    *(check for step in graph.STEPS if step.gates and step.method is None for check in (STEP_GATES[gate] for gate in step.gates)),
+    *(check for step in graph.STEPS if step.gates and step.method is not None for check in _policy_gates(step)),
+    eval_prompts_held_out,
+]
+CHECKS_BY_NAME = {spec.name: check for check in ASSET_CHECKS for spec in check.check_specs}

@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from ..artifacts import ArtifactHandle, atomic_path
+from ..config import home_dir
 
 
 class HandleIOManager(dg.ConfigurableIOManager):
@@ -45,3 +46,8 @@ class HandleIOManager(dg.ConfigurableIOManager):
                 raise FileNotFoundError(f"{key.to_user_string()} has never been materialized; materialize it (or select it in the same run) first")
             path = self._path(key, event.run_id)
         return ArtifactHandle(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def handle_io_manager() -> HandleIOManager:
+    """The IO manager of both code locations (definitions.py, labeling_definitions.py): one handle store under RLHF_DAG_HOME."""
+    return HandleIOManager(base_dir=str(home_dir() / "handles"))

@@ -1,28 +1,45 @@
 """Human feedback in the loop: labeling batches out to Label Studio, rankings back into the comparisons file.
 
-`labeling_candidates` (assets.py) pushes a batch; `pull_labels` (the `label_studio_pull` sensor and
+`labeling_candidates` pushes a batch (one partition per batch; it is served by a code location of its own,
+rlhf_dag/labeling_definitions.py, so that the training graph's has none); `pull_labels` (the `label_studio_pull` sensor and
 `rlhf-dag pull-labels`) appends every completed ranking of every batch, and every Label Studio JSON
 export dropped into `<labels dir>/label_studio/`, to `comparisons.jsonl`. The file's new sha256 makes
 exactly the assets downstream of `labels/comparisons` stale; the sensor then observes it at once.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: Dagster reads the asset's config class from its real annotation
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
+from ..artifacts import ArtifactHandle
 from ..config import labels_dir
 from ..data.feedback import append_rankings
 from ..data.label_studio import PulledRankings, read_export
-from .resources import LabelStudio
+from ..training.result import StepResult
+from .publish import asset_config_class, profile_version, publish, upstream_labels
+from .resources import LabelStudio, MlflowTracking
 
 # One partition of labeling_candidates per labeling batch, added by `rlhf-dag label-batch` or in the UI.
 LABELING_BATCHES = dg.DynamicPartitionsDefinition(name="labeling_batches")
 
+LabelingCandidatesConfig = asset_config_class("labeling_candidates")
+
 EXPORTS_FOLDER = "label_studio"  # inside the labels dir: Label Studio JSON exports to read as comparisons
+
+
+@dg.asset(partitions_def=LABELING_BATCHES, code_version=profile_version("labeling_candidates"), group_name="labeling", kinds={"labelstudio"},
+          deps=[dg.AssetKey(["labels", name]) for name in upstream_labels("labeling_candidates")],
+          description="One labeling batch (a partition): K responses per prompt from a policy (sft_model unless configured), pushed to Label Studio for people to rank.")
+def labeling_candidates(context: dg.AssetExecutionContext, config: LabelingCandidatesConfig, mlflow: MlflowTracking, label_studio: LabelStudio,
+                        sft_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+    output = publish(context, config, mlflow, sft_model=sft_model, ppo_policy=ppo_policy)
+    policy = {"sft_model": sft_model, "ppo_policy": ppo_policy}[output.value.tags["policy"]]
+    candidates = StepResult.load(Path(output.value.path).parent).records["candidates.json"]
+    pushed = label_studio.push_batch(context.partition_key, candidates, output.value.tags["policy"], policy.mlflow_run_id or "")
+    return dg.Output(output.value, metadata={**output.metadata, "policy_run_id": policy.mlflow_run_id or "", **pushed})
 
 
 @dataclass

@@ -21,10 +21,12 @@ import dagster as dg
 from pydantic import Field, create_model
 
 from ..artifacts import ArtifactHandle, atomic_dir, run_dir
-from ..config import STEP_CONFIGS, StepConfig, active_profile, artifacts_dir, labels_dir, resolve
+from .. import graph
+from ..config import StepConfig, active_profile, artifacts_dir, config_class, labels_dir, resolve
 from ..data.labels import label_file
+from ..graph import upstream_labels  # noqa: F401  (the labeling location's asset reads it from here, as the training assets do)
+from ..training import steps
 from ..training.result import StepResult
-from ..training.steps import STEP_INPUTS, STEPS
 from .launch import StepLauncher
 from .resources import MlflowTracking
 
@@ -36,7 +38,7 @@ def asset_config_class(asset: str) -> type[dg.Config]:
     so the launchpad shows the same documented fields as `rlhf_dag/config.py`.
     A nested config (`lora`) is given whole: its own fields keep their defaults.
     """
-    step_cls = STEP_CONFIGS[asset]
+    step_cls = config_class(asset)
     fields = {
         name: (Optional[_dagster_type(f.annotation)], Field(None, description=f"{f.description} (unset: profile value; default {f.default!r})"))
         for name, f in step_cls.model_fields.items()
@@ -66,20 +68,6 @@ def _dagster_type(annotation):
     return create_model(cls.__name__, __base__=dg.Config, __doc__=cls.__doc__, **fields)
 
 
-def upstream_assets(asset: str) -> list[str]:
-    """The assets (not labeled files) `asset` reads, directly or through others, nearest first."""
-    out = []
-    for name in STEP_INPUTS[asset]:
-        if name in STEP_INPUTS:
-            out += [name, *upstream_assets(name)]
-    return list(dict.fromkeys(out))
-
-
-def upstream_labels(asset: str) -> list[str]:
-    """The labeled files whose edit changes `asset`: those it reads and those any upstream asset reads."""
-    return sorted({name for a in (asset, *upstream_assets(asset)) for name in STEP_INPUTS[a] if name not in STEP_INPUTS})
-
-
 def profile_version(asset: str) -> str:
     """The asset's code version: a hash of the config fields that change what it trains or builds, its own and
     every upstream asset's.
@@ -92,7 +80,7 @@ def profile_version(asset: str) -> str:
     Gate thresholds are not step config at all (see checks.py).
     """
     own = resolve(asset).training_hash()
-    upstream = [resolve(a).training_hash() for a in upstream_assets(asset)]
+    upstream = [resolve(a).training_hash() for a in graph.upstream_steps(asset)]
     return hashlib.sha256("\n".join([own, *upstream]).encode()).hexdigest()[:16] if upstream else own
 
 
@@ -100,7 +88,7 @@ def resolve_config(context: dg.AssetExecutionContext, config: dg.Config) -> Step
     asset = context.asset_key.path[-1]
     given = config.model_dump()
     to_none = given.pop(SET_TO_NONE, None) or []
-    fields = STEP_CONFIGS[asset].model_fields
+    fields = config_class(asset).model_fields
     for name in to_none:
         if name not in fields or not _admits_none(fields[name].annotation):
             raise ValueError(f"{asset}: run config {SET_TO_NONE} names {name!r}, which is not one of its fields that can be None")
@@ -166,7 +154,7 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
     its decision to the result's tags, metrics and texts.
     """
     asset = context.asset_key.path[-1]
-    labels = [name for name in STEP_INPUTS[asset] if name not in STEP_INPUTS]
+    labels = [name for name in graph.step(asset).inputs if name in graph.LABEL_FILES]
     cfg = resolve_config(context, config)
     inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(label_file(labels_dir(), name)) for name in labels}
     if context.has_partition_key:  # a labeling batch: its name is an input of the step
@@ -175,7 +163,7 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
     mlflow.end_orphaned_runs(context.instance, asset)
     with mlflow.start_run(context, cfg.model_dump(mode="json"), lineage_tags(upstream)) as run, training_logs(context):
         if launcher is None or launcher.in_process:
-            result = STEPS[asset](inputs, cfg)
+            result = steps.step_function(asset)(inputs, cfg)
             if register is not None:
                 register(result, upstream)
             with atomic_dir(final) as tmp:

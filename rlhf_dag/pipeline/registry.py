@@ -9,7 +9,9 @@ does not install) and registers it. The alias moves to the new version only when
 - its gates pass on the evaluation's own samples: KL to SFT within the budget,
   EOS rate at least the floor, every figure finite (its training gates, the
   blocking checks, already passed, or the evaluation would not have run); and
-- its gold win rate vs SFT is not below the current champion's lower 95% bound;
+- its win rate vs SFT is not below the current champion's lower 95% bound: the judge's (gold) win rate where
+  the evaluation has one, else the reward model's preference (the proxy it optimized; a team without a judge),
+  compared only with a champion measured the same way;
 
 otherwise the version is registered without the alias, and the evaluation's
 metadata and tags say why. `rlhf-dag promote <version>` and `rlhf-dag rollback`
@@ -79,9 +81,20 @@ def rollback(client, name: str, reason: str) -> tuple[str, str]:
     return str(current.version), previous
 
 
+def win_figures(method: str, metrics: dict) -> tuple[str, float, float, float]:
+    """(basis, win rate vs SFT, its 95% bounds): the judge's ("gold") where the evaluation has them, else the reward
+    model's preference ("rm": the proxy the policy optimized)."""
+    basis, prefix = ("gold", "") if f"win_rate_{method}_vs_sft" in metrics else ("rm", "rm_")
+    win, low, high = (metrics[f"{prefix}win_rate_{method}_vs_sft{suffix}"] for suffix in ("", "_ci_low", "_ci_high"))
+    return basis, win, low, high
+
+
+BASIS_WORDS = {"gold": "gold win rate vs SFT", "rm": "RM win rate vs SFT (the proxy; no judge)"}
+
+
 def champion_decision(method: str, metrics: dict, gates: GateConfig, champion) -> list[str]:
     """Why the new version must not become champion (empty: it may)."""
-    win, low, high = (metrics[f"win_rate_{method}_vs_sft{suffix}"] for suffix in ("", "_ci_low", "_ci_high"))
+    basis, win, low, high = win_figures(method, metrics)
     kl, eos = metrics[f"{method}_kl_to_sft"], metrics[f"{method}_eos_rate"]
     failed = []
     if not all(math.isfinite(v) for v in (win, low, high, kl, eos)):
@@ -90,10 +103,10 @@ def champion_decision(method: str, metrics: dict, gates: GateConfig, champion) -
         failed.append(f"KL to SFT {kl:.2f} is over the budget {gates.kl_budget}")
     if not eos >= gates.eos_rate_floor:
         failed.append(f"EOS rate {eos:.2f} is below the floor {gates.eos_rate_floor}")
-    if champion is not None:
+    if champion is not None and champion.tags.get("win_rate_basis", "gold") == basis:
         bound = float(champion.tags["win_rate_vs_sft_ci_low"])
         if not win >= bound:
-            failed.append(f"gold win rate vs SFT {win:.3f} is below the lower 95% bound {bound:.3f} of the champion "
+            failed.append(f"{BASIS_WORDS[basis]} {win:.3f} is below the lower 95% bound {bound:.3f} of the champion "
                           f"(version {champion.version}, {champion.tags.get('method', '?')})")
     return failed
 
@@ -113,8 +126,9 @@ def register_policy(name: str, method: str, policy: ArtifactHandle, metrics: dic
                                          pip_requirements=pip_requirements(), registered_model_name=name)
     version = str(info.registered_model_version)
     client = MlflowClient()
-    figures = {"method": method, "win_rate_vs_sft": metrics[f"win_rate_{method}_vs_sft"], "win_rate_vs_sft_ci_low": metrics[f"win_rate_{method}_vs_sft_ci_low"],
-               "win_rate_vs_sft_ci_high": metrics[f"win_rate_{method}_vs_sft_ci_high"], "kl_to_sft": metrics[f"{method}_kl_to_sft"],
+    basis, win, low, high = win_figures(method, metrics)
+    figures = {"method": method, "win_rate_basis": basis, "win_rate_vs_sft": win, "win_rate_vs_sft_ci_low": low,
+               "win_rate_vs_sft_ci_high": high, "kl_to_sft": metrics[f"{method}_kl_to_sft"],
                "eos_rate": metrics[f"{method}_eos_rate"], "policy.path": policy.path, "policy.mlflow_run_id": policy.mlflow_run_id or ""}
     for key, value in figures.items():
         client.set_model_version_tag(name, version, key, str(value))
@@ -124,8 +138,10 @@ def register_policy(name: str, method: str, policy: ArtifactHandle, metrics: dic
         why = "not champion: " + "; ".join(failed)
         client.set_model_version_tag(name, version, "not_champion.reason", why)
     else:
-        why = "champion: gates passed" + (f", win rate {figures['win_rate_vs_sft']:.3f} >= version {champion.version}'s lower bound "
-                                          f"{float(champion.tags['win_rate_vs_sft_ci_low']):.3f}" if champion is not None else ", first champion")
+        compared = champion is not None and champion.tags.get("win_rate_basis", "gold") == basis
+        why = "champion: gates passed" + (f", {BASIS_WORDS[basis]} {win:.3f} >= version {champion.version}'s lower bound "
+                                          f"{float(champion.tags['win_rate_vs_sft_ci_low']):.3f}" if compared else
+                                          ", first champion" if champion is None else f", first champion measured by {BASIS_WORDS[basis]}")
         set_champion(client, name, version, why)
     return {"registry.model": name, "registry.version": version, "registry.champion": "no" if failed else "yes", "registry.why": why,
             "registry.seconds": f"{time.perf_counter() - started:.2f}"}

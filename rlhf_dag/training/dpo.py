@@ -18,6 +18,7 @@ from datasets import Dataset
 from ..config import DPOConfig as DPOStepConfig
 from .chat import format_prompt
 from .overlong import count_overlong, fit_responses
+from .result import ModelCard, StepResult, step
 from .trainer_args import monitored, trainer_kwargs
 
 logger = logging.getLogger(__name__)
@@ -59,3 +60,25 @@ def train_dpo(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.Data
         "train_seconds": time.perf_counter() - start,
     }
     return trainer.model, metrics
+
+
+@step
+def dpo_policy(inputs: dict[str, str], cfg: DPOStepConfig) -> StepResult:
+    from transformers import AutoTokenizer
+
+    from ..data.datasets import splits
+    from .evaluate import policy_checks, source_prompt_texts
+    from .models import load_causal_lm
+
+    train, validation = splits(inputs["comparison_dataset"])
+    tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
+    policy, metrics = train_dpo(inputs["sft_model"], tokenizer, train, validation, cfg)
+    reference, _ = load_causal_lm(inputs["sft_model"])
+    # DPO never samples while training: its gates' KL and EOS rate come from samples of held-out comparison prompts
+    metrics |= policy_checks(policy, reference, tokenizer, list(dict.fromkeys(validation["prompt"])), cfg, cfg.seed)
+    return StepResult(
+        "dpo_policy", metrics, ["validation_reward_accuracy", "validation_reward_margin", "final_kl", "final_eos_rate", "training_loss", "train_seconds"],
+        inputs=inputs, model=policy, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag DPO policy", "The SFT model optimized with DPO (TRL DPOTrainer) directly on the comparisons: no reward model, no sampling."),
+        texts=source_prompt_texts(policy, tokenizer, True, cfg, cfg.seed, "answer (DPO policy)"),
+    )

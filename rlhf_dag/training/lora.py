@@ -61,3 +61,8 @@ def save_pretrained(model, folder: Path) -> object:
     merged = model.merge_and_unload()
     merged.save_pretrained(folder, safe_serialization=True)
     return merged
+
+
+def fine_tune_tag(cfg) -> dict[str, str]:
+    """How the step trained: 'full', or the LoRA settings (the model dir then also holds adapter/)."""
+    return {"fine_tune": "full" if cfg.lora is None else f"lora r={cfg.lora.r} alpha={cfg.lora.alpha:g} target_modules={','.join(cfg.lora.target_modules)}"}

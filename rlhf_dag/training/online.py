@@ -23,8 +23,9 @@ from typing import Callable
 
 from datasets import Dataset
 
-from ..config import OnlineConfig
+from ..config import GRPOConfig, OnlineConfig, RLOOConfig
 from .chat import format_prompt
+from .result import ModelCard, StepResult, step
 from .reward import score_texts
 from .trainer_args import monitored, trainer_kwargs
 
@@ -89,3 +90,40 @@ def train_online(method: str, sft_path: str, tokenizer, reward: RewardModelRewar
         "train_seconds": time.perf_counter() - start,
     }
     return trainer.model, metrics
+
+
+def _online_policy(method: str, inputs: dict[str, str], cfg: OnlineConfig) -> StepResult:
+    from transformers import AutoTokenizer
+
+    from ..data.labels import load_labels
+    from .evaluate import judge_monitor, policy_checks, source_prompt_texts
+    from .judge import load_judge
+    from .models import load_causal_lm, load_reward_model
+
+    labels = load_labels(inputs["prompts"], "prompts")
+    prompts = [r["prompt"] for r in labels.records]
+    tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
+    scorer, _ = load_reward_model(inputs["reward_model"])
+    reward = RewardModelReward(scorer, tokenizer, cfg.missing_eos_penalty, monitor=judge_monitor(load_judge(cfg.judge)))
+    policy, metrics = train_online(method, inputs["sft_model"], tokenizer, reward, prompts, cfg)
+    reference, _ = load_causal_lm(inputs["sft_model"])
+    metrics |= policy_checks(policy, reference, tokenizer, prompts, cfg, cfg.seed, scorer) | {"prompts": len(prompts)}
+    name = method.upper()
+    return StepResult(
+        f"{method}_policy", metrics, ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds"],
+        inputs=inputs, tags={"labels.prompts.sha256": labels.sha256}, model=policy, tokenizer=tokenizer,
+        card=ModelCard(f"rlhf-dag {name} policy", f"The SFT model optimized with {name} (TRL {name}Trainer) against the reward model, KL-penalized to the SFT model."),
+        records={f"{method}_history.json": reward.history},
+        curves={f"{method}/{k}": [(row["iteration"], row[k]) for row in reward.history] for k in reward.history[0] if k != "iteration"},
+        texts=source_prompt_texts(policy, tokenizer, True, cfg, cfg.seed, f"answer ({name} policy)"),
+    )
+
+
+@step
+def grpo_policy(inputs: dict[str, str], cfg: GRPOConfig) -> StepResult:
+    return _online_policy("grpo", inputs, cfg)
+
+
+@step
+def rloo_policy(inputs: dict[str, str], cfg: RLOOConfig) -> StepResult:
+    return _online_policy("rloo", inputs, cfg)

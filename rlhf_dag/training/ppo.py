@@ -24,6 +24,7 @@ from ..config import PPOConfig
 from . import distributed, lora, resume
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
+from .result import ModelCard, StepResult, step
 from .reward import per_token_scores
 from .trainer_args import TrainingDivergedError
 
@@ -271,7 +272,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         policy.train(), value_model.train()
         stats = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")}
         for epoch in range(cfg.ppo_epochs):  # [PPO-9] several epochs over minibatches
-            for step, mb in enumerate(length_buckets(lengths + query_mask.sum(dim=1), n_minibatch)):
+            for k, mb in enumerate(length_buckets(lengths + query_mask.sum(dim=1), n_minibatch)):
                 # [PPO-13] rollouts packed without inner padding: no forward or backward pass over pad tokens
                 packed = pack_minibatch(query[mb], query_mask[mb], response[mb], lengths[mb], pad)
                 width = packed.width
@@ -292,7 +293,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                     stats["clipfrac"].append(clipfrac.item())
                     stats["approx_kl"].append(masked_mean(0.5 * (new_logprobs - old_logprobs) ** 2, mb_mask).item())
                     stats["entropy"].append(masked_mean(entropy, mb_mask).item())
-                    if epoch == 0 and step == 0:  # [PPO-2] before any update the policy is the rollout policy: ratio 1, nothing clipped
+                    if epoch == 0 and k == 0:  # [PPO-2] before any update the policy is the rollout policy: ratio 1, nothing clipped
                         first_minibatch = {"first_minibatch_clipfrac": clipfrac.item(),
                                            "first_minibatch_max_ratio_error": ((new_logprobs - old_logprobs).exp() - 1).abs().mul(mb_mask).max().item()}
 
@@ -340,3 +341,34 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         "resumed_from_iteration": resumed_from,
     }
     return PPOResult(policy, value_model, history, metrics)
+
+
+@step
+def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
+    from ..data.labels import load_labels
+    from .evaluate import judge_monitor, source_prompt_texts
+    from .judge import load_judge
+    from .lora import adapt, fine_tune_tag
+    from .models import load_causal_lm, load_reward_model
+    from .resume import checkpointing
+
+    labels = load_labels(inputs["prompts"], "prompts")
+    prompts = [r["prompt"] for r in labels.records]
+    policy, tokenizer = load_causal_lm(inputs["sft_model"])
+    if cfg.lora:  # [PPO-14] the reference is the policy with its adapter disabled: one frozen copy of the SFT weights
+        policy, reference = adapt(policy, cfg.lora), None
+    else:
+        reference, _ = load_causal_lm(inputs["sft_model"])
+    scorer, _ = load_reward_model(inputs["reward_model"])
+    critic, _ = load_reward_model(inputs["reward_model"])  # [PPO-11] the value model starts as the reward model
+    with checkpointing("ppo_policy", inputs, cfg) as checkpoints:
+        result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg, monitor=judge_monitor(load_judge(cfg.judge)), checkpoints=checkpoints)
+    curves = {f"ppo/{k}": [(row["iteration"], row[k]) for row in result.history] for k in result.history[0] if k != "iteration"}
+    return StepResult(
+        "ppo_policy", {**result.metrics, "prompts": len(prompts)},
+        ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds", "trainable_parameters"],
+        inputs=inputs, tags={"labels.prompts.sha256": labels.sha256, **fine_tune_tag(cfg)}, model=result.policy, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag PPO policy", "The SFT model optimized with PPO to maximize the reward model's score minus a KL penalty to the SFT model. The critic is kept in value_model/."),
+        submodels={"value_model": result.value_model}, records={"ppo_history.json": result.history}, curves=curves,
+        texts=source_prompt_texts(result.policy, tokenizer, True, cfg, cfg.seed, "answer (PPO policy)"),
+    )

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
+from .result import ModelCard, StepResult, step
 from .trainer_args import monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
@@ -202,3 +203,29 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpo
         "train_runtime": result.metrics["train_runtime"],
     }
     return TrainResult(model, tokenizer, metrics)
+
+
+@step
+def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
+    from .evaluate import source_prompt_texts
+    from .resume import checkpointing
+
+    if cfg.pretrained:
+        model, tokenizer = load_pretrained(cfg.pretrained)
+        metrics = {"parameters": model.num_parameters()}
+    else:
+        import pandas as pd
+
+        corpus = pd.read_parquet(inputs["pretraining_corpus"])
+        train = list(corpus.loc[corpus["split"] == "train", "text"])
+        held_out = list(corpus.loc[corpus["split"] == "validation", "text"])
+        with checkpointing("base_model", inputs, cfg) as checkpoints:
+            result = pretrain(train, held_out, cfg, checkpoints)
+        model, tokenizer, metrics = result.model, result.tokenizer, result.metrics
+    texts = source_prompt_texts(model, tokenizer, False, cfg, cfg.seed, "continuation (base model, raw prompt)")
+    return StepResult(
+        "base_model", metrics, ["initial_loss", "final_loss", "parameters", "tokens_per_second"],
+        inputs=inputs, tags={"pretrained": cfg.pretrained or "trained from scratch"}, model=model, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag base model", "A causal LM that only continues text: asked a question, it continues the page (a list, a dialogue)."),
+        texts=texts,
+    )

@@ -10,7 +10,9 @@ by another process is read back whole with `StepResult.load`.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,3 +116,22 @@ def write_model_card(path: Path, card: ModelCard, lineage: dict, metrics: dict) 
         "",
     ]
     (Path(path) / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def step(function):
+    """A step function: before it runs, datasets' and transformers' progress bars and load reports are turned off
+    (the steps log their own progress: TrainingMonitor, PPO's iteration lines); RLHF_DAG_VERBOSE=1 keeps them.
+    Done at the first call, not at import, so that `rlhf-dag status` never imports transformers."""
+
+    @functools.wraps(function)
+    def run(inputs: dict[str, str], cfg):
+        if not os.environ.get("RLHF_DAG_VERBOSE"):
+            import datasets
+            import transformers
+
+            datasets.disable_progress_bars()
+            transformers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.set_verbosity_error()
+        return function(inputs, cfg)
+
+    return run

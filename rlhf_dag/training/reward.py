@@ -20,12 +20,13 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from ..config import RewardConfig as RewardStepConfig
-from ..data.domain import parse_task
 from . import lora
 from .chat import format_prompt
 from .models import require_safetensors, set_special_token_ids
 from .overlong import count_overlong, fit_responses
+from .judge import Judge, load_judge
 from .pretrain import TrainResult
+from .result import ModelCard, StepResult, step
 from .trainer_args import device, monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
@@ -114,21 +115,22 @@ def pairwise_accuracy(model, tokenizer, frame: pd.DataFrame) -> tuple[float, flo
     return accuracy, margin, loss
 
 
-def pairwise_accuracy_by_kind(model, tokenizer, frame: pd.DataFrame) -> tuple[float, float, float, dict[str, tuple[float, int]]]:
-    """`pairwise_accuracy`, and per task kind of the built-in domain (`data.domain.KINDS`; 'other' for prompts
-    outside it) the accuracy and the number of pairs: one mean can hide a kind the RM does not judge."""
+def pairwise_accuracy_by_kind(model, tokenizer, frame: pd.DataFrame, judge: Judge | None = None) -> tuple[float, float, float, dict[str, tuple[float, int]]]:
+    """`pairwise_accuracy`, and per task kind the judge knows ('other' for prompts outside them; nothing without a
+    judge) the accuracy and the number of pairs: one mean can hide a kind the RM does not judge."""
     chosen = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["chosen"])))
     rejected = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["rejected"])))
-    by_kind = accuracy_by_kind(list(frame["prompt"]), (chosen > rejected).tolist())
+    by_kind = accuracy_by_kind(list(frame["prompt"]), (chosen > rejected).tolist(), judge)
     return float((chosen > rejected).float().mean()), float((chosen - rejected).mean()), float(pairwise_loss(chosen, rejected)), by_kind
 
 
-def accuracy_by_kind(prompts: list[str], correct: list[bool]) -> dict[str, tuple[float, int]]:
-    """Per task kind ('other' outside the built-in domain): the share of its pairs ranked right, and how many there are."""
+def accuracy_by_kind(prompts: list[str], correct: list[bool], judge: Judge | None) -> dict[str, tuple[float, int]]:
+    """Per task kind the judge knows ('other' outside them): the share of its pairs ranked right, and how many there are."""
+    if judge is None:
+        return {}
     right = collections.defaultdict(list)
     for prompt, ok in zip(prompts, correct, strict=True):
-        task = parse_task(prompt)
-        right[task.kind if task else "other"].append(ok)
+        right[judge.kind(prompt) or "other"].append(ok)
     return {kind: (sum(r) / len(r), len(r)) for kind, r in sorted(right.items())}
 
 
@@ -179,11 +181,12 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
                                           data_collator=collator, peft_config=lora.peft_config(cfg.lora, "SEQ_CLS") if cfg.lora else None), "reward_model")
         model = trainer.model
         result, figures = resumable_train(trainer)
-    accuracy, margin, validation_loss, by_kind = pairwise_accuracy_by_kind(model, tokenizer, validation)
+    judge = load_judge(cfg.judge)
+    accuracy, margin, validation_loss, by_kind = pairwise_accuracy_by_kind(model, tokenizer, validation, judge)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
     logger.info("reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f; by kind: %s", accuracy, initial_accuracy, margin,
                 ", ".join(f"{kind} {acc:.3f} ({n} pairs)" for kind, (acc, n) in by_kind.items()))
-    unjudged = sorted({task.kind for task in map(parse_task, train["prompt"]) if task} - set(by_kind))
+    unjudged = sorted({kind for kind in map(judge.kind, train["prompt"]) if kind} - set(by_kind)) if judge else []
     if unjudged:
         logger.warning("reward model: no held-out pairs of kind %s (every such prompt hashed into train): the held-out accuracy says nothing "
                        "about how the RM ranks them", ", ".join(unjudged))
@@ -234,3 +237,38 @@ def _ranking_trainer_class():
             return (loss, outputs) if return_outputs else loss
 
     return RankingRewardTrainer, RankingCollator
+
+
+def pair_table(model, tokenizer, pairs: pd.DataFrame) -> str:
+    """Held-out pairs with the reward model's score of each side: what a reviewer reads before trusting its accuracy."""
+    from .evaluate import markdown_cell as cell
+
+    chosen = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["chosen"]))
+    rejected = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["rejected"]))
+
+    rows = ["| prompt | chosen | score | rejected | score | right? |", "|---|---|---|---|---|---|"]
+    rows += [f"| {cell(p)} | {cell(c)} | {sc:.2f} | {cell(r)} | {sr:.2f} | {'yes' if sc > sr else 'no'} |"
+             for p, c, r, sc, sr in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], chosen, rejected)]
+    return "\n".join(rows)
+
+
+@step
+def reward_model(inputs: dict[str, str], cfg: RewardStepConfig) -> StepResult:
+    from transformers import AutoTokenizer
+
+    from ..data.datasets import splits
+    from .lora import fine_tune_tag
+    from .resume import checkpointing
+
+    train, validation = splits(inputs["comparison_dataset"])
+    if validation.empty:
+        raise ValueError(f"comparison_dataset has no validation pairs ({inputs['comparison_dataset']}); raise validation_fraction")
+    tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
+    with checkpointing("reward_model", inputs, cfg) as checkpoints:
+        result = train_reward_model(inputs["sft_model"], tokenizer, train, validation, cfg, checkpoints)
+    return StepResult(
+        "reward_model", result.metrics, ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss", "overlong_records",
+                         "trainable_parameters"],
+        inputs=inputs, tags=fine_tune_tag(cfg), model=result.model, tokenizer=tokenizer, texts={"validation_pairs.md": pair_table(result.model, tokenizer, validation.head(16))},
+        card=ModelCard("rlhf-dag reward model", "Scores a <prompt, response> pair (AutoModelForSequenceClassification, one label). Read the score at the EOS that closes `apply_chat_template([user, assistant])`."),
+    )

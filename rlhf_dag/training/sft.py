@@ -21,6 +21,7 @@ from .chat import format_prompt
 from .generate import response_loss
 from .overlong import count_overlong
 from .pretrain import TrainResult
+from .result import ModelCard, StepResult, step
 from .trainer_args import monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
@@ -67,3 +68,33 @@ def supervised_finetune(base_model, tokenizer, train: pd.DataFrame, validation: 
         "train_seconds": time.perf_counter() - start,
     }
     return TrainResult(model, tokenizer, metrics)
+
+
+@step
+def sft_model(inputs: dict[str, str], cfg: SFTStepConfig) -> StepResult:
+    from ..data.datasets import splits
+    from .chat import raw_prompt
+    from .evaluate import mean_judged, source_prompt_texts
+    from .judge import load_judge
+    from .generate import sample
+    from .lora import fine_tune_tag
+    from .models import load_causal_lm
+    from .resume import checkpointing
+
+    train, validation = splits(inputs["sft_dataset"])
+    base, tokenizer = load_causal_lm(inputs["base_model"])
+    # Gold-judged samples on held-out demonstration prompts: base asked raw (before LoRA adapts `base` in place), SFT in chat format.
+    prompts = list(validation["prompt"][: cfg.gold_sample_prompts])
+    base_samples = sample(base, tokenizer, prompts, [raw_prompt(p) for p in prompts], cfg.sample_max_new_tokens, cfg.sample_temperature, seed=cfg.seed)
+    with checkpointing("sft_model", inputs, cfg) as checkpoints:
+        result = supervised_finetune(base, tokenizer, train, validation, cfg, checkpoints)
+    sft_samples = sample(result.model, tokenizer, prompts, [format_prompt(p) for p in prompts], cfg.sample_max_new_tokens, cfg.sample_temperature, seed=cfg.seed)
+    judge = load_judge(cfg.judge)
+    judged = {"base_gold_mean": mean_judged(base_samples, judge), "gold_mean": mean_judged(sft_samples, judge)}
+    metrics = {**result.metrics, **{k: v for k, v in judged.items() if v is not None}}
+    return StepResult(
+        "sft_model", metrics, ["validation_loss", "base_validation_loss", "gold_mean", "base_gold_mean", "training_loss", "overlong_records", "trainable_parameters"],
+        inputs=inputs, tags=fine_tune_tag(cfg), model=result.model, tokenizer=tokenizer,
+        card=ModelCard("rlhf-dag SFT model", "The base model fine-tuned on <prompt, ideal response> demonstrations: it answers instead of continuing."),
+        texts=source_prompt_texts(result.model, tokenizer, True, cfg, cfg.seed, "answer (SFT model)"),
+    )
