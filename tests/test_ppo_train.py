@@ -19,7 +19,7 @@ from toy import A_ID, ASSISTANT_ID, SAMPLED, WORDS, causal_lm, one_thread, toy_t
 from rlhf_dag.config import PPOConfig
 from rlhf_dag.training.chat import EOS
 from rlhf_dag.training.ppo import ppo_train
-from rlhf_dag.training.trainer_args import TrainingDivergedError
+from rlhf_dag.training.monitor import TrainingDivergedError
 
 PROMPTS = ["a b", "c d e f", "g", "h a b c d e"]  # different lengths, so rollouts are left-padded
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from rlhf_dag.config import checkpoints_dir, home_dir, resolve
 from rlhf_dag.training import resume
 from rlhf_dag.training.result import StepResult
-from rlhf_dag.training.trainer_args import last_complete_checkpoint
+from rlhf_dag.training.resume import last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

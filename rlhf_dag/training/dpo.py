@@ -19,7 +19,8 @@ from ..config import DPOConfig as DPOStepConfig
 from .chat import format_prompt
 from .overlong import count_overlong, fit_responses
 from .result import ModelCard, StepResult, step
-from .trainer_args import monitored, trainer_kwargs
+from .monitor import monitored
+from .trainer_args import trainer_kwargs
 
 logger = logging.getLogger(__name__)
 

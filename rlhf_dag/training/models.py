@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from .trainer_args import device
+from .device import device
 
 
 def require_safetensors(path: Path) -> Path:

@@ -27,7 +27,8 @@ from ..config import GRPOConfig, OnlineConfig, RLOOConfig
 from .chat import format_prompt
 from .result import ModelCard, StepResult, step
 from .reward import score_texts
-from .trainer_args import monitored, trainer_kwargs
+from .monitor import monitored
+from .trainer_args import trainer_kwargs
 
 logger = logging.getLogger(__name__)
 

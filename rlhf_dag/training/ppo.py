@@ -26,7 +26,7 @@ from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .result import ModelCard, StepResult, step
 from .reward import per_token_scores
-from .trainer_args import TrainingDivergedError
+from .monitor import TrainingDivergedError
 
 logger = logging.getLogger(__name__)
 

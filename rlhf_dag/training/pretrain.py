@@ -23,7 +23,9 @@ from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
 from .result import ModelCard, StepResult, step
-from .trainer_args import monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
+from .monitor import monitored
+from .resume import output_dir, resumable_train
+from .trainer_args import trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 

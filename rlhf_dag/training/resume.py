@@ -26,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -142,3 +144,51 @@ def latest(folder: Path | None) -> dict | None:
     saved = sorted(folder.glob("iteration-*.pt"))
     # weights_only: a checkpoint is tensors and plain values; unpickling anything else could run code
     return torch.load(saved[-1], map_location="cpu", weights_only=True) if saved else None
+
+
+@contextlib.contextmanager
+def output_dir(checkpoints: Path | None) -> Iterator[str]:
+    """A TRL trainer's output folder: the run's checkpoint folder (`checkpointing`), else a throwaway one."""
+    if checkpoints is not None:
+        yield str(checkpoints)
+        return
+    with tempfile.TemporaryDirectory() as out:
+        yield out
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest `checkpoint-<step>` in `folder` (transformers' own `sort_checkpoints`) whose trainer_state.json,
+    which transformers writes last, is whole. A newer one without it was half-written by a killed run: rank 0 removes it."""
+    from transformers.trainer_utils import sort_checkpoints
+
+    from .distributed import rank
+
+    for path in reversed(sort_checkpoints(folder)):
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
+            return path
+        if rank() == 0:
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def resumable_train(trainer):
+    """`trainer.train()`, resumed from the newest complete checkpoint in its output folder when there is one.
+
+    transformers restores the weights, optimizer, scheduler, RNG states and data
+    order from it. Returns the trainer's output and two figures of the whole run:
+    `training_loss` over every step, those before the checkpoint too (from the log
+    history it restored, which covers them: TrainingMonitor logs at every save),
+    and `resumed_from_step` (0: a fresh start).
+    """
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir) if trainer.args.save_strategy != "no" else None
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    resumed_from = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+    loss = output.training_loss
+    if resumed_from:
+        before, last = 0.0, 0
+        for entry in trainer.state.log_history:
+            if "loss" in entry and entry["step"] <= resumed_from:
+                before, last = before + entry["loss"] * (entry["step"] - last), entry["step"]
+        loss = (before + output.training_loss * (output.global_step - resumed_from)) / output.global_step
+    return output, {"training_loss": loss, "resumed_from_step": resumed_from}

@@ -27,7 +27,10 @@ from .overlong import count_overlong, fit_responses
 from .judge import Judge, load_judge
 from .pretrain import TrainResult
 from .result import ModelCard, StepResult, step
-from .trainer_args import device, monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
+from .device import device
+from .monitor import monitored
+from .resume import output_dir, resumable_train
+from .trainer_args import trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,9 @@ from .generate import response_loss
 from .overlong import count_overlong
 from .pretrain import TrainResult
 from .result import ModelCard, StepResult, step
-from .trainer_args import monitored, output_dir, resumable_train, trainer_kwargs, trained_tokens
+from .monitor import monitored
+from .resume import output_dir, resumable_train
+from .trainer_args import trainer_kwargs, trained_tokens
 
 logger = logging.getLogger(__name__)
 
