@@ -88,7 +88,8 @@ def materialized(dagster_dev):
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
 
     def run(job: str, **selection) -> str:
-        run_id = client.submit_job_execution(job, **selection)
+        # the labeling location (workspace.yaml) has an asset job of its own: name the training graph's location
+        run_id = client.submit_job_execution(job, repository_location_name="rlhf_dag", repository_name="__repository__", **selection)
         deadline = time.time() + 420
         status = client.get_run_status(run_id)
         while status not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED) and time.time() < deadline:
