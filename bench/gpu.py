@@ -82,7 +82,7 @@ def main() -> int:
     os.environ["RLHF_DAG_PROFILE"] = args.profile
     from rlhf_dag import graph
     from rlhf_dag.config import labels_dir, resolve
-    from rlhf_dag.data.labels import label_file
+    from rlhf_dag.data.label_files import label_file
 
     info = machine()
     root = SCRATCH / f"gpu-{args.profile}"

@@ -79,7 +79,7 @@ def main() -> int:
     info = machine()
     warn_if_busy(info)
     root, env = isolated_env("lora", args.profile)
-    from rlhf_dag.data.labels import label_file
+    from rlhf_dag.data.label_files import label_file
 
     paths = {name: str(label_file(env["RLHF_DAG_LABELS_DIR"], name)) for name in graph.LABEL_FILES}
     small_validation = {"validation_fraction": 0.03}  # each step evaluates its validation split several times

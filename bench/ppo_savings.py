@@ -46,7 +46,7 @@ def main() -> int:
     import torch
 
     from rlhf_dag.config import REPO_ROOT, resolve
-    from rlhf_dag.data.labels import load_labels
+    from rlhf_dag.data.label_files import load_labels
     from rlhf_dag.training.chat import format_prompt
     from rlhf_dag.training.generate import generate_tokens, truncate_after_eos
     from rlhf_dag.training.models import load_causal_lm, load_reward_model

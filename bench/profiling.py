@@ -58,7 +58,7 @@ def profile_ppo(profile: str) -> tuple[dict, str]:
     import torch
 
     from rlhf_dag.config import REPO_ROOT, resolve
-    from rlhf_dag.data.labels import load_labels
+    from rlhf_dag.data.label_files import load_labels
     from rlhf_dag.training import ppo
     from rlhf_dag.training.models import load_causal_lm, load_reward_model
 

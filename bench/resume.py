@@ -89,7 +89,7 @@ def main() -> int:
     root, env = isolated_env("resume", args.profile)
     os.environ.update({k: env[k] for k in ("RLHF_DAG_HOME", "RLHF_DAG_LABELS_DIR", "RLHF_DAG_PROFILE")})
     from rlhf_dag.config import checkpoints_dir, resolve
-    from rlhf_dag.data.labels import label_file
+    from rlhf_dag.data.label_files import label_file
     from rlhf_dag.training.resume import checkpoint_key
     from rlhf_dag.training.result import StepResult
 

@@ -6,7 +6,7 @@ The RM's held-out accuracy is one mean over whatever pairs the comparisons file
 happens to hold in its validation split. This probe asks narrower questions.
 For each held-out evaluation prompt (`eval_prompts.jsonl`, never in any training
 file) it writes `--per-style` fresh pairs of every synthetic pair style of
-`data/labeling.py` (ideal vs mediocre, ideal vs confused, ...), ranks each
+`data/synthetic_labels.py` (ideal vs mediocre, ideal vs confused, ...), ranks each
 pair with the gold labeler as the shipped comparisons were ranked, and reports
 the share the RM ranks the same way, per pair style and, for
 `ideal vs confused` (a fluent answer about the wrong hero, relative, sum or
@@ -31,7 +31,7 @@ from harness import REPO, SCRATCH, bench_parser, machine, machine_line, markdown
 def probe_pairs(prompts: list[str], per_style: int, seed: int = 5) -> list[tuple[str, str, str, str, str]]:
     """(kind, style, prompt, chosen, rejected) for every pair style and prompt, ranked by the gold labeler; ties dropped."""
     from rlhf_dag.data.domain import RESPONSE_STYLES, parse_task
-    from rlhf_dag.data.labeling import PAIR_STYLES, gold_ranked
+    from rlhf_dag.data.synthetic_labels import PAIR_STYLES, gold_ranked
 
     rng, pairs = random.Random(seed), []
     for prompt in prompts:
@@ -52,7 +52,7 @@ def main() -> int:
     os.environ["RLHF_DAG_PROFILE"] = args.profile
     from rlhf_dag.config import labels_dir
     from rlhf_dag.data.domain import KINDS, parse_task
-    from rlhf_dag.data.labels import label_file, load_labels
+    from rlhf_dag.data.label_files import label_file, load_labels
     from rlhf_dag.training.models import load_reward_model
     from rlhf_dag.training.reward import score_texts
 

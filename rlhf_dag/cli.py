@@ -38,7 +38,7 @@ def _figure(name: str, metadata: dict) -> str | None:
 
 
 def cmd_make_labels(args) -> int:
-    from .data.labeling import make_label_files
+    from .data.synthetic_labels import make_label_files
 
     sampler = None
     if args.policy:
@@ -140,7 +140,7 @@ def cmd_label_batch(args) -> int:
     import dagster as dg
 
     from .labeling_definitions import defs
-    from .pipeline.labeling import LABELING_BATCHES
+    from .pipeline.labeling_loop import LABELING_BATCHES
 
     instance = dg.DagsterInstance.get()
     batch = args.name or time.strftime("batch-%Y%m%d-%H%M%S", time.gmtime())
@@ -168,7 +168,7 @@ def cmd_pull_labels(args) -> int:
 
     from .config import labels_dir
     from .data.label_studio import LabelStudioError
-    from .pipeline.labeling import LABELING_BATCHES, pull_labels
+    from .pipeline.labeling_loop import LABELING_BATCHES, pull_labels
     from .pipeline.resources import LabelStudio
 
     batches = args.batch or dg.DagsterInstance.get().get_dynamic_partitions(LABELING_BATCHES.name)

@@ -12,8 +12,8 @@ import dagster as dg
 from .pipeline import assets
 from .pipeline.automation import automation_sensor
 from .pipeline.checks import ASSET_CHECKS
-from .pipeline.labeling import label_studio_pull
-from .pipeline.labels import LABEL_SOURCES
+from .pipeline.labeling_loop import label_studio_pull
+from .pipeline.label_sources import LABEL_SOURCES
 from .pipeline.handles import handle_io_manager
 from .pipeline.launch import StepLauncher
 from .pipeline.registry import PolicyRegistry

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .pipeline.handles import handle_io_manager
-from .pipeline.labeling import labeling_candidates
+from .pipeline.labeling_loop import labeling_candidates
 from .pipeline.resources import LabelStudio, MlflowTracking
 
 

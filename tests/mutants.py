@@ -155,7 +155,7 @@ MUTATIONS = [
     Mutation("a multi-turn prompt's assistant turn loses its EOS", "rlhf_dag/training/chat.py",
              [('ASSISTANT + m["content"] + EOS', 'ASSISTANT + m["content"]')],
              ["tests/test_label_formats.py::test_the_chat_template_renders_a_conversation_as_the_prompt_format"]),
-    Mutation("an HH-RLHF comparison keeps the assistant marker in its responses", "rlhf_dag/data/labels.py",
+    Mutation("an HH-RLHF comparison keeps the assistant marker in its responses", "rlhf_dag/data/label_files.py",
              [("        cut += len(HH_ASSISTANT)\n", "")],
              ["tests/test_label_formats.py::test_each_documented_shape_becomes_the_canonical_record"]),
     Mutation("GRPO/RLOO reward ignores the reward model", "rlhf_dag/training/online.py",

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from rlhf_dag.cli import main
-from rlhf_dag.data.labels import load_labels
+from rlhf_dag.data.label_files import load_labels
 from rlhf_dag.training.result import StepResult
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from rlhf_dag.data.datasets import build_dataset, split_of, splits, write_parquet
-from rlhf_dag.data.labels import LabelFile
+from rlhf_dag.data.label_files import LabelFile
 
 SALT = "salt"
 

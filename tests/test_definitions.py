@@ -124,7 +124,7 @@ def test_the_training_location_has_no_partitioned_asset():
 def test_the_labeling_location_reads_the_training_locations_assets_as_external():
     """labeling_candidates, one partition per batch; its upstream are the training location's assets, declared here as
     external (never materialized from here) and loaded by the same IO manager from the same handle store."""
-    from rlhf_dag.pipeline.labeling import LABELING_BATCHES
+    from rlhf_dag.pipeline.labeling_loop import LABELING_BATCHES
 
     graph, training = labeling_defs.resolve_asset_graph(), defs.resolve_asset_graph()
     assert graph.materializable_asset_keys == {dg.AssetKey("labeling_candidates")}
@@ -183,7 +183,7 @@ def test_training_and_data_never_import_dagster():
         assert "import dagster" not in text and "from dagster" not in text, path
     code = (
         "import sys, rlhf_dag.training.steps, rlhf_dag.training.pretrain, rlhf_dag.training.sft, rlhf_dag.training.reward, "
-        "rlhf_dag.training.ppo, rlhf_dag.training.evaluate, rlhf_dag.data.labeling, rlhf_dag.data.corpus, "
+        "rlhf_dag.training.ppo, rlhf_dag.training.evaluate, rlhf_dag.data.synthetic_labels, rlhf_dag.data.corpus, "
         "rlhf_dag.data.datasets, rlhf_dag.data.feedback, rlhf_dag.data.label_studio; assert 'dagster' not in sys.modules, 'dagster was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -12,7 +12,7 @@ import pytest
 
 from rlhf_dag.data.domain import SOURCE_PROMPTS, parse_task, pretraining_documents
 from rlhf_dag.data.gold import gold_score, is_correct
-from rlhf_dag.data.labeling import make_label_files
+from rlhf_dag.data.synthetic_labels import make_label_files
 
 REPO = Path(__file__).resolve().parent.parent
 STORY, EMAIL, MATH, CODE = SOURCE_PROMPTS
@@ -57,7 +57,7 @@ _RUN_IN_FRESH_PROCESS = textwrap.dedent(
     import hashlib, random, sys, tempfile
     from pathlib import Path
     from rlhf_dag.data.domain import ideal_response, parse_task
-    from rlhf_dag.data.labeling import make_label_files
+    from rlhf_dag.data.synthetic_labels import make_label_files
 
     def sampler(prompts):
         # a good answer and two junk answers that the gold labeler scores alike (a tie for worst)

@@ -16,7 +16,7 @@ import torch
 from rlhf_dag.data.datasets import build_dataset
 from rlhf_dag.data.feedback import Ranking, agreement, append_rankings, ranking_pairs
 from rlhf_dag.data.label_studio import LabelStudioClient, LabelStudioError, read_export, responses_sha256, task_data
-from rlhf_dag.data.labels import LabelFileError, load_labels
+from rlhf_dag.data.label_files import LabelFileError, load_labels
 from rlhf_dag.training.reward import RankingBatches, pair_weights, ranking_loss
 
 PROMPT = "What is 2 + 2?"
@@ -202,7 +202,7 @@ def test_the_sensor_appends_a_dropped_export_once_and_stops_with_the_file_intact
 
     import dagster as dg
 
-    from rlhf_dag.pipeline.labeling import LABELING_BATCHES, label_studio_pull
+    from rlhf_dag.pipeline.labeling_loop import LABELING_BATCHES, label_studio_pull
     from rlhf_dag.pipeline.resources import LabelStudio
 
     labels = tmp_path / "labels"

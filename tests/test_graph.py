@@ -35,7 +35,7 @@ TOY_METHOD = '''
     from pydantic import Field
 
     from rlhf_dag.config import StepConfig
-    from rlhf_dag.data.labels import load_labels
+    from rlhf_dag.data.label_files import load_labels
     from rlhf_dag.training.result import StepResult, step
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlhf_dag.data.labels import SCHEMAS, LabelFileError, load_labels
+from rlhf_dag.data.label_files import SCHEMAS, LabelFileError, load_labels
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),

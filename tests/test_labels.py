@@ -11,7 +11,7 @@ from rlhf_dag.config import resolve
 from rlhf_dag.data.corpus import load_corpus
 from rlhf_dag.data.datasets import build_dataset
 from rlhf_dag.data.domain import SOURCE_PROMPTS
-from rlhf_dag.data.labels import LABEL_FILES, MAX_LINE_BYTES, LabelFile, LabelFileError, leaked_prompts, load_labels
+from rlhf_dag.data.label_files import LABEL_FILES, MAX_LINE_BYTES, LabelFile, LabelFileError, leaked_prompts, load_labels
 from rlhf_dag.training.overlong import count_overlong
 from rlhf_dag.training.pretrain import train_tokenizer
 

@@ -41,7 +41,7 @@ def test_the_champion_rule():
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
 def test_an_online_method_moves_the_policy_with_the_reward_model_as_reward(smoke_run, method):
     """Through the step function, with a reward that varies (no EOS penalty) and a learning rate that shows in a few steps."""
-    from rlhf_dag.data.labels import label_file
+    from rlhf_dag.data.label_files import label_file
     from rlhf_dag.config import labels_dir
     from rlhf_dag.training.models import load_causal_lm
     from rlhf_dag.training.steps import step_function

@@ -89,7 +89,7 @@ def test_the_evaluation_compares_ppo_with_sft_samples(smoke_run, isolated_env, m
     """
     import torch
 
-    from rlhf_dag.data.labels import load_labels
+    from rlhf_dag.data.label_files import load_labels
     from rlhf_dag.training import evaluate
     from rlhf_dag.training.generate import Sample
     from rlhf_dag.training.models import load_causal_lm

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pandas is imported where it is used: `rlhf-dag status` neve
     import pandas as pd
 
 from ..artifacts import atomic_path
-from .labels import LabelFile
+from .label_files import LabelFile
 
 COLUMNS = {"demonstrations": ["id", "prompt", "response"], "comparisons": ["id", "prompt", "chosen", "rejected"]}
 

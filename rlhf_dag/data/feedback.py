@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import atomic_path
-from .labels import load_labels
+from .label_files import load_labels
 
 # A labeler whose agreement is this far below the median of the others' is flagged for review.
 OUTLIER_MARGIN = 0.2

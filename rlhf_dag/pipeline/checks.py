@@ -15,7 +15,7 @@ import dagster as dg
 from .. import graph
 from ..artifacts import ArtifactHandle
 from ..config import config_class, labels_dir
-from ..data.labels import label_file, leaked_prompts, load_labels
+from ..data.label_files import label_file, leaked_prompts, load_labels
 from .resources import QualityGates
 
 

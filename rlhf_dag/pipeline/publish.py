@@ -23,7 +23,7 @@ from pydantic import Field, create_model
 from ..artifacts import ArtifactHandle, atomic_dir, run_dir
 from .. import graph
 from ..config import StepConfig, active_profile, artifacts_dir, config_class, labels_dir, resolve
-from ..data.labels import label_file
+from ..data.label_files import label_file
 from ..graph import upstream_labels  # noqa: F401  (the labeling location's asset reads it from here, as the training assets do)
 from ..training import steps
 from ..training.result import StepResult

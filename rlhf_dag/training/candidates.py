@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import LabelingConfig
-from ..data.labels import load_labels
+from ..data.label_files import load_labels
 from .chat import format_prompt
 from .result import StepResult, step
 

@@ -7,7 +7,7 @@ import logging
 from ..config import CorpusConfig, DatasetConfig
 from ..data.corpus import load_corpus
 from ..data.datasets import assign_splits, build_dataset
-from ..data.labels import load_labels
+from ..data.label_files import load_labels
 from .result import StepResult, step
 
 logger = logging.getLogger(__name__)

@@ -237,7 +237,7 @@ def evaluate_against_sft(step: str, method: str, inputs: dict[str, str], cfg: Ev
     RM means, KL to SFT, length and EOS rate. Where the judge can judge some of the prompts: its win rates (overall
     and per task kind), means and source-prompt pass rates. A figure that cannot be measured is left out, never NaN.
     """
-    from ..data.labels import load_labels
+    from ..data.label_files import load_labels
     from .models import load_causal_lm, load_reward_model
 
     judge = load_judge(cfg.judge)

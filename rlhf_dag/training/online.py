@@ -96,7 +96,7 @@ def train_online(method: str, sft_path: str, tokenizer, reward: RewardModelRewar
 def _online_policy(method: str, inputs: dict[str, str], cfg: OnlineConfig) -> StepResult:
     from transformers import AutoTokenizer
 
-    from ..data.labels import load_labels
+    from ..data.label_files import load_labels
     from .evaluate import judge_monitor, policy_checks, source_prompt_texts
     from .judge import load_judge
     from .models import load_causal_lm, load_reward_model

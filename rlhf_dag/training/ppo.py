@@ -345,7 +345,7 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
 
 @step
 def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
-    from ..data.labels import load_labels
+    from ..data.label_files import load_labels
     from .evaluate import judge_monitor, source_prompt_texts
     from .judge import load_judge
     from .lora import adapt, fine_tune_tag

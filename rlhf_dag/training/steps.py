@@ -58,7 +58,7 @@ def run_chain(steps: list[str], labels: Path | str, root: Path | str, configs: d
               paths: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, StepResult]]:
     """Run `steps` in order, each saved to `<root>/<step>/`, each reading its upstream from `paths` (given, or made by
     an earlier step here) and its labeled files from `labels`: the graph without Dagster, as bench/ runs it."""
-    from ..data.labels import label_file
+    from ..data.label_files import label_file
 
     paths = dict(paths or {}) | {name: str(label_file(labels, name)) for name in graph.LABEL_FILES}
     results = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from ..config import labels_dir
-from ..data.labels import LABEL_FILES, file_sha256, label_file
+from ..data.label_files import LABEL_FILES, file_sha256, label_file
 from .automation import label_observation
 
 DESCRIPTIONS = {

@@ -87,6 +87,6 @@ def label_studio_pull(context: dg.SensorEvaluationContext, label_studio: LabelSt
         context.log.info(line)
     if not report.pairs_added:
         return dg.SkipReason(report.lines(comparisons)[0])
-    from ..data.labels import file_sha256
+    from ..data.label_files import file_sha256
 
     return dg.RunRequest(run_key=f"comparisons-{file_sha256(comparisons)}")

@@ -13,7 +13,7 @@ from typing import Callable
 
 from .domain import KINDS, RESPONSE_STYLES, SOURCE_PROMPTS, parse_task, sample_task
 from .gold import gold_score
-from .labels import write_jsonl
+from .label_files import write_jsonl
 
 # (better style, worse style) pairs shown to the labeler, and how often.
 PAIR_STYLES = (
