@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup run test test-all mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
+.PHONY: setup run test test-all lint format mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,14 @@ test: setup  ## the fast loop: every test not marked slow, in about 2 minutes (f
 
 test-all: setup  ## every test, the slow ones included (graphs, the web UI, Label Studio, kills): 15-25 minutes
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup  ## ruff: the lint rules and the formatter's layout (pyproject.toml [tool.ruff]); CI fails on either
+	$(BIN)/ruff check rlhf_dag tests bench
+	$(BIN)/ruff format --check rlhf_dag tests bench
+
+format: setup  ## ruff: fix what the lint rules can fix, and format the code
+	$(BIN)/ruff check --fix rlhf_dag tests bench
+	$(BIN)/ruff format rlhf_dag tests bench
 
 MUTANTS_ARGS ?=
 mutants: setup  ## break the code on purpose, one way at a time; a named test must catch each (docs/testing.md; 10-15 min)

@@ -28,23 +28,32 @@ the RM accuracy by about ±0.02, KL by up to 2x; throughput and seconds follow t
 
 def figure_lines(log: str) -> list[str]:
     """The per-asset figure lines `rlhf-dag run` ends with (`<asset>: name value, ...`)."""
-    return [line for line in log.splitlines() if line.split(":", 1)[0] in CORE_STEPS and ": " in line and "step " not in line and "saved to" not in line
-            and "profile '" not in line]
+    return [
+        line
+        for line in log.splitlines()
+        if line.split(":", 1)[0] in CORE_STEPS
+        and ": " in line
+        and "step " not in line
+        and "saved to" not in line
+        and "profile '" not in line
+    ]
 
 
 def block(info: dict, profile: str, commit: str, wall: float, lines: int, figures: list[str]) -> str:
-    return "\n".join([
-        BEGIN,
-        f"Measured by `make figures` on {machine_line(info)}; profile `{profile}`, commit `{commit}`:",
-        f"`rlhf-dag run` took {wall:.0f} s in all and printed {lines} lines, ending with",
-        "",
-        "```",
-        *figures,
-        "```",
-        "",
-        VARIATION,
-        END,
-    ])
+    return "\n".join(
+        [
+            BEGIN,
+            f"Measured by `make figures` on {machine_line(info)}; profile `{profile}`, commit `{commit}`:",
+            f"`rlhf-dag run` took {wall:.0f} s in all and printed {lines} lines, ending with",
+            "",
+            "```",
+            *figures,
+            "```",
+            "",
+            VARIATION,
+            END,
+        ]
+    )
 
 
 def replace_block(text: str, new: str, where: str) -> str:
@@ -56,7 +65,11 @@ def replace_block(text: str, new: str, where: str) -> str:
 
 def main() -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--readme", default=str(REPO / "README.md"), help="the file whose figures block is rewritten (default: README.md)")
+    parser.add_argument(
+        "--readme",
+        default=str(REPO / "README.md"),
+        help="the file whose figures block is rewritten (default: README.md)",
+    )
     args = parser.parse_args()
     info = machine()
     warn_if_busy(info)
@@ -66,7 +79,10 @@ def main() -> int:
     figures = figure_lines(log)
     if not figures:
         raise RuntimeError(f"`rlhf-dag run` printed no figures; see {child.log}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
     new = block(info, args.profile, commit, child.wall_seconds, len(log.splitlines()), figures)
     readme = args.readme
     with open(readme, encoding="utf-8") as f:

@@ -24,7 +24,17 @@ import shutil
 import sys
 import time
 
-from harness import CORE_STEPS, SCRATCH, bench_parser, machine, machine_line, markdown_table, run_child, save_results, write_report
+from harness import (
+    CORE_STEPS,
+    SCRATCH,
+    bench_parser,
+    machine,
+    machine_line,
+    markdown_table,
+    run_child,
+    save_results,
+    write_report,
+)
 
 # Dense bf16 tensor-core peak (no sparsity), from the vendors' data sheets.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
@@ -39,7 +49,9 @@ def worker(spec: str, report: str) -> None:
 
     from rlhf_dag.training.steps import run_spec
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the steps' progress lines, in the child's log
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )  # the steps' progress lines, in the child's log
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -51,16 +63,19 @@ def worker(spec: str, report: str) -> None:
         return
     model = result.model
     config = getattr(model, "config", None)
-    write_report(report, {
-        "seconds": seconds,
-        "read_path": str(output / result.main_file) if result.main_file else str(output),
-        "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-        "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
-        "attention": getattr(config, "_attn_implementation", None),
-        "dtype": "bf16 autocast" if result.step in TRAINERS and cuda and torch.cuda.is_bf16_supported() else "fp32",
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-    })
+    write_report(
+        report,
+        {
+            "seconds": seconds,
+            "read_path": str(output / result.main_file) if result.main_file else str(output),
+            "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+            "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
+            "attention": getattr(config, "_attn_implementation", None),
+            "dtype": "bf16 autocast" if result.step in TRAINERS and cuda and torch.cuda.is_bf16_supported() else "fp32",
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+        },
+    )
 
 
 def mfu(report: dict, peak: float | None) -> float | None:
@@ -73,7 +88,9 @@ def mfu(report: dict, peak: float | None) -> float | None:
 def main() -> int:
     parser = bench_parser(__doc__, default_profile="gpu")
     parser.add_argument("--spec", help=__import__("argparse").SUPPRESS)
-    parser.add_argument("--torchrun-step", default="sft_model", help="the step run again under torchrun --nproc_per_node 1 ('' to skip)")
+    parser.add_argument(
+        "--torchrun-step", default="sft_model", help="the step run again under torchrun --nproc_per_node 1 ('' to skip)"
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args.spec, args.report)
@@ -95,10 +112,24 @@ def main() -> int:
     def launch(step: str, tag: str, launcher: list[str]) -> dict:
         spec = root / "specs" / f"{tag}.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(json.dumps({"step": step, "inputs": {n: paths[n] for n in graph.step(step).inputs}, "config": {}, "output": str(root / "out" / tag)}))
+        spec.write_text(
+            json.dumps(
+                {
+                    "step": step,
+                    "inputs": {n: paths[n] for n in graph.step(step).inputs},
+                    "config": {},
+                    "output": str(root / "out" / tag),
+                }
+            )
+        )
         report = root / "reports" / f"{tag}.json"
         report.parent.mkdir(parents=True, exist_ok=True)
-        child = run_child([*launcher, __file__, "--worker", step, "--spec", str(spec), "--report", str(report)], env, root / "logs" / f"{tag}.log", report)
+        child = run_child(
+            [*launcher, __file__, "--worker", step, "--spec", str(spec), "--report", str(report)],
+            env,
+            root / "logs" / f"{tag}.log",
+            report,
+        )
         child.report["wall_seconds"] = child.wall_seconds
         print(f"  {tag}: {child.wall_seconds:.1f} s wall, {child.report['seconds']:.1f} s in the step", flush=True)
         return child.report
@@ -110,7 +141,9 @@ def main() -> int:
         (root / "partial.json").write_text(json.dumps(reports, indent=1))
     if args.torchrun_step:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--standalone"]
-        reports[f"{args.torchrun_step}@torchrun:1"] = launch(args.torchrun_step, f"{args.torchrun_step}-torchrun1", torchrun)
+        reports[f"{args.torchrun_step}@torchrun:1"] = launch(
+            args.torchrun_step, f"{args.torchrun_step}-torchrun1", torchrun
+        )
 
     ppo = resolve("ppo_policy")
     device = next((r["device"] for r in reports.values() if r.get("device")), "cpu")
@@ -118,15 +151,54 @@ def main() -> int:
     rows = []
     for name, r in reports.items():
         m = r["metrics"]
-        tokens_per_second = m["train_tokens"] / m["train_runtime"] if m.get("train_tokens") and m.get("train_runtime") else None
+        tokens_per_second = (
+            m["train_tokens"] / m["train_runtime"] if m.get("train_tokens") and m.get("train_runtime") else None
+        )
         utilization = mfu(r, peak) if name.split("@")[0] in TRAINERS else None
-        loss = next((m[k] for k in ("final_loss", "validation_loss", "validation_accuracy", "final_rm_score", "win_rate_ppo_vs_sft") if k in m), None)
-        rows.append([name, r["wall_seconds"], r["seconds"], m.get("train_seconds"), tokens_per_second, r.get("peak_gpu_memory_gib"),
-                     f"{100 * utilization:.1f}%" if utilization is not None else "—", r.get("parameters"), loss])
+        loss = next(
+            (
+                m[k]
+                for k in (
+                    "final_loss",
+                    "validation_loss",
+                    "validation_accuracy",
+                    "final_rm_score",
+                    "win_rate_ppo_vs_sft",
+                )
+                if k in m
+            ),
+            None,
+        )
+        rows.append(
+            [
+                name,
+                r["wall_seconds"],
+                r["seconds"],
+                m.get("train_seconds"),
+                tokens_per_second,
+                r.get("peak_gpu_memory_gib"),
+                f"{100 * utilization:.1f}%" if utilization is not None else "—",
+                r.get("parameters"),
+                loss,
+            ]
+        )
     lines = [
         f"### bench/gpu.py — the `{args.profile}` profile on {device}",
         "",
-        markdown_table(["step", "wall s", "step s", "train s", "tokens/s", "peak GPU GiB", "MFU (est.)", "parameters", "headline figure"], rows),
+        markdown_table(
+            [
+                "step",
+                "wall s",
+                "step s",
+                "train s",
+                "tokens/s",
+                "peak GPU GiB",
+                "MFU (est.)",
+                "parameters",
+                "headline figure",
+            ],
+            rows,
+        ),
         "",
         "Headline figure: held-out loss (base, SFT, RM), PPO final RM score, evaluation PPO-vs-SFT gold win rate.",
         f"Precision: TRL trainers {reports['sft_model']['dtype']}, PPO fp32; attention: "
@@ -135,7 +207,12 @@ def main() -> int:
         "",
         f"Machine: {machine_line(info)}",
     ]
-    save_results("gpu", "default", {"profile": args.profile, "machine": info, "device": device, "steps": reports}, "\n".join(lines))
+    save_results(
+        "gpu",
+        "default",
+        {"profile": args.profile, "machine": info, "device": device, "steps": reports},
+        "\n".join(lines),
+    )
     return 0
 
 

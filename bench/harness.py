@@ -38,8 +38,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def run_steps(steps: list[str], root: Path, configs: dict[str, dict] | None = None, paths: dict[str, str] | None = None,
-              echo: bool = False) -> tuple[dict[str, str], dict, dict[str, float]]:
+def run_steps(
+    steps: list[str],
+    root: Path,
+    configs: dict[str, dict] | None = None,
+    paths: dict[str, str] | None = None,
+    echo: bool = False,
+) -> tuple[dict[str, str], dict, dict[str, float]]:
     """rlhf_dag.training.steps.run_chain (labels from RLHF_DAG_LABELS_DIR, each step saved to `<root>/<step>/`), called
     one step at a time to time each, its save included, and with `echo` print it. Returns (paths, results, seconds)."""
     from rlhf_dag.config import labels_dir
@@ -58,7 +63,11 @@ def run_steps(steps: list[str], root: Path, configs: dict[str, dict] | None = No
 def bench_parser(doc: str, default_profile: str = "default") -> argparse.ArgumentParser:
     """The options every benchmark takes: --profile, and --worker/--report, which it passes to its own child processes."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--profile", default=default_profile, help=f"size profile(s), comma-separated where the script compares several (default: {default_profile})")
+    parser.add_argument(
+        "--profile",
+        default=default_profile,
+        help=f"size profile(s), comma-separated where the script compares several (default: {default_profile})",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
     return parser
@@ -112,9 +121,17 @@ def run_child(cmd: list[str], env: dict, log: Path, report: Path | None = None, 
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
-    child = Child(wall, usage.ru_maxrss / 1024, process.returncode, log, json.loads(report.read_text()) if report is not None and report.is_file() else {})
+    child = Child(
+        wall,
+        usage.ru_maxrss / 1024,
+        process.returncode,
+        log,
+        json.loads(report.read_text()) if report is not None and report.is_file() else {},
+    )
     if check and child.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} exited with {child.returncode}; last lines of {log}:\n{child.tail()}")
+        raise RuntimeError(
+            f"{' '.join(map(str, cmd))} exited with {child.returncode}; last lines of {log}:\n{child.tail()}"
+        )
     return child
 
 
@@ -148,8 +165,17 @@ def machine() -> dict:
     """The machine a figure was measured on, and how busy it was when the script started."""
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     return {
         "cpu": cpu,
         "cores_usable": len(os.sched_getaffinity(0)),
@@ -169,6 +195,7 @@ def cpu_busy_share(seconds: float = 1.0) -> float:
     for a minute after they end, so it cannot tell a quiet machine from a busy one
     between scripts.
     """
+
     def times():
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         return sum(fields), fields[3] + fields[4]  # total, idle + iowait
@@ -182,8 +209,11 @@ def cpu_busy_share(seconds: float = 1.0) -> float:
 def warn_if_busy(info: dict) -> None:
     """Other work on the 2 cores makes every timing here meaningless: say so next to the figures."""
     if info["cpu_busy_share"] > 0.25:
-        print(f"WARNING: {info['cpu_busy_share']:.0%} of the CPU was busy with other work before the benchmark started, "
-              "so these timings are not trustworthy", file=sys.stderr)
+        print(
+            f"WARNING: {info['cpu_busy_share']:.0%} of the CPU was busy with other work before the benchmark started, "
+            "so these timings are not trustworthy",
+            file=sys.stderr,
+        )
 
 
 def results_stem(name: str, profile: str) -> Path:
@@ -207,11 +237,16 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
             return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
         return "" if value is None else str(value)
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|",
+    ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def machine_line(info: dict) -> str:
-    return (f"{info['cpu']}, {info['cores_usable']} cores usable, {info['memory_gib']} GiB; Python {info['python']}, "
-            f"torch {info['torch']} ({info['torch_threads']} threads); CPU busy with other work at start {info.get('cpu_busy_share', float('nan')):.0%}")
+    return (
+        f"{info['cpu']}, {info['cores_usable']} cores usable, {info['memory_gib']} GiB; Python {info['python']}, "
+        f"torch {info['torch']} ({info['torch_threads']} threads); CPU busy with other work at start {info.get('cpu_busy_share', float('nan')):.0%}"
+    )

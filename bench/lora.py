@@ -29,7 +29,16 @@ import json
 import sys
 from pathlib import Path
 
-from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy
+from harness import (
+    bench_parser,
+    isolated_env,
+    machine,
+    machine_line,
+    markdown_table,
+    run_child,
+    save_results,
+    warn_if_busy,
+)
 
 from rlhf_dag import graph
 
@@ -39,7 +48,14 @@ ALLOCATORS = {"glibc": {}, "fixed_mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": "1
 STEP_CONFIG = {
     "sft_model": {"epochs": 0.1, "gold_sample_prompts": 8, "sample_max_new_tokens": 16},
     "reward_model": {"epochs": 0.05},
-    "ppo_policy": {"iterations": 2, "rollout_batch_size": 16, "minibatch_size": 8, "ppo_epochs": 1, "max_new_tokens": 16, "sample_max_new_tokens": 16},
+    "ppo_policy": {
+        "iterations": 2,
+        "rollout_batch_size": 16,
+        "minibatch_size": 8,
+        "ppo_epochs": 1,
+        "max_new_tokens": 16,
+        "sample_max_new_tokens": 16,
+    },
 }
 
 
@@ -51,7 +67,9 @@ def launch(root: Path, env: dict, step: str, paths: dict, config: dict, name: st
     output = root / "out" / name
     inputs = {n: paths[n] for n in graph.step(step).inputs}
     spec.write_text(json.dumps({"step": step, "inputs": inputs, "config": config, "output": str(output)}))
-    child = run_child([sys.executable, "-m", "rlhf_dag.training.steps", "--spec", str(spec)], env, root / "logs" / f"{name}.log")
+    child = run_child(
+        [sys.executable, "-m", "rlhf_dag.training.steps", "--spec", str(spec)], env, root / "logs" / f"{name}.log"
+    )
     summary = json.loads((output / "step.json").read_text())
     return child, summary["metrics"], str(output / summary["main_file"]) if summary["main_file"] else str(output)
 
@@ -63,8 +81,18 @@ def untrained_model(folder: Path, corpus: str, hidden_size: int, layers: int) ->
     from rlhf_dag.config import resolve
     from rlhf_dag.training.pretrain import build_model, train_tokenizer
 
-    cfg = resolve("base_model", {"hidden_size": hidden_size, "num_layers": layers, "num_heads": max(1, hidden_size // 64),
-                                 "intermediate_size": 3 * hidden_size, "vocab_size": 4096, "max_length": 160}, profile="default")
+    cfg = resolve(
+        "base_model",
+        {
+            "hidden_size": hidden_size,
+            "num_layers": layers,
+            "num_heads": max(1, hidden_size // 64),
+            "intermediate_size": 3 * hidden_size,
+            "vocab_size": 4096,
+            "max_length": 160,
+        },
+        profile="default",
+    )
     tokenizer = train_tokenizer(list(pd.read_parquet(corpus)["text"]), cfg.vocab_size)
     build_model(cfg, tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -83,7 +111,11 @@ def main() -> int:
 
     paths = {name: str(label_file(env["RLHF_DAG_LABELS_DIR"], name)) for name in graph.LABEL_FILES}
     small_validation = {"validation_fraction": 0.03}  # each step evaluates its validation split several times
-    for step, config in (("pretraining_corpus", {"n_documents": 2000}), ("sft_dataset", small_validation), ("comparison_dataset", small_validation)):
+    for step, config in (
+        ("pretraining_corpus", {"n_documents": 2000}),
+        ("sft_dataset", small_validation),
+        ("comparison_dataset", small_validation),
+    ):
         paths[step] = launch(root, env, step, paths, config, step)[2]
     checkpoint = untrained_model(root / "checkpoint", paths["pretraining_corpus"], args.hidden_size, args.layers)
     paths["base_model"] = launch(root, env, "base_model", paths, {"pretrained": checkpoint}, "base_model")[2]
@@ -93,7 +125,14 @@ def main() -> int:
         for variant, extra in (("full", {}), ("lora", {"lora": LORA})):
             f = figures[f"{step}/{variant}"] = {}
             for allocator, allocator_env in ALLOCATORS.items():
-                child, metrics, path = launch(root, {**env, **allocator_env}, step, paths, {**STEP_CONFIG[step], **extra}, f"{step}-{variant}-{allocator}")
+                child, metrics, path = launch(
+                    root,
+                    {**env, **allocator_env},
+                    step,
+                    paths,
+                    {**STEP_CONFIG[step], **extra},
+                    f"{step}-{variant}-{allocator}",
+                )
                 if variant == "full" and allocator == "glibc":
                     paths[step] = path
                 f.update(trainable_parameters=metrics["trainable_parameters"], parameters=metrics["parameters"])
@@ -101,21 +140,56 @@ def main() -> int:
             print(f"{step} {variant}: {f}", flush=True)
         full, lora = figures[f"{step}/full"], figures[f"{step}/lora"]
         for variant, f in (("full", full), ("lora", lora)):
-            rows.append([step, variant, f"{f['trainable_parameters']:,}", f"{f['parameters']:,}", f"{f['trainable_parameters'] / f['parameters']:.1%}",
-                         *(round(f[f"peak_rss_mb_{a}"]) for a in ALLOCATORS), f["wall_seconds_glibc"]])
-        rows.append([step, "lora / full", "", "", f"{lora['trainable_parameters'] / full['trainable_parameters']:.3f}",
-                     *(f"{lora[f'peak_rss_mb_{a}'] / full[f'peak_rss_mb_{a}']:.2f}" for a in ALLOCATORS),
-                     f"{lora['wall_seconds_glibc'] / full['wall_seconds_glibc']:.2f}"])
-    table = "\n".join([
-        f"LoRA (r {LORA['r']}, alpha {LORA['alpha']:g}, all linear layers) vs full fine-tune on a {args.layers}-layer, {args.hidden_size}-wide Llama "
-        f"brought as `base_model.pretrained`; one child process per row. {machine_line(info)}.",
-        "",
-        markdown_table(["step", "variant", "trainable parameters", "parameters", "trainable share", "peak RSS (MB), glibc as it comes",
-                        "peak RSS (MB), MALLOC_MMAP_THRESHOLD_=131072", "wall (s)"], rows),
-        "",
-        "PPO's parameters are the policy's and the critic's (which trains whole); with LoRA there is no reference copy of the policy.",
-    ])
-    save_results("lora", args.profile, {"machine": info, "lora": LORA, "hidden_size": args.hidden_size, "layers": args.layers, "figures": figures}, table)
+            rows.append(
+                [
+                    step,
+                    variant,
+                    f"{f['trainable_parameters']:,}",
+                    f"{f['parameters']:,}",
+                    f"{f['trainable_parameters'] / f['parameters']:.1%}",
+                    *(round(f[f"peak_rss_mb_{a}"]) for a in ALLOCATORS),
+                    f["wall_seconds_glibc"],
+                ]
+            )
+        rows.append(
+            [
+                step,
+                "lora / full",
+                "",
+                "",
+                f"{lora['trainable_parameters'] / full['trainable_parameters']:.3f}",
+                *(f"{lora[f'peak_rss_mb_{a}'] / full[f'peak_rss_mb_{a}']:.2f}" for a in ALLOCATORS),
+                f"{lora['wall_seconds_glibc'] / full['wall_seconds_glibc']:.2f}",
+            ]
+        )
+    table = "\n".join(
+        [
+            f"LoRA (r {LORA['r']}, alpha {LORA['alpha']:g}, all linear layers) vs full fine-tune on a {args.layers}-layer, {args.hidden_size}-wide Llama "
+            f"brought as `base_model.pretrained`; one child process per row. {machine_line(info)}.",
+            "",
+            markdown_table(
+                [
+                    "step",
+                    "variant",
+                    "trainable parameters",
+                    "parameters",
+                    "trainable share",
+                    "peak RSS (MB), glibc as it comes",
+                    "peak RSS (MB), MALLOC_MMAP_THRESHOLD_=131072",
+                    "wall (s)",
+                ],
+                rows,
+            ),
+            "",
+            "PPO's parameters are the policy's and the critic's (which trains whole); with LoRA there is no reference copy of the policy.",
+        ]
+    )
+    save_results(
+        "lora",
+        args.profile,
+        {"machine": info, "lora": LORA, "hidden_size": args.hidden_size, "layers": args.layers, "figures": figures},
+        table,
+    )
     return 0
 
 

@@ -47,7 +47,9 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
         paths, _, seconds = run_steps(UPSTREAM, root / "shared", echo=True)
         (root / "shared" / "paths.json").write_text(json.dumps(paths))
-    paths, results, method_seconds = run_steps([s for m, e in methods.items() for s in (f"{m}_policy", e)], root / "methods", paths=paths, echo=True)
+    paths, results, method_seconds = run_steps(
+        [s for m, e in methods.items() for s in (f"{m}_policy", e)], root / "methods", paths=paths, echo=True
+    )
     seconds |= method_seconds
     metrics = {step: result.metrics for step, result in results.items()}
 
@@ -57,11 +59,19 @@ def main() -> int:
     from rlhf_dag.pipeline.registry import CHAMPION, register_policy
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("bench-methods", artifact_location=(root / "mlartifacts").as_uri()))
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("bench-methods", artifact_location=(root / "mlartifacts").as_uri())
+    )
     registrations = {}
     for method, evaluation in methods.items():
         with mlflow.start_run(run_name=evaluation):
-            decision = register_policy("bench-policy", method, ArtifactHandle(f"{method}_policy", paths[f"{method}_policy"], ""), metrics[evaluation], resolve("gates"))
+            decision = register_policy(
+                "bench-policy",
+                method,
+                ArtifactHandle(f"{method}_policy", paths[f"{method}_policy"], ""),
+                metrics[evaluation],
+                resolve("gates"),
+            )
         registrations[method] = decision
         print(f"  registered {method}: {decision['registry.seconds']} s, {decision['registry.why']}", flush=True)
     started = time.perf_counter()
@@ -70,8 +80,13 @@ def main() -> int:
 
     from rlhf_dag.training.evaluate import method_table
 
-    evaluations = {method: {"metrics": {**metrics[evaluation], f"{method}_train_seconds": metrics[f"{method}_policy"]["train_seconds"]},
-                            "tags": registrations[method]} for method, evaluation in methods.items()}
+    evaluations = {
+        method: {
+            "metrics": {**metrics[evaluation], f"{method}_train_seconds": metrics[f"{method}_policy"]["train_seconds"]},
+            "tags": registrations[method],
+        }
+        for method, evaluation in methods.items()
+    }
     table, rows = method_table(evaluations, reference="ppo")
     register = [float(r["registry.seconds"]) for r in registrations.values()]
     lines = [
@@ -84,8 +99,15 @@ def main() -> int:
         "",
         f"Machine: {machine_line(info)}",
     ]
-    payload = {"profile": args.profile, "machine": info, "seconds": seconds, "rows": rows, "registration_seconds": register,
-               "champion_load_seconds": load_seconds, "metrics": metrics}
+    payload = {
+        "profile": args.profile,
+        "machine": info,
+        "seconds": seconds,
+        "rows": rows,
+        "registration_seconds": register,
+        "champion_load_seconds": load_seconds,
+        "metrics": metrics,
+    }
     save_results("methods", args.profile, payload, "\n".join(lines))
     return 0
 

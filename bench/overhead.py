@@ -31,7 +31,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from harness import bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, run_steps, save_results, warn_if_busy, write_report
+from harness import (
+    bench_parser,
+    isolated_env,
+    machine,
+    machine_line,
+    markdown_table,
+    run_child,
+    run_steps,
+    save_results,
+    warn_if_busy,
+    write_report,
+)
+
 
 class Timers:
     """Seconds and calls spent in wrapped functions, by label."""
@@ -141,14 +153,25 @@ def materialize_worker(report: str) -> None:
     observe = time.perf_counter() - t
     timers.reset()
     t = time.perf_counter()
-    result = dg.materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources, selection=TRAINING_GRAPH)
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources, selection=TRAINING_GRAPH
+    )
     run = time.perf_counter() - t
     steps = {e.step_key: e.event_specific_data.duration_ms / 1000 for e in result.get_step_success_events()}
-    write_report(report, {
-        "success": result.success, "imports_seconds": imports, "dagster_import_seconds": dagster_import, "observe_seconds": observe,
-        "run_seconds": run, "steps": steps, "components": dict(timers.seconds), "calls": dict(timers.calls),
-        "events": len(instance.get_records_for_run(result.run_id, limit=100000).records),
-    })
+    write_report(
+        report,
+        {
+            "success": result.success,
+            "imports_seconds": imports,
+            "dagster_import_seconds": dagster_import,
+            "observe_seconds": observe,
+            "run_seconds": run,
+            "steps": steps,
+            "components": dict(timers.seconds),
+            "calls": dict(timers.calls),
+            "events": len(instance.get_records_for_run(result.run_id, limit=100000).records),
+        },
+    )
 
 
 def cli_stats_worker(report: str) -> None:
@@ -158,7 +181,14 @@ def cli_stats_worker(report: str) -> None:
     instance = dg.DagsterInstance.get()
     run = instance.get_runs(limit=1)[0]
     stats = instance.get_run_stats(run.run_id)
-    write_report(report, {"run_seconds": stats.end_time - stats.start_time, "status": str(run.status), "steps_succeeded": stats.steps_succeeded})
+    write_report(
+        report,
+        {
+            "run_seconds": stats.end_time - stats.start_time,
+            "status": str(run.status),
+            "steps_succeeded": stats.steps_succeeded,
+        },
+    )
 
 
 def measure(profile: str) -> dict:
@@ -168,8 +198,25 @@ def measure(profile: str) -> dict:
         report = root / "report.json"
         if mode == "cli":
             dagster = str(Path(sys.executable).parent / "dagster")
-            child = run_child([dagster, "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "group:rlhf or group:alternatives"], env, root / "run.log")
-            stats = run_child([sys.executable, __file__, "--worker", "cli-stats", "--report", str(report)], env, root / "stats.log", report)
+            child = run_child(
+                [
+                    dagster,
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "rlhf_dag.definitions",
+                    "--select",
+                    "group:rlhf or group:alternatives",
+                ],
+                env,
+                root / "run.log",
+            )
+            stats = run_child(
+                [sys.executable, __file__, "--worker", "cli-stats", "--report", str(report)],
+                env,
+                root / "stats.log",
+                report,
+            )
             out[mode] = {"process_wall_seconds": child.wall_seconds, "peak_rss_mb": child.peak_rss_mb, **stats.report}
         else:
             cmd = [sys.executable, __file__, "--worker", mode, "--report", str(report), "--work", str(root / "direct")]
@@ -187,7 +234,9 @@ def measure(profile: str) -> dict:
         "IO manager (JSON handles)": mat["components"].get("IO manager", 0.0),
     }
     measured = sum(parts.values()) - parts["imports (dagster + definitions over the training modules)"]
-    parts["rest (run and step orchestration, checks, asset-body extras; difference of two runs)"] = work_orchestrated - work_direct - measured
+    parts["rest (run and step orchestration, checks, asset-body extras; difference of two runs)"] = (
+        work_orchestrated - work_direct - measured
+    )
     out["summary"] = {
         "direct_seconds": work_direct,
         "materialize_seconds": work_orchestrated,
@@ -206,27 +255,79 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         Path(args.work or ".").mkdir(parents=True, exist_ok=True)
-        {"direct": lambda: direct_worker(args.report, Path(args.work)), "materialize": lambda: materialize_worker(args.report),
-         "cli-stats": lambda: cli_stats_worker(args.report)}[args.worker]()
+        {
+            "direct": lambda: direct_worker(args.report, Path(args.work)),
+            "materialize": lambda: materialize_worker(args.report),
+            "cli-stats": lambda: cli_stats_worker(args.report),
+        }[args.worker]()
         return 0
 
     profiles = list(dict.fromkeys(args.profile.split(",")))  # `make bench` asks for smoke,$(BENCH_PROFILE)
     info = machine()
     warn_if_busy(info)
-    print(f"bench/overhead.py: profiles {', '.join(profiles)}; direct, in-process materialize and CLI, one process each", flush=True)
+    print(
+        f"bench/overhead.py: profiles {', '.join(profiles)}; direct, in-process materialize and CLI, one process each",
+        flush=True,
+    )
     results = {p: measure(p) for p in profiles}
     rows, parts_rows = [], []
     for p, r in results.items():
         s = r["summary"]
-        rows.append([p, "direct (step functions)", r["direct"]["imports_seconds"], s["direct_seconds"], r["direct"]["process_wall_seconds"], r["direct"]["peak_rss_mb"], 1.0, 1.0])
-        rows.append([p, "dg.materialize in-process", r["materialize"]["imports_seconds"], s["materialize_seconds"], r["materialize"]["process_wall_seconds"], r["materialize"]["peak_rss_mb"],
-                     s["ratio_materialize_over_direct"], s["ratio_materialize_process_over_direct_process"]])
-        rows.append([p, "dagster asset materialize (CLI)", None, r["cli"]["run_seconds"], r["cli"]["process_wall_seconds"], r["cli"]["peak_rss_mb"], None, s["ratio_cli_process_over_direct_process"]])
-        parts_rows += [[p, part, seconds, seconds / s["direct_seconds"]] for part, seconds in s["overhead_parts_seconds"].items()]
+        rows.append(
+            [
+                p,
+                "direct (step functions)",
+                r["direct"]["imports_seconds"],
+                s["direct_seconds"],
+                r["direct"]["process_wall_seconds"],
+                r["direct"]["peak_rss_mb"],
+                1.0,
+                1.0,
+            ]
+        )
+        rows.append(
+            [
+                p,
+                "dg.materialize in-process",
+                r["materialize"]["imports_seconds"],
+                s["materialize_seconds"],
+                r["materialize"]["process_wall_seconds"],
+                r["materialize"]["peak_rss_mb"],
+                s["ratio_materialize_over_direct"],
+                s["ratio_materialize_process_over_direct_process"],
+            ]
+        )
+        rows.append(
+            [
+                p,
+                "dagster asset materialize (CLI)",
+                None,
+                r["cli"]["run_seconds"],
+                r["cli"]["process_wall_seconds"],
+                r["cli"]["peak_rss_mb"],
+                None,
+                s["ratio_cli_process_over_direct_process"],
+            ]
+        )
+        parts_rows += [
+            [p, part, seconds, seconds / s["direct_seconds"]] for part, seconds in s["overhead_parts_seconds"].items()
+        ]
     lines = [
         "### bench/overhead.py — Dagster orchestration vs calling the step functions directly",
         "",
-        markdown_table(["profile", "how", "imports s", "work s (after imports)", "process wall s", "peak RSS MB", "ratio (work)", "ratio (process)"], rows),
+        markdown_table(
+            [
+                "profile",
+                "how",
+                "imports s",
+                "work s (after imports)",
+                "process wall s",
+                "peak RSS MB",
+                "ratio (work)",
+                "ratio (process)",
+            ],
+            rows,
+        ),
         "",
         "Target: ratio (work) ≤ 1.10 at `default`. The CLI's work is its run as the instance recorded it (run start to end).",
         "",
@@ -237,7 +338,9 @@ def main() -> int:
         f"Machine: {machine_line(info)}",
     ]
     stem_profile = "default" if "default" in profiles else profiles[0]
-    save_results("overhead", stem_profile, {"profiles": profiles, "machine": info, "results": results}, "\n".join(lines))
+    save_results(
+        "overhead", stem_profile, {"profiles": profiles, "machine": info, "results": results}, "\n".join(lines)
+    )
     return 0
 
 

@@ -19,7 +19,20 @@ from __future__ import annotations
 import sys
 import time
 
-from harness import CORE_STEPS, bench_parser, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, run_child, save_results, warn_if_busy, write_report
+from harness import (
+    CORE_STEPS,
+    bench_parser,
+    current_rss_mb,
+    isolated_env,
+    machine,
+    machine_line,
+    markdown_table,
+    peak_rss_mb,
+    run_child,
+    save_results,
+    warn_if_busy,
+    write_report,
+)
 
 THROUGHPUT_ASSETS = ("base_model", "sft_model", "reward_model")
 
@@ -42,15 +55,18 @@ def worker(asset: str, report: str) -> None:
     run_seconds = time.perf_counter() - run_started
     steps = {e.step_key: e.event_specific_data.duration_ms / 1000 for e in result.get_step_success_events()}
     handle = result.output_for_node(asset) if result.success else None
-    write_report(report, {
-        "success": result.success,
-        "imports_seconds": imports,
-        "run_seconds": run_seconds,
-        "steps": steps,
-        "metrics": {k: v for k, v in (handle.metrics if handle else {}).items() if isinstance(v, (int, float))},
-        "rss_after_imports_mb": rss_after_imports,
-        "peak_rss_mb": peak_rss_mb(),
-    })
+    write_report(
+        report,
+        {
+            "success": result.success,
+            "imports_seconds": imports,
+            "run_seconds": run_seconds,
+            "steps": steps,
+            "metrics": {k: v for k, v in (handle.metrics if handle else {}).items() if isinstance(v, (int, float))},
+            "rss_after_imports_mb": rss_after_imports,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
 
 
 def main() -> int:
@@ -65,7 +81,12 @@ def main() -> int:
     print(f"bench/pipeline.py: profile '{args.profile}', one process per asset, run in {root}", flush=True)
     rows, assets = [], {}
     for asset in CORE_STEPS:
-        child = run_child([sys.executable, __file__, "--worker", asset, "--report", str(root / f"{asset}.json")], env, root / "logs" / f"{asset}.log", root / f"{asset}.json")
+        child = run_child(
+            [sys.executable, __file__, "--worker", asset, "--report", str(root / f"{asset}.json")],
+            env,
+            root / "logs" / f"{asset}.log",
+            root / f"{asset}.json",
+        )
         report = child.report
         if not report.get("success"):
             raise RuntimeError(f"{asset} failed; last lines of {child.log}:\n{child.tail()}")
@@ -87,23 +108,73 @@ def main() -> int:
             "train_seconds": metrics.get("train_seconds"),
         }
         a = assets[asset]
-        rows.append([asset, a["step_seconds"], checks, a["process_wall_seconds"], a["imports_seconds"], a["peak_rss_mb"],
-                     a["peak_rss_mb"] - a["rss_after_imports_mb"], tokens, tokens_per_second])
-        print(f"  {asset}: {a['step_seconds']:.1f}s in its step, {child.wall_seconds:.1f}s in its process, peak RSS {child.peak_rss_mb:.0f} MB", flush=True)
+        rows.append(
+            [
+                asset,
+                a["step_seconds"],
+                checks,
+                a["process_wall_seconds"],
+                a["imports_seconds"],
+                a["peak_rss_mb"],
+                a["peak_rss_mb"] - a["rss_after_imports_mb"],
+                tokens,
+                tokens_per_second,
+            ]
+        )
+        print(
+            f"  {asset}: {a['step_seconds']:.1f}s in its step, {child.wall_seconds:.1f}s in its process, peak RSS {child.peak_rss_mb:.0f} MB",
+            flush=True,
+        )
     total_steps = sum(a["step_seconds"] + a["check_seconds"] for a in assets.values())
     total_wall = sum(a["process_wall_seconds"] for a in assets.values())
-    rows.append(["**total**", sum(a["step_seconds"] for a in assets.values()), sum(a["check_seconds"] for a in assets.values()), total_wall,
-                 sum(a["imports_seconds"] for a in assets.values()), max(a["peak_rss_mb"] for a in assets.values()), None, None, None])
-    table = "\n".join([
-        f"### bench/pipeline.py — profile `{args.profile}`",
-        "",
-        markdown_table(["asset", "step s", "checks s", "process wall s", "imports s", "peak RSS MB", "RSS over imports MB", "train tokens", "train tokens/s"], rows),
-        "",
-        f"Steps and checks: {total_steps:.1f} s; one process per asset adds {total_wall - total_steps:.1f} s of imports, label observation and start-up.",
-        f"Machine: {machine_line(info)}",
-    ])
-    save_results("pipeline", args.profile, {"profile": args.profile, "machine": info, "assets": assets,
-                                             "total_step_and_check_seconds": total_steps, "total_process_wall_seconds": total_wall}, table)
+    rows.append(
+        [
+            "**total**",
+            sum(a["step_seconds"] for a in assets.values()),
+            sum(a["check_seconds"] for a in assets.values()),
+            total_wall,
+            sum(a["imports_seconds"] for a in assets.values()),
+            max(a["peak_rss_mb"] for a in assets.values()),
+            None,
+            None,
+            None,
+        ]
+    )
+    table = "\n".join(
+        [
+            f"### bench/pipeline.py — profile `{args.profile}`",
+            "",
+            markdown_table(
+                [
+                    "asset",
+                    "step s",
+                    "checks s",
+                    "process wall s",
+                    "imports s",
+                    "peak RSS MB",
+                    "RSS over imports MB",
+                    "train tokens",
+                    "train tokens/s",
+                ],
+                rows,
+            ),
+            "",
+            f"Steps and checks: {total_steps:.1f} s; one process per asset adds {total_wall - total_steps:.1f} s of imports, label observation and start-up.",
+            f"Machine: {machine_line(info)}",
+        ]
+    )
+    save_results(
+        "pipeline",
+        args.profile,
+        {
+            "profile": args.profile,
+            "machine": info,
+            "assets": assets,
+            "total_step_and_check_seconds": total_steps,
+            "total_process_wall_seconds": total_wall,
+        },
+        table,
+    )
     return 0
 
 

@@ -35,7 +35,23 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from harness import BENCH, REPO, SCRATCH, bench_parser, current_rss_mb, isolated_env, machine, machine_line, markdown_table, peak_rss_mb, response_stats, run_child, save_results, warn_if_busy, write_report
+from harness import (
+    BENCH,
+    REPO,
+    SCRATCH,
+    bench_parser,
+    current_rss_mb,
+    isolated_env,
+    machine,
+    machine_line,
+    markdown_table,
+    peak_rss_mb,
+    response_stats,
+    run_child,
+    save_results,
+    warn_if_busy,
+    write_report,
+)
 
 REFERENCE_VENV = BENCH / ".venv-trl112"
 REFERENCE_TRL = "trl==1.12.*"
@@ -53,7 +69,10 @@ def reference_python() -> tuple[Path | None, str]:
     wanted = " ".join(["torch==2.13.0", *reference_requirements()])
     if stamp.is_file() and stamp.read_text() == wanted:
         return python, "ready"
-    print(f"bench/ppo.py: creating {REFERENCE_VENV.relative_to(BENCH.parent)} ({wanted}); this takes a few minutes once", flush=True)
+    print(
+        f"bench/ppo.py: creating {REFERENCE_VENV.relative_to(BENCH.parent)} ({wanted}); this takes a few minutes once",
+        flush=True,
+    )
     log = SCRATCH / "venv-trl112.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     steps = [
@@ -66,7 +85,10 @@ def reference_python() -> tuple[Path | None, str]:
     with open(log, "w") as out:
         for cmd in steps:
             if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-                return None, f"`{' '.join(cmd[2:] if cmd[1] == '-m' else cmd)}` failed (see {log.relative_to(BENCH.parent)})"
+                return (
+                    None,
+                    f"`{' '.join(cmd[2:] if cmd[1] == '-m' else cmd)}` failed (see {log.relative_to(BENCH.parent)})",
+                )
     stamp.write_text(wanted)
     return python, "created"
 
@@ -74,12 +96,22 @@ def reference_python() -> tuple[Path | None, str]:
 def find_models(profile: str) -> tuple[Path, Path]:
     """(sft_model dir, reward_model dir): bench/pipeline.py's, else trained here into bench/results/tmp/ppo-<profile>/."""
     for home in (SCRATCH / f"pipeline-{profile}" / "home", SCRATCH / f"ppo-{profile}" / "home"):
-        found = [sorted(d for d in (home / "artifacts" / a).glob("*") if not d.name.startswith(".")) if (home / "artifacts" / a).is_dir() else [] for a in ("sft_model", "reward_model")]
+        found = [
+            sorted(d for d in (home / "artifacts" / a).glob("*") if not d.name.startswith("."))
+            if (home / "artifacts" / a).is_dir()
+            else []
+            for a in ("sft_model", "reward_model")
+        ]
         if all(len(dirs) == 1 for dirs in found):
             return found[0][0], found[1][0]
     root, env = isolated_env("ppo", profile)
-    print(f"bench/ppo.py: no models from bench/pipeline.py for profile '{profile}'; training SFT and reward models in {root}", flush=True)
-    run_child([str(Path(sys.executable).parent / "rlhf-dag"), "run", "--select", "*reward_model"], env, root / "train.log")
+    print(
+        f"bench/ppo.py: no models from bench/pipeline.py for profile '{profile}'; training SFT and reward models in {root}",
+        flush=True,
+    )
+    run_child(
+        [str(Path(sys.executable).parent / "rlhf-dag"), "run", "--select", "*reward_model"], env, root / "train.log"
+    )
     return find_models(profile)
 
 
@@ -125,28 +157,41 @@ def ours_worker(settings: dict, report: str) -> None:
     iterations = []
     for i, mark in enumerate(marks):
         stop = marks[i + 1]["start"] if i + 1 < len(marks) else end
-        iterations.append({
-            "seconds": stop - mark["start"],
-            "generate_seconds": mark["generate_end"] - mark["start"],
-            "score_seconds": mark["optimize_start"] - mark["generate_end"],
-            "optimize_seconds": stop - mark["optimize_start"],
-            **{k: mark[k] for k in ("response_width", "generated_positions", "response_tokens", "eos_rate")},
-        })
+        iterations.append(
+            {
+                "seconds": stop - mark["start"],
+                "generate_seconds": mark["generate_end"] - mark["start"],
+                "score_seconds": mark["optimize_start"] - mark["generate_end"],
+                "optimize_seconds": stop - mark["optimize_start"],
+                **{k: mark[k] for k in ("response_width", "generated_positions", "response_tokens", "eos_rate")},
+            }
+        )
     ppo.generate_tokens, ppo.packed_logprobs_and_values = generate_tokens, original_minibatch
     peak_after_training = peak_rss_mb()  # before the sampling comparison below allocates anything
-    write_report(report, {
-        "implementation": "ours (rlhf_dag/training/ppo.py)",
-        "imports_seconds": imports,
-        "train_seconds": end - train_started,
-        "iterations": iterations,
-        "rss_after_load_mb": rss_after_load,
-        "peak_rss_mb": peak_after_training,
-        "torch_threads": torch.get_num_threads(),
-        "sampling": sampling_comparison(policy, tokenizer, settings["prompt_texts"][: cfg.rollout_batch_size], cfg.max_new_tokens, cfg.temperature),
-    })
+    write_report(
+        report,
+        {
+            "implementation": "ours (rlhf_dag/training/ppo.py)",
+            "imports_seconds": imports,
+            "train_seconds": end - train_started,
+            "iterations": iterations,
+            "rss_after_load_mb": rss_after_load,
+            "peak_rss_mb": peak_after_training,
+            "torch_threads": torch.get_num_threads(),
+            "sampling": sampling_comparison(
+                policy,
+                tokenizer,
+                settings["prompt_texts"][: cfg.rollout_batch_size],
+                cfg.max_new_tokens,
+                cfg.temperature,
+            ),
+        },
+    )
 
 
-def sampling_comparison(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, repeats: int = 3) -> list[dict]:
+def sampling_comparison(
+    model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, repeats: int = 3
+) -> list[dict]:
     """Our `generate_tokens` ([PPO-17] sampler) against `model.generate` with and without the KV cache, and as TRL's rollout calls it (scores kept)."""
     import torch
 
@@ -156,7 +201,15 @@ def sampling_comparison(model, tokenizer, texts: list[str], max_new_tokens: int,
     tokenizer.padding_side = "left"
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     tokenizer.padding_side = "right"
-    common = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    common = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     width = batch["input_ids"].shape[1]
 
     def hf(**extra):
@@ -165,23 +218,35 @@ def sampling_comparison(model, tokenizer, texts: list[str], max_new_tokens: int,
         return (out.sequences if hasattr(out, "sequences") else out).shape[1] - width
 
     variants = {
-        "ours: generate_tokens (tokenize + generate, KV cache, inverse-CDF sampler, log-probs kept)":
-            lambda: generate_tokens(model, tokenizer, texts, max_new_tokens, temperature, return_logprobs=True)[1].shape[1],
+        "ours: generate_tokens (tokenize + generate, KV cache, inverse-CDF sampler, log-probs kept)": lambda: (
+            generate_tokens(model, tokenizer, texts, max_new_tokens, temperature, return_logprobs=True)[1].shape[1]
+        ),
         "model.generate(use_cache=True)": lambda: hf(use_cache=True),
         "model.generate(use_cache=False)": lambda: hf(use_cache=False),
-        "model.generate(use_cache=True, output_scores=True) as TRL's rollout": lambda: hf(use_cache=True, output_scores=True, return_dict_in_generate=True),
+        "model.generate(use_cache=True, output_scores=True) as TRL's rollout": lambda: hf(
+            use_cache=True, output_scores=True, return_dict_in_generate=True
+        ),
     }
     rows = []
     for name, call in variants.items():
         times, steps = [], []
         for r in range(repeats):
-            torch.manual_seed(r)  # the same seeds for every variant (ours draws with its own sampler: other samples, as many steps in practice)
+            torch.manual_seed(
+                r
+            )  # the same seeds for every variant (ours draws with its own sampler: other samples, as many steps in practice)
             t = time.perf_counter()
             steps.append(call())
             times.append(time.perf_counter() - t)
         seconds = statistics.median(times)
-        rows.append({"variant": name, "seconds": seconds, "steps": statistics.median(steps), "batch": len(texts),
-                     "tokens_per_second": len(texts) * statistics.median(steps) / seconds})
+        rows.append(
+            {
+                "variant": name,
+                "seconds": seconds,
+                "steps": statistics.median(steps),
+                "batch": len(texts),
+                "tokens_per_second": len(texts) * statistics.median(steps) / seconds,
+            }
+        )
     return rows
 
 
@@ -200,7 +265,9 @@ def summarize(report: dict, rollout_batch_size: int, ppo_epochs: int) -> dict:
         "score_seconds": median("score_seconds"),
         "optimize_seconds": median("optimize_seconds"),
         "rollout_tokens_per_second": statistics.median(i["response_tokens"] / i["generate_seconds"] for i in steady),
-        "rollout_positions_per_second": statistics.median(i["generated_positions"] / i["generate_seconds"] for i in steady),
+        "rollout_positions_per_second": statistics.median(
+            i["generated_positions"] / i["generate_seconds"] for i in steady
+        ),
         "optimizer_samples_per_second": rollout_batch_size * ppo_epochs / median("optimize_seconds"),
         "response_width": median("response_width"),
         "response_tokens": median("response_tokens"),
@@ -212,13 +279,23 @@ def summarize(report: dict, rollout_batch_size: int, ppo_epochs: int) -> dict:
 
 
 def median_over_rounds(summaries: list[dict]) -> dict:
-    return {k: (statistics.median(s[k] for s in summaries) if isinstance(v, (int, float)) else v) for k, v in summaries[0].items()}
+    return {
+        k: (statistics.median(s[k] for s in summaries) if isinstance(v, (int, float)) else v)
+        for k, v in summaries[0].items()
+    }
 
 
 def main() -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--iterations", type=int, default=5, help="PPO iterations per implementation (the first is reported apart)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of both implementations, alternating which runs first; figures are medians over rounds")
+    parser.add_argument(
+        "--iterations", type=int, default=5, help="PPO iterations per implementation (the first is reported apart)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of both implementations, alternating which runs first; figures are medians over rounds",
+    )
     parser.add_argument("--skip-reference", action="store_true", help="only our figures (no TRL venv)")
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,32 +315,84 @@ def main() -> int:
     prompts = [r["prompt"] for r in load_labels(REPO_ROOT / "assets" / "prompts.jsonl", "prompts").records]
     settings = {
         # repo-relative (the workers run in the repo root), so that results JSON names no machine path
-        "profile": args.profile, "sft_model": str(sft_model.relative_to(REPO)), "reward_model": str(reward_model.relative_to(REPO)), "prompts": prompts,
-        "prompt_texts": [format_prompt(p) for p in prompts], "iterations": args.iterations,
-        **{k: getattr(cfg, k) for k in ("rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "temperature", "kl_coef",
-                                        "clip_range", "clip_range_value", "vf_coef", "gamma", "lam", "learning_rate", "seed")},
+        "profile": args.profile,
+        "sft_model": str(sft_model.relative_to(REPO)),
+        "reward_model": str(reward_model.relative_to(REPO)),
+        "prompts": prompts,
+        "prompt_texts": [format_prompt(p) for p in prompts],
+        "iterations": args.iterations,
+        **{
+            k: getattr(cfg, k)
+            for k in (
+                "rollout_batch_size",
+                "minibatch_size",
+                "ppo_epochs",
+                "max_new_tokens",
+                "temperature",
+                "kl_coef",
+                "clip_range",
+                "clip_range_value",
+                "vf_coef",
+                "gamma",
+                "lam",
+                "learning_rate",
+                "seed",
+            )
+        },
         # ours replaces a missing-EOS response's score by this value; TRL subtracts a positive penalty instead
         "missing_eos_penalty": abs(cfg.missing_eos_penalty) if cfg.missing_eos_penalty is not None else None,
     }
     (root / "settings.json").write_text(json.dumps(settings))
-    print(f"bench/ppo.py: profile '{args.profile}', {args.iterations} iterations of rollout {cfg.rollout_batch_size}, minibatch {cfg.minibatch_size}, "
-          f"{cfg.ppo_epochs} epochs, {cfg.max_new_tokens} new tokens; models {sft_model.parent.parent.name}/…/{sft_model.name}", flush=True)
+    print(
+        f"bench/ppo.py: profile '{args.profile}', {args.iterations} iterations of rollout {cfg.rollout_batch_size}, minibatch {cfg.minibatch_size}, "
+        f"{cfg.ppo_epochs} epochs, {cfg.max_new_tokens} new tokens; models {sft_model.parent.parent.name}/…/{sft_model.name}",
+        flush=True,
+    )
 
     # Rounds alternate which implementation runs first, so that a host whose speed drifts during the run
     # (these machines are shared) does not always favour the same one; the figures are medians over rounds.
     python, why = (None, "skipped (--skip-reference)") if args.skip_reference else reference_python()
-    reference_note = why if python is not None or args.skip_reference else f"not measured: could not create {REFERENCE_VENV.relative_to(BENCH.parent)}: {why}"
+    reference_note = (
+        why
+        if python is not None or args.skip_reference
+        else f"not measured: could not create {REFERENCE_VENV.relative_to(BENCH.parent)}: {why}"
+    )
     rounds = []
     for n in range(args.rounds):
         this_round = {}
-        for implementation in (("ours", "trl") if n % 2 == 0 else ("trl", "ours")):
+        for implementation in ("ours", "trl") if n % 2 == 0 else ("trl", "ours"):
             if implementation == "ours":
-                ours = run_child([sys.executable, __file__, "--worker", "ours", "--settings", str(root / "settings.json"), "--report", str(root / "ours.json")],
-                                 env, root / "ours.log", root / "ours.json")
+                ours = run_child(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        "ours",
+                        "--settings",
+                        str(root / "settings.json"),
+                        "--report",
+                        str(root / "ours.json"),
+                    ],
+                    env,
+                    root / "ours.log",
+                    root / "ours.json",
+                )
                 this_round["ours"] = summarize(ours.report, cfg.rollout_batch_size, cfg.ppo_epochs)
             elif python is not None:
-                ref = run_child([str(python), str(BENCH / "trl_reference.py"), "--settings", str(root / "settings.json"), "--report", str(root / "trl.json")],
-                                env, root / "trl.log", root / "trl.json", check=False)
+                ref = run_child(
+                    [
+                        str(python),
+                        str(BENCH / "trl_reference.py"),
+                        "--settings",
+                        str(root / "settings.json"),
+                        "--report",
+                        str(root / "trl.json"),
+                    ],
+                    env,
+                    root / "trl.log",
+                    root / "trl.json",
+                    check=False,
+                )
                 if ref.returncode == 0 and ref.report:
                     this_round["trl"] = summarize(ref.report, cfg.rollout_batch_size, cfg.ppo_epochs)
                     reference_note = f"measured ({', '.join(reference_requirements())})"
@@ -272,38 +401,92 @@ def main() -> int:
                     python = None
         rounds.append(this_round)
         if "trl" in this_round:
-            print(f"bench/ppo.py: round {n + 1}/{args.rounds}: ours {this_round['ours']['iteration_seconds']:.3f} s, TRL {this_round['trl']['iteration_seconds']:.3f} s, "
-                  f"ratio {this_round['ours']['iteration_seconds'] / this_round['trl']['iteration_seconds']:.2f}", flush=True)
-    results = {name: median_over_rounds([r[name] for r in rounds if name in r]) for name in ("ours", "trl") if all(name in r for r in rounds)}
+            print(
+                f"bench/ppo.py: round {n + 1}/{args.rounds}: ours {this_round['ours']['iteration_seconds']:.3f} s, TRL {this_round['trl']['iteration_seconds']:.3f} s, "
+                f"ratio {this_round['ours']['iteration_seconds'] / this_round['trl']['iteration_seconds']:.2f}",
+                flush=True,
+            )
+    results = {
+        name: median_over_rounds([r[name] for r in rounds if name in r])
+        for name in ("ours", "trl")
+        if all(name in r for r in rounds)
+    }
     if "trl" not in results:
         print(f"bench/ppo.py: reference {reference_note}", file=sys.stderr)
 
-    rows = [[r["implementation"], r["iteration_seconds"], r["first_iteration_seconds"], r["generate_seconds"], r["score_seconds"], r["optimize_seconds"],
-             r["rollout_tokens_per_second"], r["optimizer_samples_per_second"], r["response_width"], r["eos_rate"], r["peak_rss_mb"], r["peak_rss_mb"] - r["rss_after_load_mb"]]
-            for r in results.values()]
+    rows = [
+        [
+            r["implementation"],
+            r["iteration_seconds"],
+            r["first_iteration_seconds"],
+            r["generate_seconds"],
+            r["score_seconds"],
+            r["optimize_seconds"],
+            r["rollout_tokens_per_second"],
+            r["optimizer_samples_per_second"],
+            r["response_width"],
+            r["eos_rate"],
+            r["peak_rss_mb"],
+            r["peak_rss_mb"] - r["rss_after_load_mb"],
+        ]
+        for r in results.values()
+    ]
     sampling = ours.report["sampling"]  # the last round's
     lines = [
         f"### bench/ppo.py — profile `{args.profile}`: one PPO iteration (median of iterations 2..{args.iterations}, then the median over {args.rounds} rounds)",
         "",
-        markdown_table(["implementation", "iteration s", "first iteration s", "rollout generation s", "scoring s", "optimization s",
-                        "rollout tokens/s", "optimizer samples/s", "response width", "EOS rate", "peak RSS MB", "RSS over loaded models MB"], rows),
+        markdown_table(
+            [
+                "implementation",
+                "iteration s",
+                "first iteration s",
+                "rollout generation s",
+                "scoring s",
+                "optimization s",
+                "rollout tokens/s",
+                "optimizer samples/s",
+                "response width",
+                "EOS rate",
+                "peak RSS MB",
+                "RSS over loaded models MB",
+            ],
+            rows,
+        ),
         "",
     ]
     if "trl" in results:
         ratios = [r["ours"]["iteration_seconds"] / r["trl"]["iteration_seconds"] for r in rounds]
-        lines += [f"Ours / TRL iteration time, median over {len(rounds)} rounds: **{statistics.median(ratios):.2f}** ({statistics.median(ratios) ** -1:.2f}× faster; "
-                  f"target ≤ 0.67, 1.5× faster); each round: {', '.join(f'{r:.2f}' for r in ratios)}.", ""]
+        lines += [
+            f"Ours / TRL iteration time, median over {len(rounds)} rounds: **{statistics.median(ratios):.2f}** ({statistics.median(ratios) ** -1:.2f}× faster; "
+            f"target ≤ 0.67, 1.5× faster); each round: {', '.join(f'{r:.2f}' for r in ratios)}.",
+            "",
+        ]
     else:
         lines += [f"Reference: {reference_note.splitlines()[0]}", ""]
     lines += [
         f"#### Sampling: {len(settings['prompt_texts'][: cfg.rollout_batch_size])} prompts, up to {cfg.max_new_tokens} new tokens (median of 3)",
         "",
-        markdown_table(["variant", "seconds", "decoding steps", "tokens/s (batch x steps / s)"], [[s["variant"], s["seconds"], s["steps"], s["tokens_per_second"]] for s in sampling]),
+        markdown_table(
+            ["variant", "seconds", "decoding steps", "tokens/s (batch x steps / s)"],
+            [[s["variant"], s["seconds"], s["steps"], s["tokens_per_second"]] for s in sampling],
+        ),
         "",
         f"Machine: {machine_line(info)}",
     ]
-    save_results("ppo", args.profile, {"profile": args.profile, "machine": info, "settings": {k: v for k, v in settings.items() if k not in ("prompts", "prompt_texts")},
-                                        "results": results, "rounds": rounds, "sampling": sampling, "reference": reference_note}, "\n".join(lines))
+    save_results(
+        "ppo",
+        args.profile,
+        {
+            "profile": args.profile,
+            "machine": info,
+            "settings": {k: v for k, v in settings.items() if k not in ("prompts", "prompt_texts")},
+            "results": results,
+            "rounds": rounds,
+            "sampling": sampling,
+            "reference": reference_note,
+        },
+        "\n".join(lines),
+    )
     return 0
 
 

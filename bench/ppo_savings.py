@@ -63,7 +63,9 @@ def main() -> int:
     critic, _ = load_reward_model(reward_model)
     for model in (policy, reference, scorer, critic):
         model.eval()
-    texts = [format_prompt(r["prompt"]) for r in load_labels(REPO_ROOT / "assets" / "prompts.jsonl", "prompts").records][: cfg.rollout_batch_size]
+    texts = [
+        format_prompt(r["prompt"]) for r in load_labels(REPO_ROOT / "assets" / "prompts.jsonl", "prompts").records
+    ][: cfg.rollout_batch_size]
     pad, eos, temperature = tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.temperature
 
     def multinomial_rollout():
@@ -71,9 +73,21 @@ def main() -> int:
         batch = tokenizer(texts, return_tensors="pt", padding=True)
         tokenizer.padding_side = "right"
         with torch.no_grad():
-            out = policy.generate(**batch, max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=eos, suppress_tokens=[pad], use_cache=True,
-                                  do_sample=True, temperature=temperature, top_k=0, top_p=1.0, output_scores=True, return_dict_in_generate=True)
-        response = out.sequences[:, batch["input_ids"].shape[1]:]
+            out = policy.generate(
+                **batch,
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                suppress_tokens=[pad],
+                use_cache=True,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        response = out.sequences[:, batch["input_ids"].shape[1] :]
         return torch.log_softmax(torch.stack(out.scores, dim=1).float(), dim=-1).gather(-1, response.unsqueeze(-1))
 
     def inverse_cdf_rollout():
@@ -93,7 +107,19 @@ def main() -> int:
             per_token_scores(scorer, query_response, attention)[torch.arange(len(last)), last]
 
     def packed_scoring():
-        score_rollouts(policy, reference, scorer, critic, query, query != pad, response, mask.sum(dim=1), temperature, pad, cfg.minibatch_size)
+        score_rollouts(
+            policy,
+            reference,
+            scorer,
+            critic,
+            query,
+            query != pad,
+            response,
+            mask.sum(dim=1),
+            temperature,
+            pad,
+            cfg.minibatch_size,
+        )
 
     params = [p for p in (*policy.parameters(), *critic.parameters())]
     for p in params:
@@ -103,25 +129,77 @@ def main() -> int:
     steps_per_iteration = cfg.ppo_epochs * cfg.rollout_batch_size // cfg.minibatch_size
 
     measured = [
-        ("[PPO-15] scoring a rollout batch", "padded batch", "packed in length order", 1, alternate(padded_scoring, packed_scoring, args.repeats)),
-        ("[PPO-16] one optimizer step", "AdamW, CPU default (per-tensor loop)", "AdamW(fused=True)", steps_per_iteration,
-         alternate(loop_adamw.step, fused_adamw.step, args.repeats)),
-        ("[PPO-17] sampling a rollout with log-probs", "generate(do_sample=True, output_scores=True)", "inverse-CDF sampler", 1,
-         alternate(multinomial_rollout, inverse_cdf_rollout, args.repeats)),
+        (
+            "[PPO-15] scoring a rollout batch",
+            "padded batch",
+            "packed in length order",
+            1,
+            alternate(padded_scoring, packed_scoring, args.repeats),
+        ),
+        (
+            "[PPO-16] one optimizer step",
+            "AdamW, CPU default (per-tensor loop)",
+            "AdamW(fused=True)",
+            steps_per_iteration,
+            alternate(loop_adamw.step, fused_adamw.step, args.repeats),
+        ),
+        (
+            "[PPO-17] sampling a rollout with log-probs",
+            "generate(do_sample=True, output_scores=True)",
+            "inverse-CDF sampler",
+            1,
+            alternate(multinomial_rollout, inverse_cdf_rollout, args.repeats),
+        ),
     ]
-    results = [{"saving": name, "before": b, "after": a, "before_seconds": before, "after_seconds": after, "after_over_before": after / before,
-                "per_iteration": per, "seconds_saved_per_iteration": (before - after) * per} for name, b, a, per, (before, after) in measured]
-    rows = [[r["saving"], r["before"], r["before_seconds"], r["after"], r["after_seconds"], r["after_over_before"], r["per_iteration"], r["seconds_saved_per_iteration"]]
-            for r in results]
-    table = "\n".join([
-        f"### bench/ppo_savings.py — profile `{args.profile}`: each saving alone (median of {args.repeats}, before and after alternating, one process)",
-        "",
-        markdown_table(["saving", "before", "before s", "after", "after s", "after / before", "times per iteration", "s saved per iteration"], rows),
-        "",
-        f"Rollout: {len(texts)} prompts, up to {cfg.max_new_tokens} new tokens; optimizer: {sum(p.numel() for p in params):,} parameters.",
-        "",
-        f"Machine: {machine_line(info)}",
-    ])
+    results = [
+        {
+            "saving": name,
+            "before": b,
+            "after": a,
+            "before_seconds": before,
+            "after_seconds": after,
+            "after_over_before": after / before,
+            "per_iteration": per,
+            "seconds_saved_per_iteration": (before - after) * per,
+        }
+        for name, b, a, per, (before, after) in measured
+    ]
+    rows = [
+        [
+            r["saving"],
+            r["before"],
+            r["before_seconds"],
+            r["after"],
+            r["after_seconds"],
+            r["after_over_before"],
+            r["per_iteration"],
+            r["seconds_saved_per_iteration"],
+        ]
+        for r in results
+    ]
+    table = "\n".join(
+        [
+            f"### bench/ppo_savings.py — profile `{args.profile}`: each saving alone (median of {args.repeats}, before and after alternating, one process)",
+            "",
+            markdown_table(
+                [
+                    "saving",
+                    "before",
+                    "before s",
+                    "after",
+                    "after s",
+                    "after / before",
+                    "times per iteration",
+                    "s saved per iteration",
+                ],
+                rows,
+            ),
+            "",
+            f"Rollout: {len(texts)} prompts, up to {cfg.max_new_tokens} new tokens; optimizer: {sum(p.numel() for p in params):,} parameters.",
+            "",
+            f"Machine: {machine_line(info)}",
+        ]
+    )
     save_results("ppo_savings", args.profile, {"profile": args.profile, "machine": info, "results": results}, table)
     return 0
 

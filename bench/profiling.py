@@ -28,7 +28,16 @@ import contextlib
 import sys
 import time
 
-from harness import isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy, write_report
+from harness import (
+    isolated_env,
+    machine,
+    machine_line,
+    markdown_table,
+    run_child,
+    save_results,
+    warn_if_busy,
+    write_report,
+)
 from ppo import find_models
 
 
@@ -43,6 +52,7 @@ def labelled(*targets):
         def wrapped(*args, **kwargs):
             with torch.profiler.record_function(label_for(*args, **kwargs)):
                 return original(*args, **kwargs)
+
         return wrapped
 
     for (owner, attr, original), (_, _, label_for) in zip(originals, targets):
@@ -72,11 +82,31 @@ def profile_ppo(profile: str) -> tuple[dict, str]:
     phases = labelled(
         (ppo, "generate_tokens", lambda *a, **k: "PPO: rollout generation"),
         (ppo, "score_rollouts", lambda *a, **k: "PPO: score: reference, values and RM, packed"),
-        (ppo, "pack_minibatch", lambda *a, **k: "PPO: optimize: pack minibatch" if torch.is_grad_enabled() else "PPO: score: pack"),
-        (ppo, "packed_logprobs_and_values", lambda model, *a, **k: "PPO: optimize: policy + value forward (value inside)" if torch.is_grad_enabled()
-         else "PPO: score: reference + values forward"),
-        (ppo, "per_token_scores", lambda model, *a, **k: "PPO: optimize: value forward" if torch.is_grad_enabled()
-         else "PPO: score: reward model" if model is scorer else "PPO: score: values"),
+        (
+            ppo,
+            "pack_minibatch",
+            lambda *a, **k: "PPO: optimize: pack minibatch" if torch.is_grad_enabled() else "PPO: score: pack",
+        ),
+        (
+            ppo,
+            "packed_logprobs_and_values",
+            lambda model, *a, **k: (
+                "PPO: optimize: policy + value forward (value inside)"
+                if torch.is_grad_enabled()
+                else "PPO: score: reference + values forward"
+            ),
+        ),
+        (
+            ppo,
+            "per_token_scores",
+            lambda model, *a, **k: (
+                "PPO: optimize: value forward"
+                if torch.is_grad_enabled()
+                else "PPO: score: reward model"
+                if model is scorer
+                else "PPO: score: values"
+            ),
+        ),
         (ppo, "gae", lambda *a, **k: "PPO: score: GAE"),
         (torch.optim.AdamW, "step", lambda *a, **k: "PPO: optimize: AdamW step"),
         (torch.Tensor, "backward", lambda *a, **k: "PPO: optimize: backward"),
@@ -105,7 +135,9 @@ def profile_pretrain(profile: str, steps: int = 5) -> tuple[dict, str]:
     texts = load_corpus(corpus_cfg.source, corpus_cfg.n_documents, corpus_cfg.seed)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     # One padded batch of whole documents, as base_model trains (no packing).
-    docs = [ids[: cfg.max_length - 1] + [tokenizer.eos_token_id] for ids in tokenizer(texts[: cfg.batch_size])["input_ids"]]
+    docs = [
+        ids[: cfg.max_length - 1] + [tokenizer.eos_token_id] for ids in tokenizer(texts[: cfg.batch_size])["input_ids"]
+    ]
     width = max(len(d) for d in docs)
     batch = torch.tensor([d + [tokenizer.pad_token_id] * (width - len(d)) for d in docs])
     attention_mask = batch != tokenizer.pad_token_id
@@ -134,7 +166,9 @@ def profile_pretrain(profile: str, steps: int = 5) -> tuple[dict, str]:
         for _ in range(steps):
             step()
     seconds = time.perf_counter() - started
-    return {"step_seconds": per_step, "tokens_per_second": int(attention_mask.sum()) / per_step}, summarize(prof, "pretrain: ", seconds)
+    return {"step_seconds": per_step, "tokens_per_second": int(attention_mask.sum()) / per_step}, summarize(
+        prof, "pretrain: ", seconds
+    )
 
 
 def summarize(prof, prefix: str, seconds: float) -> str:
@@ -143,11 +177,19 @@ def summarize(prof, prefix: str, seconds: float) -> str:
     phases = sorted((e for e in averages if e.key.startswith(prefix)), key=lambda e: -e.cpu_time_total)
     ops = sorted((e for e in averages if not e.key.startswith(prefix)), key=lambda e: -e.self_cpu_time_total)[:15]
     total_self = sum(e.self_cpu_time_total for e in averages) or 1
-    return "\n".join([
-        markdown_table(["phase", "calls", "CPU s (incl. children)", "share of wall"], [[e.key, e.count, e.cpu_time_total / 1e6, e.cpu_time_total / 1e6 / seconds] for e in phases]),
-        "",
-        markdown_table(["operator", "calls", "self CPU s", "share of self CPU"], [[e.key, e.count, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total_self] for e in ops]),
-    ])
+    return "\n".join(
+        [
+            markdown_table(
+                ["phase", "calls", "CPU s (incl. children)", "share of wall"],
+                [[e.key, e.count, e.cpu_time_total / 1e6, e.cpu_time_total / 1e6 / seconds] for e in phases],
+            ),
+            "",
+            markdown_table(
+                ["operator", "calls", "self CPU s", "share of self CPU"],
+                [[e.key, e.count, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total_self] for e in ops],
+            ),
+        ]
+    )
 
 
 def worker(args) -> None:
@@ -155,7 +197,9 @@ def worker(args) -> None:
 
     report = {"threads": torch.get_num_threads(), "runs": {}, "tables": {}}
     for step in args.step.split(","):
-        report["runs"][step], report["tables"][step] = {"ppo": profile_ppo, "pretrain": profile_pretrain}[step](args.profile)
+        report["runs"][step], report["tables"][step] = {"ppo": profile_ppo, "pretrain": profile_pretrain}[step](
+            args.profile
+        )
     write_report(args.report, report)
 
 
@@ -164,7 +208,9 @@ def main() -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--step", default="ppo,pretrain", help="comma-separated: ppo, pretrain")
     parser.add_argument("--threads", default="2", help="comma-separated torch thread counts (OMP_NUM_THREADS)")
-    parser.add_argument("--wait-policy", default="default", help="comma-separated OMP_WAIT_POLICY values; 'default' leaves it unset")
+    parser.add_argument(
+        "--wait-policy", default="default", help="comma-separated OMP_WAIT_POLICY values; 'default' leaves it unset"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,19 +230,47 @@ def main() -> int:
             if policy != "default":
                 child_env["OMP_WAIT_POLICY"] = policy
             report = root / f"threads{threads}-{policy}.json"
-            child = run_child([sys.executable, __file__, "--worker", "--profile", args.profile, "--step", args.step, "--report", str(report)],
-                              child_env, report.with_suffix(".log"), report)
+            child = run_child(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--profile",
+                    args.profile,
+                    "--step",
+                    args.step,
+                    "--report",
+                    str(report),
+                ],
+                child_env,
+                report.with_suffix(".log"),
+                report,
+            )
             runs = child.report["runs"]
             payload["variants"][variant] = runs
-            rows.append([variant, runs.get("ppo", {}).get("iteration_seconds"), 1000 * runs["pretrain"]["step_seconds"] if "pretrain" in runs else None,
-                         runs.get("pretrain", {}).get("tokens_per_second")])
+            rows.append(
+                [
+                    variant,
+                    runs.get("ppo", {}).get("iteration_seconds"),
+                    1000 * runs["pretrain"]["step_seconds"] if "pretrain" in runs else None,
+                    runs.get("pretrain", {}).get("tokens_per_second"),
+                ]
+            )
             print(f"  {variant}: {runs}", flush=True)
             for step, table in child.report["tables"].items():
                 sections += [f"#### {step}, {variant}", "", table, ""]
     lines = [
         f"### bench/profiling.py — profile `{args.profile}`",
         "",
-        markdown_table(["torch threads, OpenMP wait policy", "PPO iteration s", "pretraining step ms (no trainer)", "pretraining tokens/s (no trainer)"], rows),
+        markdown_table(
+            [
+                "torch threads, OpenMP wait policy",
+                "PPO iteration s",
+                "pretraining step ms (no trainer)",
+                "pretraining tokens/s (no trainer)",
+            ],
+            rows,
+        ),
         "",
         *sections,
         f"Machine: {machine_line(info)}",

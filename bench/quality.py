@@ -60,25 +60,65 @@ def main() -> int:
         _, results, secs = run_steps(PPO, work, dict.fromkeys(PPO, {"seed": seed}), paths)
         ppo, ev = results["ppo_policy"].metrics, results["policy_evaluation"].metrics
         ppo_seconds, eval_seconds = secs["ppo_policy"], secs["policy_evaluation"]
-        per_seed.append({"seed": seed, "ppo": ppo, "evaluation": ev, "ppo_seconds": ppo_seconds, "evaluation_seconds": eval_seconds})
-        print(f"  seed {seed}: PPO vs SFT {ev['win_rate_ppo_vs_sft']:.3f} [{ev['win_rate_ppo_vs_sft_ci_low']:.3f}, {ev['win_rate_ppo_vs_sft_ci_high']:.3f}] "
-              f"({ppo_seconds:.0f}s PPO)", flush=True)
+        per_seed.append(
+            {"seed": seed, "ppo": ppo, "evaluation": ev, "ppo_seconds": ppo_seconds, "evaluation_seconds": eval_seconds}
+        )
+        print(
+            f"  seed {seed}: PPO vs SFT {ev['win_rate_ppo_vs_sft']:.3f} [{ev['win_rate_ppo_vs_sft_ci_low']:.3f}, {ev['win_rate_ppo_vs_sft_ci_high']:.3f}] "
+            f"({ppo_seconds:.0f}s PPO)",
+            flush=True,
+        )
 
     win_rates = [s["evaluation"]["win_rate_ppo_vs_sft"] for s in per_seed]
     mean = sum(win_rates) / len(win_rates)
     gates = resolve("gates")
-    rows = [[s["seed"], s["evaluation"]["win_rate_ppo_vs_sft"], f"[{s['evaluation']['win_rate_ppo_vs_sft_ci_low']:.3f}, {s['evaluation']['win_rate_ppo_vs_sft_ci_high']:.3f}]",
-             s["evaluation"]["sft_gold_mean"], s["evaluation"]["ppo_gold_mean"], s["ppo"]["final_kl"], s["evaluation"]["ppo_eos_rate"],
-             " / ".join(f"{s['evaluation'][f'ppo_source_pass_{k}']:.2f}" for k in ("story", "email", "math", "code")),
-             " / ".join(f"{s['evaluation'].get(f'win_rate_ppo_vs_sft_{k}', float('nan')):.2f}" for k in ("story", "email", "math", "code")), s["ppo_seconds"]] for s in per_seed]
-    sft_pass = " / ".join(f"{per_seed[0]['evaluation'][f'{m}_source_pass_{k}']:.2f}" for m in ("base", "sft") for k in ("story", "email", "math", "code"))
+    rows = [
+        [
+            s["seed"],
+            s["evaluation"]["win_rate_ppo_vs_sft"],
+            f"[{s['evaluation']['win_rate_ppo_vs_sft_ci_low']:.3f}, {s['evaluation']['win_rate_ppo_vs_sft_ci_high']:.3f}]",
+            s["evaluation"]["sft_gold_mean"],
+            s["evaluation"]["ppo_gold_mean"],
+            s["ppo"]["final_kl"],
+            s["evaluation"]["ppo_eos_rate"],
+            " / ".join(f"{s['evaluation'][f'ppo_source_pass_{k}']:.2f}" for k in ("story", "email", "math", "code")),
+            " / ".join(
+                f"{s['evaluation'].get(f'win_rate_ppo_vs_sft_{k}', float('nan')):.2f}"
+                for k in ("story", "email", "math", "code")
+            ),
+            s["ppo_seconds"],
+        ]
+        for s in per_seed
+    ]
+    sft_pass = " / ".join(
+        f"{per_seed[0]['evaluation'][f'{m}_source_pass_{k}']:.2f}"
+        for m in ("base", "sft")
+        for k in ("story", "email", "math", "code")
+    )
     rm_accuracy = upstream_metrics["reward_model"]["validation_accuracy"]
-    rm_by_kind = ", ".join(f"{k} {upstream_metrics['reward_model'][f'validation_accuracy_{k}']:.3f} ({upstream_metrics['reward_model'][f'validation_pairs_{k}']} pairs)"
-                           for k in ("story", "email", "math", "code", "other") if f"validation_accuracy_{k}" in upstream_metrics["reward_model"])
+    rm_by_kind = ", ".join(
+        f"{k} {upstream_metrics['reward_model'][f'validation_accuracy_{k}']:.3f} ({upstream_metrics['reward_model'][f'validation_pairs_{k}']} pairs)"
+        for k in ("story", "email", "math", "code", "other")
+        if f"validation_accuracy_{k}" in upstream_metrics["reward_model"]
+    )
     lines = [
         f"### bench/quality.py — PPO vs SFT across seeds ({args.profile})",
         "",
-        markdown_table(["seed", "PPO vs SFT win rate", "95% interval", "SFT gold", "PPO gold", "KL to SFT", "EOS rate", "PPO pass story/email/math/code", "win rate by kind story/email/math/code", "PPO s"], rows),
+        markdown_table(
+            [
+                "seed",
+                "PPO vs SFT win rate",
+                "95% interval",
+                "SFT gold",
+                "PPO gold",
+                "KL to SFT",
+                "EOS rate",
+                "PPO pass story/email/math/code",
+                "win rate by kind story/email/math/code",
+                "PPO s",
+            ],
+            rows,
+        ),
         "",
         f"Mean win rate {mean:.3f} (target ≥ 0.70, each ≥ 0.65). RM held-out accuracy {rm_accuracy:.3f} (target ≥ 0.85). "
         f"KL budget {gates.kl_budget}, EOS floor {gates.eos_rate_floor}.",
@@ -87,8 +127,16 @@ def main() -> int:
         "",
         f"Machine: {machine_line(info)}",
     ]
-    payload = {"profile": args.profile, "machine": info, "win_rates": win_rates, "mean": mean, "reward_model_accuracy": rm_accuracy,
-               "upstream_seconds": seconds, "upstream_metrics": upstream_metrics, "seeds": per_seed}
+    payload = {
+        "profile": args.profile,
+        "machine": info,
+        "win_rates": win_rates,
+        "mean": mean,
+        "reward_model_accuracy": rm_accuracy,
+        "upstream_seconds": seconds,
+        "upstream_metrics": upstream_metrics,
+        "seeds": per_seed,
+    }
     save_results("quality", args.profile, payload, "\n".join(lines))
     return 0
 

@@ -25,14 +25,30 @@ import sys
 import time
 from pathlib import Path
 
-from harness import REPO, bench_parser, isolated_env, machine, machine_line, markdown_table, run_child, save_results, warn_if_busy
+from harness import (
+    REPO,
+    bench_parser,
+    isolated_env,
+    machine,
+    machine_line,
+    markdown_table,
+    run_child,
+    save_results,
+    warn_if_busy,
+)
 
 from rlhf_dag import graph
 
-TRAINED = tuple(s for s in graph.names("rlhf") if graph.step(s).launched)  # base_model, sft_model, reward_model, ppo_policy
+TRAINED = tuple(
+    s for s in graph.names("rlhf") if graph.step(s).launched
+)  # base_model, sft_model, reward_model, ppo_policy
 # the figures compared, per step: the final losses (PPO: its reward and KL)
-FINAL = {"base_model": ("final_loss", "training_loss"), "sft_model": ("validation_loss", "training_loss"),
-         "reward_model": ("validation_loss", "training_loss"), "ppo_policy": ("final_rm_score", "final_kl")}
+FINAL = {
+    "base_model": ("final_loss", "training_loss"),
+    "sft_model": ("validation_loss", "training_loss"),
+    "reward_model": ("validation_loss", "training_loss"),
+    "ppo_policy": ("final_rm_score", "final_kl"),
+}
 
 
 def spec(root: Path, step: str, inputs: dict, config: dict, name: str) -> tuple[list[str], Path]:
@@ -45,8 +61,10 @@ def spec(root: Path, step: str, inputs: dict, config: dict, name: str) -> tuple[
 
 def saved(folder: Path) -> list[int]:
     """The complete checkpoints in `folder`: PPO's `iteration-<n>.pt`, the trainers' `checkpoint-<n>` with their state written."""
-    return sorted([int(p.stem.split("-")[1]) for p in folder.glob("iteration-*.pt")] +
-                  [int(p.parent.name.split("-")[1]) for p in folder.glob("checkpoint-*/trainer_state.json")])
+    return sorted(
+        [int(p.stem.split("-")[1]) for p in folder.glob("iteration-*.pt")]
+        + [int(p.parent.name.split("-")[1]) for p in folder.glob("checkpoint-*/trainer_state.json")]
+    )
 
 
 def kill_past_half(cmd: list[str], env: dict, log: Path, folder: Path) -> tuple[int, float]:
@@ -79,8 +97,16 @@ def max_weight_difference(a: Path, b: Path) -> float:
 
 def main() -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--steps", default=",".join(TRAINED), help="the trained steps to kill and resume, comma-separated (their upstream steps run once)")
-    parser.add_argument("--checkpoint-every", type=int, help="every trained step's checkpoint_every (default: the profile's; smoke runs too few steps for it)")
+    parser.add_argument(
+        "--steps",
+        default=",".join(TRAINED),
+        help="the trained steps to kill and resume, comma-separated (their upstream steps run once)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="every trained step's checkpoint_every (default: the profile's; smoke runs too few steps for it)",
+    )
     args = parser.parse_args()
     steps = args.steps.split(",")
     config = {"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
@@ -90,14 +116,16 @@ def main() -> int:
     os.environ.update({k: env[k] for k in ("RLHF_DAG_HOME", "RLHF_DAG_LABELS_DIR", "RLHF_DAG_PROFILE")})
     from rlhf_dag.config import checkpoints_dir, resolve
     from rlhf_dag.data.label_files import label_file
-    from rlhf_dag.training.resume import checkpoint_key
     from rlhf_dag.training.result import StepResult
+    from rlhf_dag.training.resume import checkpoint_key
 
     print(f"bench/resume.py: profile '{args.profile}', steps {', '.join(steps)}, run in {root}", flush=True)
     upstream, results, rows = {}, {}, []
     # the steps asked for and those they read, in dependency order
     for step in [s for s in graph.names() if s in steps or any(s in graph.upstream_steps(t) for t in steps)]:
-        inputs = {name: upstream.get(name) or str(label_file(root / "labels", name)) for name in graph.step(step).inputs}
+        inputs = {
+            name: upstream.get(name) or str(label_file(root / "labels", name)) for name in graph.step(step).inputs
+        }
         cmd, out = spec(root, step, inputs, config if step in steps else {}, "uninterrupted")
         full = run_child(cmd, env, out.with_suffix(".log"))
         saved_result = StepResult.load(out)
@@ -112,25 +140,58 @@ def main() -> int:
         resumed_result = StepResult.load(resumed_out)
         figures = {name: (saved_result.metrics[name], resumed_result.metrics[name]) for name in FINAL[step]}
         results[step] = {
-            "checkpoint_every": resolve(step, config).checkpoint_every, "killed_after_seconds": killed_after, "resumed_from": k,
-            "resumed_from_reported": resumed_result.metrics.get("resumed_from_iteration", resumed_result.metrics.get("resumed_from_step")),
-            "uninterrupted_wall_seconds": full.wall_seconds, "resumed_wall_seconds": resumed.wall_seconds,
-            "max_weight_difference": max_weight_difference(out, resumed_out), "figures": figures, "checkpoints_left": folder.exists(),
+            "checkpoint_every": resolve(step, config).checkpoint_every,
+            "killed_after_seconds": killed_after,
+            "resumed_from": k,
+            "resumed_from_reported": resumed_result.metrics.get(
+                "resumed_from_iteration", resumed_result.metrics.get("resumed_from_step")
+            ),
+            "uninterrupted_wall_seconds": full.wall_seconds,
+            "resumed_wall_seconds": resumed.wall_seconds,
+            "max_weight_difference": max_weight_difference(out, resumed_out),
+            "figures": figures,
+            "checkpoints_left": folder.exists(),
         }
         r = results[step]
-        rows.append([step, r["checkpoint_every"], k, r["killed_after_seconds"], r["uninterrupted_wall_seconds"], r["resumed_wall_seconds"],
-                     f"{r['max_weight_difference']:.3g}", *(f"{name} {a:.6g} vs {b:.6g} (Δ {abs(a - b):.3g})" for name, (a, b) in figures.items())])
+        rows.append(
+            [
+                step,
+                r["checkpoint_every"],
+                k,
+                r["killed_after_seconds"],
+                r["uninterrupted_wall_seconds"],
+                r["resumed_wall_seconds"],
+                f"{r['max_weight_difference']:.3g}",
+                *(f"{name} {a:.6g} vs {b:.6g} (Δ {abs(a - b):.3g})" for name, (a, b) in figures.items()),
+            ]
+        )
         print(f"  {step}: resumed from {k}, max weight difference {r['max_weight_difference']:.3g}", flush=True)
-    table = "\n".join([
-        f"### bench/resume.py — profile `{args.profile}`",
-        "",
-        markdown_table(["step", "checkpoint every", "resumed from", "killed after s", "uninterrupted wall s", "resumed wall s",
-                        "max weight Δ", "final figure", "second figure"], rows),
-        "",
-        "Each run is one process (imports included). Killed at the first checkpoint past half of training; resumed from it.",
-        f"Machine: {machine_line(info)}",
-    ])
-    save_results("resume", args.profile, {"profile": args.profile, "config": config, "machine": info, "steps": results}, table)
+    table = "\n".join(
+        [
+            f"### bench/resume.py — profile `{args.profile}`",
+            "",
+            markdown_table(
+                [
+                    "step",
+                    "checkpoint every",
+                    "resumed from",
+                    "killed after s",
+                    "uninterrupted wall s",
+                    "resumed wall s",
+                    "max weight Δ",
+                    "final figure",
+                    "second figure",
+                ],
+                rows,
+            ),
+            "",
+            "Each run is one process (imports included). Killed at the first checkpoint past half of training; resumed from it.",
+            f"Machine: {machine_line(info)}",
+        ]
+    )
+    save_results(
+        "resume", args.profile, {"profile": args.profile, "config": config, "machine": info, "steps": results}, table
+    )
     return 0
 
 

@@ -46,7 +46,9 @@ def probe_pairs(prompts: list[str], per_style: int, seed: int = 5) -> list[tuple
 
 def main() -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--reward-model", nargs="*", help="reward model dirs (default: the last bench/quality.py run's)")
+    parser.add_argument(
+        "--reward-model", nargs="*", help="reward model dirs (default: the last bench/quality.py run's)"
+    )
     parser.add_argument("--per-style", type=int, default=3, help="pairs of each style per held-out prompt")
     args = parser.parse_args()
     os.environ["RLHF_DAG_PROFILE"] = args.profile
@@ -56,8 +58,14 @@ def main() -> int:
     from rlhf_dag.training.models import load_reward_model
     from rlhf_dag.training.reward import score_texts
 
-    models = args.reward_model or [json.loads((SCRATCH / f"quality-{args.profile}" / "shared" / "paths.json").read_text())["reward_model"]]
-    prompts = [r["prompt"] for r in load_labels(str(label_file(labels_dir(), "eval_prompts")), "eval_prompts").records if parse_task(r["prompt"])]
+    models = args.reward_model or [
+        json.loads((SCRATCH / f"quality-{args.profile}" / "shared" / "paths.json").read_text())["reward_model"]
+    ]
+    prompts = [
+        r["prompt"]
+        for r in load_labels(str(label_file(labels_dir(), "eval_prompts")), "eval_prompts").records
+        if parse_task(r["prompt"])
+    ]
     pairs = probe_pairs(prompts, args.per_style)
     styles = list(dict.fromkeys(p[1] for p in pairs))
     results, rows = {}, []
@@ -70,11 +78,20 @@ def main() -> int:
             for key in ("all", style, f"{style}|{kind}"):
                 right[key].append(c > r)
         accuracy = {key: sum(v) / len(v) for key, v in right.items()}
-        name = os.path.relpath(path, REPO) if Path(path).resolve().is_relative_to(REPO) else "/".join(Path(path).parts[-2:])  # no machine paths in results
+        name = (
+            os.path.relpath(path, REPO)
+            if Path(path).resolve().is_relative_to(REPO)
+            else "/".join(Path(path).parts[-2:])
+        )  # no machine paths in results
         results[name] = accuracy
-        rows.append([name, accuracy["all"],
-                     *(accuracy[s] for s in styles),
-                     " / ".join(f"{accuracy.get(f'ideal vs confused|{k}', float('nan')):.2f}" for k in KINDS)])
+        rows.append(
+            [
+                name,
+                accuracy["all"],
+                *(accuracy[s] for s in styles),
+                " / ".join(f"{accuracy.get(f'ideal vs confused|{k}', float('nan')):.2f}" for k in KINDS),
+            ]
+        )
         print(f"  {name}: all {accuracy['all']:.3f}", flush=True)
     lines = [
         f"### bench/reward_probe.py — RM accuracy by pair style on fresh pairs for the {len(prompts)} held-out prompts ({args.profile})",
@@ -83,7 +100,12 @@ def main() -> int:
         "",
         f"{len(pairs)} pairs ({args.per_style} per style and prompt, gold-ranked, ties dropped). Machine: {machine_line(machine())}",
     ]
-    save_results("reward_probe", args.profile, {"profile": args.profile, "pairs": len(pairs), "accuracy": results}, "\n".join(lines))
+    save_results(
+        "reward_probe",
+        args.profile,
+        {"profile": args.profile, "pairs": len(pairs), "accuracy": results},
+        "\n".join(lines),
+    )
     return 0
 
 

@@ -23,7 +23,9 @@ START, END = "<!-- figures: start (written by `bench/testing.py`) -->", "<!-- fi
 
 
 def collected(*marker: str) -> int:
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *marker], cwd=REPO, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *marker], cwd=REPO, capture_output=True, text=True
+    ).stdout
     return int(re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", out)[1])
 
 
@@ -44,26 +46,49 @@ def main() -> int:
     fast_seconds, fast_summary = timed(["make", "--no-print-directory", "test"])
     print(f"make test: {fast_seconds:.0f} s ({fast_summary})", flush=True)
     seed = 4242
-    all_seconds, all_summary = timed(["make", "--no-print-directory", "test-all", f"PYTEST_ARGS=--random-order-bucket=global --random-order-seed={seed}"],
-                                     {"CI": "true"})
+    all_seconds, all_summary = timed(
+        [
+            "make",
+            "--no-print-directory",
+            "test-all",
+            f"PYTEST_ARGS=--random-order-bucket=global --random-order-seed={seed}",
+        ],
+        {"CI": "true"},
+    )
     print(f"make test-all: {all_seconds:.0f} s ({all_summary})", flush=True)
     mutants_seconds, mutants_summary = timed(["make", "--no-print-directory", "mutants", "MUTANTS_ARGS=--docs"])
     print(f"make mutants: {mutants_seconds:.0f} s ({mutants_summary})", flush=True)
 
-    figures = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "tests": total, "fast_loop_tests": fast, "slow_tests": total - fast,
-               "make_test_seconds": round(fast_seconds), "make_test_all_seconds": round(all_seconds), "random_order_seed": seed,
-               "make_mutants_seconds": round(mutants_seconds), "mutants": mutants_summary}
+    figures = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "tests": total,
+        "fast_loop_tests": fast,
+        "slow_tests": total - fast,
+        "make_test_seconds": round(fast_seconds),
+        "make_test_all_seconds": round(all_seconds),
+        "random_order_seed": seed,
+        "make_mutants_seconds": round(mutants_seconds),
+        "mutants": mutants_summary,
+    }
     (RESULTS / "testing.json").write_text(json.dumps(figures, indent=2) + "\n")
-    block = "\n".join([
-        START, "",
-        f"Measured by `.venv/bin/python bench/testing.py` on {figures['date']} ({machine_line(figures['machine'])}).", "",
-        "| loop | command | tests | wall time |", "|---|---|---|---|",
-        f"| fast | `make test` | {fast} (not marked slow) | {fast_seconds / 60:.1f} min |",
-        f"| everything, random order (seed {seed}) | `make test-all` (CI) | {total} | {all_seconds / 60:.1f} min |",
-        f"| deliberate breakages | `make mutants` (CI) | {mutants_summary} | {mutants_seconds / 60:.1f} min |",
-        "", END])
+    block = "\n".join(
+        [
+            START,
+            "",
+            f"Measured by `.venv/bin/python bench/testing.py` on {figures['date']} ({machine_line(figures['machine'])}).",
+            "",
+            "| loop | command | tests | wall time |",
+            "|---|---|---|---|",
+            f"| fast | `make test` | {fast} (not marked slow) | {fast_seconds / 60:.1f} min |",
+            f"| everything, random order (seed {seed}) | `make test-all` (CI) | {total} | {all_seconds / 60:.1f} min |",
+            f"| deliberate breakages | `make mutants` (CI) | {mutants_summary} | {mutants_seconds / 60:.1f} min |",
+            "",
+            END,
+        ]
+    )
     text = DOCS.read_text(encoding="utf-8")
-    DOCS.write_text(text[: text.index(START)] + block + text[text.index(END) + len(END):], encoding="utf-8")
+    DOCS.write_text(text[: text.index(START)] + block + text[text.index(END) + len(END) :], encoding="utf-8")
     print(block)
     return 0
 

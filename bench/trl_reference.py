@@ -59,7 +59,9 @@ def main() -> int:
         query_responses, logits = original_generation(*a, **k)
         current["generate_seconds"] = current.get("generate_seconds", 0.0) + time.perf_counter() - t
         queries = a[1] if len(a) > 1 else k["queries"]
-        current.update(response_stats(query_responses[:, queries.shape[1]:], tokenizer.eos_token_id, tokenizer.pad_token_id))
+        current.update(
+            response_stats(query_responses[:, queries.shape[1] :], tokenizer.eos_token_id, tokenizer.pad_token_id)
+        )
         current["generate_end"] = time.perf_counter()
         return query_responses, logits
 
@@ -77,20 +79,24 @@ def main() -> int:
 
         def on_step_end(self, *_, **__):
             end = time.perf_counter()
-            iterations.append({
-                "seconds": end - current["start"],
-                "generate_seconds": current["generate_seconds"],
-                "score_seconds": current["optimize_start"] - current["generate_end"],
-                "optimize_seconds": end - current["optimize_start"],
-                **{k: current[k] for k in ("response_width", "generated_positions", "response_tokens", "eos_rate")},
-            })
+            iterations.append(
+                {
+                    "seconds": end - current["start"],
+                    "generate_seconds": current["generate_seconds"],
+                    "score_seconds": current["optimize_start"] - current["generate_end"],
+                    "optimize_seconds": end - current["optimize_start"],
+                    **{k: current[k] for k in ("response_width", "generated_positions", "response_tokens", "eos_rate")},
+                }
+            )
             current.clear()
             current["start"] = end
 
     with tempfile.TemporaryDirectory() as out:
         config = PPOConfig(
             output_dir=out,
-            per_device_train_batch_size=s["rollout_batch_size"],  # one rollout batch per iteration, generated in one call
+            per_device_train_batch_size=s[
+                "rollout_batch_size"
+            ],  # one rollout batch per iteration, generated in one call
             gradient_accumulation_steps=1,  # so every minibatch is one optimizer step, as in ours
             num_mini_batches=s["rollout_batch_size"] // s["minibatch_size"],
             local_rollout_forward_batch_size=s["rollout_batch_size"],
@@ -120,22 +126,31 @@ def main() -> int:
             dataloader_num_workers=0,
         )
         trainer = PPOTrainer(
-            args=config, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward_model,
-            value_model=value_model, train_dataset=dataset, callbacks=[IterationClock()],
+            args=config,
+            processing_class=tokenizer,
+            model=policy,
+            ref_model=reference,
+            reward_model=reward_model,
+            value_model=value_model,
+            train_dataset=dataset,
+            callbacks=[IterationClock()],
         )
         train_started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - train_started
 
-    write_report(args.report, {
-        "implementation": f"TRL {trl.__version__} experimental.ppo",
-        "imports_seconds": imports,
-        "train_seconds": train_seconds,
-        "iterations": iterations,
-        "rss_after_load_mb": rss_after_load,
-        "peak_rss_mb": peak_rss_mb(),
-        "torch_threads": torch.get_num_threads(),
-    })
+    write_report(
+        args.report,
+        {
+            "implementation": f"TRL {trl.__version__} experimental.ppo",
+            "imports_seconds": imports,
+            "train_seconds": train_seconds,
+            "iterations": iterations,
+            "rss_after_load_mb": rss_after_load,
+            "peak_rss_mb": peak_rss_mb(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
     return 0
 
 

@@ -50,13 +50,21 @@ def cmd_make_labels(args) -> int:
 
         def sampler(prompts: list[str]) -> list[list[str]]:
             repeated = [p for p in prompts for _ in range(args.samples_per_prompt)]
-            samples = sample(model, tokenizer, repeated, [format_prompt(p) for p in repeated], 48, 1.0, batch_size=64, seed=args.seed)
+            samples = sample(
+                model, tokenizer, repeated, [format_prompt(p) for p in repeated], 48, 1.0, batch_size=64, seed=args.seed
+            )
             # only responses that ended: the reward model always sees prompt + response + EOS
             texts = [s.response if s.ended_with_eos else "" for s in samples]
             return [texts[i : i + args.samples_per_prompt] for i in range(0, len(texts), args.samples_per_prompt)]
 
     sizes = {"n_comparisons": args.comparisons, "n_policy_comparisons": args.policy_comparisons}
-    counts = make_label_files(args.out, seed=args.seed, policy_sampler=sampler, all_policy_pairs=args.all_pairs, **{k: v for k, v in sizes.items() if v is not None})
+    counts = make_label_files(
+        args.out,
+        seed=args.seed,
+        policy_sampler=sampler,
+        all_policy_pairs=args.all_pairs,
+        **{k: v for k, v in sizes.items() if v is not None},
+    )
     for name, n in counts.items():
         print(f"{Path(args.out) / (name + '.jsonl')}: {n} records")
     return 0
@@ -126,7 +134,10 @@ def cmd_retrain(args) -> int:
     if not plan:
         print("rlhf-dag retrain: everything is fresh; nothing to do")
         return 0
-    print(("rlhf-dag retrain --dry-run: would materialize " if args.dry_run else "rlhf-dag retrain: materializing ") + ", ".join(plan))
+    print(
+        ("rlhf-dag retrain --dry-run: would materialize " if args.dry_run else "rlhf-dag retrain: materializing ")
+        + ", ".join(plan)
+    )
     if result is None:
         return 0
     print(f"materialized {', '.join(sorted(_materialized(result)))} in {time.perf_counter() - started:.1f}s")
@@ -148,10 +159,19 @@ def cmd_label_batch(args) -> int:
         print(f"rlhf-dag label-batch: batch {batch!r} already exists; choose another --name", file=sys.stderr)
         return 1
     instance.add_dynamic_partitions(LABELING_BATCHES.name, [batch])
-    config = {k: v for k, v in {"policy": args.policy, "prompts_per_batch": args.prompts, "responses_per_prompt": args.k}.items() if v is not None}
+    config = {
+        k: v
+        for k, v in {"policy": args.policy, "prompts_per_batch": args.prompts, "responses_per_prompt": args.k}.items()
+        if v is not None
+    }
     run_config = {**_log_settings(args.verbose), "ops": {"labeling_candidates": {"config": config}}}
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[dg.AssetKey("labeling_candidates")], partition_key=batch, run_config=run_config, raise_on_error=False)
+        instance=instance,
+        asset_selection=[dg.AssetKey("labeling_candidates")],
+        partition_key=batch,
+        run_config=run_config,
+        raise_on_error=False,
+    )
     if not result.success:
         instance.delete_dynamic_partition(LABELING_BATCHES.name, batch)  # nothing went out: the batch does not exist
         print(f"rlhf-dag label-batch: batch {batch!r} failed (see the errors above); nothing was kept", file=sys.stderr)
@@ -231,17 +251,36 @@ def _materialized(result) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-dag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("make-labels", help="write the synthetic labeled files (prompts, demonstrations, comparisons, eval_prompts)")
+    p = sub.add_parser(
+        "make-labels", help="write the synthetic labeled files (prompts, demonstrations, comparisons, eval_prompts)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="assets", help="folder to write the .jsonl files to (default: assets)")
-    p.add_argument("--policy", default=None, help="a model directory (e.g. an sft_model materialization) whose own samples labelers rank for part of comparisons.jsonl")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="a model directory (e.g. an sft_model materialization) whose own samples labelers rank for part of comparisons.jsonl",
+    )
     p.add_argument("--samples-per-prompt", type=int, default=4, help="with --policy: samples drawn per prompt")
     p.add_argument("--comparisons", type=int, default=None, help="comparisons in all (default 1536)")
-    p.add_argument("--policy-comparisons", type=int, default=None, help="with --policy: how many of them rank the policy's samples (default 512)")
-    p.add_argument("--all-pairs", action="store_true", help="with --policy: every pair of differently scored samples of a prompt, not only best vs worst")
+    p.add_argument(
+        "--policy-comparisons",
+        type=int,
+        default=None,
+        help="with --policy: how many of them rank the policy's samples (default 512)",
+    )
+    p.add_argument(
+        "--all-pairs",
+        action="store_true",
+        help="with --policy: every pair of differently scored samples of a prompt, not only best vs worst",
+    )
     p.set_defaults(func=cmd_make_labels)
     p = sub.add_parser("run", help="observe the labeled files and materialize the graph into the persistent instance")
-    p.add_argument("--select", default=None, help="Dagster asset selection (default: the core graph, 'group:rlhf'); '*' adds DPO, GRPO, RLOO and the method table")
+    p.add_argument(
+        "--select",
+        default=None,
+        help="Dagster asset selection (default: the core graph, 'group:rlhf'); '*' adds DPO, GRPO, RLOO and the method table",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="every asset: fresh / stale / missing, and why")
@@ -251,18 +290,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_retrain)
-    p = sub.add_parser("label-batch", help="sample a labeling batch from a policy and push it to Label Studio (docs/labeling.md)")
-    p.add_argument("--name", default=None, help="the batch's name (default: batch-<UTC time>); also its Label Studio project's title")
-    p.add_argument("--policy", default=None, choices=["sft_model", "ppo_policy"], help="the policy that writes the responses (default: sft_model)")
-    p.add_argument("--prompts", type=int, default=None, help="prompts in the batch (default: the profile's prompts_per_batch)")
+    p = sub.add_parser(
+        "label-batch", help="sample a labeling batch from a policy and push it to Label Studio (docs/labeling.md)"
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="the batch's name (default: batch-<UTC time>); also its Label Studio project's title",
+    )
+    p.add_argument(
+        "--policy",
+        default=None,
+        choices=["sft_model", "ppo_policy"],
+        help="the policy that writes the responses (default: sft_model)",
+    )
+    p.add_argument(
+        "--prompts", type=int, default=None, help="prompts in the batch (default: the profile's prompts_per_batch)"
+    )
     p.add_argument("-k", type=int, default=None, help="responses per prompt (default 4)")
     p.add_argument("-v", "--verbose", action="store_true", help="every Dagster event (DEBUG) and third-party warnings")
     p.set_defaults(func=cmd_label_batch)
-    p = sub.add_parser("pull-labels", help="append completed Label Studio rankings (and exports in <labels>/label_studio/) to comparisons.jsonl")
-    p.add_argument("--batch", action="append", default=None, help="pull only this batch (repeatable; default: every batch)")
+    p = sub.add_parser(
+        "pull-labels",
+        help="append completed Label Studio rankings (and exports in <labels>/label_studio/) to comparisons.jsonl",
+    )
+    p.add_argument(
+        "--batch", action="append", default=None, help="pull only this batch (repeatable; default: every batch)"
+    )
     p.set_defaults(func=cmd_pull_labels)
     p = sub.add_parser("promote", help="move the registry's champion alias to a version by hand")
-    p.add_argument("version", help="registered model version (see the evaluations' registry_version, or the MLflow UI's Models page)")
+    p.add_argument(
+        "version",
+        help="registered model version (see the evaluations' registry_version, or the MLflow UI's Models page)",
+    )
     p.add_argument("--reason", required=True, help="why: kept as the version's champion.reason tag")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("rollback", help="move the champion alias back to the previous champion")

@@ -14,6 +14,7 @@ import json
 import os
 from enum import StrEnum
 from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import graph
@@ -35,7 +36,13 @@ class StepConfig(BaseModel):
         and how often it checkpoints (`CheckpointSettings`) are left out: changing one changes a figure at
         the next materialization, or what a killed run leaves, never forces a retrain.
         """
-        return _hash(self.model_dump(exclude=set(SampleSettings.model_fields) | set(JudgeSettings.model_fields) | set(CheckpointSettings.model_fields)))
+        return _hash(
+            self.model_dump(
+                exclude=set(SampleSettings.model_fields)
+                | set(JudgeSettings.model_fields)
+                | set(CheckpointSettings.model_fields)
+            )
+        )
 
 
 def _hash(values: dict) -> str:
@@ -45,10 +52,16 @@ def _hash(values: dict) -> str:
 class CorpusConfig(StepConfig):
     """`pretraining_corpus`: the built-in internet-like generator, or the user's own text."""
 
-    source: str = Field("synthetic", description="'synthetic', or a path to a .txt/.parquet file or a folder of them (Parquet needs a 'text' column)")
+    source: str = Field(
+        "synthetic",
+        description="'synthetic', or a path to a .txt/.parquet file or a folder of them (Parquet needs a 'text' column)",
+    )
     n_documents: int = Field(5000, description="documents the synthetic generator writes")
     seed: int = Field(0, description="seed of the synthetic generator")
-    validation_fraction: float = Field(0.05, description="share of documents held out (by a hash of the text) for the base model's loss gate; never trained on")
+    validation_fraction: float = Field(
+        0.05,
+        description="share of documents held out (by a hash of the text) for the base model's loss gate; never trained on",
+    )
 
 
 GOLD_JUDGE = "rlhf_dag.data.gold:GoldJudge"
@@ -57,8 +70,10 @@ GOLD_JUDGE = "rlhf_dag.data.gold:GoldJudge"
 class JudgeSettings(StepConfig):
     """Who judges the responses a step reports on, beyond the reward model (training/judge.py): figures, not weights."""
 
-    judge: str = Field(default_factory=lambda: os.environ.get("RLHF_DAG_JUDGE", GOLD_JUDGE),
-                       description=f"'module:Class' of a judge, or 'none' (RM-only figures); default RLHF_DAG_JUDGE, else the gold labeler {GOLD_JUDGE}")
+    judge: str = Field(
+        default_factory=lambda: os.environ.get("RLHF_DAG_JUDGE", GOLD_JUDGE),
+        description=f"'module:Class' of a judge, or 'none' (RM-only figures); default RLHF_DAG_JUDGE, else the gold labeler {GOLD_JUDGE}",
+    )
 
 
 class SampleSettings(JudgeSettings):
@@ -71,13 +86,17 @@ class SampleSettings(JudgeSettings):
 class CheckpointSettings(StepConfig):
     """How often a training step saves the checkpoint a killed run resumes from (docs/reliability.md, "Resume after a kill")."""
 
-    checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints a killed run resumes from (0: none)")
+    checkpoint_every: int = Field(
+        50, ge=0, description="optimizer steps between checkpoints a killed run resumes from (0: none)"
+    )
 
 
 class PretrainConfig(SampleSettings, CheckpointSettings):
     """`base_model`: a BPE tokenizer and a small Llama-style causal LM trained from scratch, or a pretrained model."""
 
-    pretrained: str | None = Field(None, description="Hugging Face model id or local path to load instead of pretraining (safetensors only)")
+    pretrained: str | None = Field(
+        None, description="Hugging Face model id or local path to load instead of pretraining (safetensors only)"
+    )
     vocab_size: int = Field(1024, description="BPE vocabulary size, special tokens included")
     hidden_size: int = Field(128, description="transformer width")
     num_layers: int = Field(4, description="transformer blocks")
@@ -85,9 +104,17 @@ class PretrainConfig(SampleSettings, CheckpointSettings):
     intermediate_size: int = Field(384, description="MLP width")
     max_length: int = Field(128, description="context length in tokens (longer documents are cut)")
     epochs: float = Field(4.0, description="passes over the corpus")
-    batch_size: int = Field(8, description="documents per optimizer step (with `pack`: rows of max_length tokens per step)")
-    pack: bool = Field(True, description="pack whole documents into rows of max_length tokens, each attending only to itself (no padding, no attention across documents)")
-    group_by_length: bool = Field(False, description="batch documents of similar length (transformers' LengthGroupedSampler): less compute on padding, batches less random")
+    batch_size: int = Field(
+        8, description="documents per optimizer step (with `pack`: rows of max_length tokens per step)"
+    )
+    pack: bool = Field(
+        True,
+        description="pack whole documents into rows of max_length tokens, each attending only to itself (no padding, no attention across documents)",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="batch documents of similar length (transformers' LengthGroupedSampler): less compute on padding, batches less random",
+    )
     learning_rate: float = Field(2e-3, description="peak AdamW learning rate (cosine decay)")
     seed: int = Field(0, description="initialization and data-order seed")
 
@@ -104,8 +131,13 @@ class LoRAConfig(StepConfig):
 
     r: int = Field(8, description="rank of each adapter's update B @ A")
     alpha: float = Field(16.0, description="the update is scaled by alpha / r")
-    dropout: float = Field(0.0, description="dropout on the adapters' input (0: PPO's first ratio is exactly 1, as with a full fine-tune)")
-    target_modules: list[str] = Field(["all-linear"], description="names of the linear modules to adapt (e.g. ['q_proj', 'v_proj']), or ['all-linear']: every linear layer but the output head")
+    dropout: float = Field(
+        0.0, description="dropout on the adapters' input (0: PPO's first ratio is exactly 1, as with a full fine-tune)"
+    )
+    target_modules: list[str] = Field(
+        ["all-linear"],
+        description="names of the linear modules to adapt (e.g. ['q_proj', 'v_proj']), or ['all-linear']: every linear layer but the output head",
+    )
 
 
 LORA_FIELD = "LoRA adapters instead of a full fine-tune, e.g. {r: 8, alpha: 16} (unset: full fine-tune); the model dir holds merged weights, the adapter in adapter/"
@@ -115,7 +147,10 @@ class DatasetConfig(StepConfig):
     """`sft_dataset` and `comparison_dataset`: validation and the fixed train/validation split."""
 
     validation_fraction: float = Field(0.1, description="share of records held out for validation")
-    split_salt: str = Field("rlhf-dag", description="salt of the prompt hash that assigns each prompt to a split (fixed, so validation never moves)")
+    split_salt: str = Field(
+        "rlhf-dag",
+        description="salt of the prompt hash that assigns each prompt to a split (fixed, so validation never moves)",
+    )
 
 
 class ComparisonDatasetConfig(DatasetConfig, JudgeSettings):
@@ -127,12 +162,19 @@ class SFTConfig(SampleSettings, CheckpointSettings):
 
     epochs: float = Field(6.0, description="passes over the demonstrations")
     batch_size: int = Field(32, description="examples per optimizer step")
-    group_by_length: bool = Field(False, description="batch demonstrations of similar length (transformers' LengthGroupedSampler)")
+    group_by_length: bool = Field(
+        False, description="batch demonstrations of similar length (transformers' LengthGroupedSampler)"
+    )
     learning_rate: float = Field(1e-3, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
-    overlong: Overlong = Field(Overlong.reject, description="a record over max_length: 'reject' fails naming its file and line; 'truncate' cuts the response's end (and its EOS)")
+    overlong: Overlong = Field(
+        Overlong.reject,
+        description="a record over max_length: 'reject' fails naming its file and line; 'truncate' cuts the response's end (and its EOS)",
+    )
     lora: LoRAConfig | None = Field(None, description=LORA_FIELD)
-    gold_sample_prompts: int = Field(64, description="held-out demonstration prompts sampled (base and SFT) for the gold means in the metrics")
+    gold_sample_prompts: int = Field(
+        64, description="held-out demonstration prompts sampled (base and SFT) for the gold means in the metrics"
+    )
     seed: int = Field(0, description="data-order seed")
 
 
@@ -143,7 +185,10 @@ class RewardConfig(CheckpointSettings, JudgeSettings):
     batch_size: int = Field(32, description="pairs per optimizer step")
     learning_rate: float = Field(5e-4, description="peak AdamW learning rate")
     max_length: int = Field(160, description="prompt+response tokens")
-    overlong: Overlong = Field(Overlong.reject, description="a pair over max_length: 'reject' fails naming its file and line; 'truncate' cuts each response to fit, still ending with EOS")
+    overlong: Overlong = Field(
+        Overlong.reject,
+        description="a pair over max_length: 'reject' fails naming its file and line; 'truncate' cuts each response to fit, still ending with EOS",
+    )
     lora: LoRAConfig | None = Field(None, description=LORA_FIELD + " (the new score head trains whole)")
     seed: int = Field(0, description="data-order and head-initialization seed")
 
@@ -154,7 +199,10 @@ class PPOConfig(SampleSettings, CheckpointSettings):
     iterations: int = Field(32, description="rollout -> optimize iterations")
     rollout_batch_size: int = Field(64, description="prompts sampled per iteration")
     minibatch_size: int = Field(16, description="rollouts per gradient step")
-    ppo_epochs: int = Field(2, description="optimization passes over each rollout batch (2 gave the same win rates as 4 in half the optimization time, docs/benchmarks.md)")
+    ppo_epochs: int = Field(
+        2,
+        description="optimization passes over each rollout batch (2 gave the same win rates as 4 in half the optimization time, docs/benchmarks.md)",
+    )
     max_new_tokens: int = Field(48, description="response length cap during rollout")
     temperature: float = Field(1.0, description="sampling temperature during rollout")
     learning_rate: float = Field(5e-5, description="AdamW learning rate of policy and value model")
@@ -166,19 +214,30 @@ class PPOConfig(SampleSettings, CheckpointSettings):
     clip_range: float = Field(0.2, description="policy ratio clip")
     clip_range_value: float = Field(0.2, description="value prediction clip")
     vf_coef: float = Field(0.1, description="weight of the value loss")
-    lora: LoRAConfig | None = Field(None, description=LORA_FIELD + "; the reference is the policy with its adapter disabled, the critic trains whole")
-    missing_eos_penalty: float | None = Field(-1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)")
+    lora: LoRAConfig | None = Field(
+        None,
+        description=LORA_FIELD + "; the reference is the policy with its adapter disabled, the critic trains whole",
+    )
+    missing_eos_penalty: float | None = Field(
+        -1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)"
+    )
     seed: int = Field(0, description="sampling and data-order seed")
-    checkpoint_every: int = Field(4, ge=0, description="iterations between checkpoints a killed run resumes from (0: none)")
+    checkpoint_every: int = Field(
+        4, ge=0, description="iterations between checkpoints a killed run resumes from (0: none)"
+    )
 
 
 class PolicyCheckSettings(SampleSettings):
     """How a policy trained by a TRL trainer is sampled after training, for its gates (KL budget, EOS): PPO measures
     both on its own rollouts; DPO never samples, and GRPO/RLOO log them per batch, so all three are measured the same way."""
 
-    check_prompts: int = Field(64, description="prompts sampled after training (DPO: held-out comparison prompts; GRPO/RLOO: training prompts)")
+    check_prompts: int = Field(
+        64, description="prompts sampled after training (DPO: held-out comparison prompts; GRPO/RLOO: training prompts)"
+    )
     check_max_new_tokens: int = Field(48, description="length cap of those samples (as PPO's rollouts)")
-    check_temperature: float = Field(1.0, description="temperature of those samples (1.0: the policy's own distribution, as PPO's KL is measured)")
+    check_temperature: float = Field(
+        1.0, description="temperature of those samples (1.0: the policy's own distribution, as PPO's KL is measured)"
+    )
 
 
 class DPOConfig(PolicyCheckSettings):
@@ -187,9 +246,15 @@ class DPOConfig(PolicyCheckSettings):
     epochs: float = Field(2.0, description="passes over the comparisons")
     batch_size: int = Field(32, description="pairs per optimizer step")
     learning_rate: float = Field(5e-5, description="peak AdamW learning rate")
-    beta: float = Field(0.1, description="DPO's beta: strength of the implicit KL constraint to the SFT reference (Rafailov et al. 2023)")
+    beta: float = Field(
+        0.1,
+        description="DPO's beta: strength of the implicit KL constraint to the SFT reference (Rafailov et al. 2023)",
+    )
     max_length: int = Field(160, description="prompt+response tokens")
-    overlong: Overlong = Field(Overlong.reject, description="a pair over max_length: 'reject' fails naming its file and line; 'truncate' cuts each response to fit")
+    overlong: Overlong = Field(
+        Overlong.reject,
+        description="a pair over max_length: 'reject' fails naming its file and line; 'truncate' cuts each response to fit",
+    )
     seed: int = Field(0, description="data-order seed")
 
 
@@ -203,8 +268,14 @@ class OnlineConfig(PolicyCheckSettings):
     max_new_tokens: int = Field(48, description="response length cap during training")
     temperature: float = Field(1.0, description="sampling temperature during training")
     learning_rate: float = Field(5e-5, description="AdamW learning rate")
-    beta: float = Field(0.05, description="coefficient of the KL penalty to the SFT reference (InstructGPT keeps the policy near SFT; GRPO's own default 0 would not)")
-    missing_eos_penalty: float | None = Field(-1.0, description="reward given instead of the RM's to a response that never emits EOS, as PPO's (None: no penalty)")
+    beta: float = Field(
+        0.05,
+        description="coefficient of the KL penalty to the SFT reference (InstructGPT keeps the policy near SFT; GRPO's own default 0 would not)",
+    )
+    missing_eos_penalty: float | None = Field(
+        -1.0,
+        description="reward given instead of the RM's to a response that never emits EOS, as PPO's (None: no penalty)",
+    )
     seed: int = Field(0, description="sampling and data-order seed")
 
 
@@ -220,10 +291,15 @@ class EvalConfig(JudgeSettings):
     """`policy_evaluation` and the alternatives' evaluations: a policy vs SFT (and base) on held-out prompts, judged by
     the judge where it can, and by the reward model's preference, the proxy the policy optimized."""
 
-    temperature: float = Field(1.0, description="sampling temperature of every model under evaluation (1.0: each model's own distribution, as PPO samples it)")
+    temperature: float = Field(
+        1.0,
+        description="sampling temperature of every model under evaluation (1.0: each model's own distribution, as PPO samples it)",
+    )
     max_new_tokens: int = Field(64, description="response length cap")
     samples_per_prompt: int = Field(2, description="responses per held-out prompt and model")
-    source_prompt_samples: int = Field(16, description="samples per model for each of the judge's source prompts, for their pass rates")
+    source_prompt_samples: int = Field(
+        16, description="samples per model for each of the judge's source prompts, for their pass rates"
+    )
     source_prompt_temperature: float = Field(0.7, description="sampling temperature of those samples")
     seed: int = Field(0, description="sampling seed")
 
@@ -231,9 +307,18 @@ class EvalConfig(JudgeSettings):
 class LabelingConfig(StepConfig):
     """`labeling_candidates`: K responses per prompt from a policy, for people to rank in Label Studio (one batch per partition)."""
 
-    policy: str = Field("sft_model", description="the policy that writes the responses: 'sft_model', or 'ppo_policy' to rank the RLHF policy's own outputs (InstructGPT's later rounds)")
-    prompts_per_batch: int = Field(32, description="prompts of labels/prompts in one batch (chosen by a hash of the batch name, so each batch has its own)")
-    responses_per_prompt: int = Field(4, description="K: responses sampled per prompt; one ranking of K gives C(K, 2) comparisons (InstructGPT: K = 4 to 9)")
+    policy: str = Field(
+        "sft_model",
+        description="the policy that writes the responses: 'sft_model', or 'ppo_policy' to rank the RLHF policy's own outputs (InstructGPT's later rounds)",
+    )
+    prompts_per_batch: int = Field(
+        32,
+        description="prompts of labels/prompts in one batch (chosen by a hash of the batch name, so each batch has its own)",
+    )
+    responses_per_prompt: int = Field(
+        4,
+        description="K: responses sampled per prompt; one ranking of K gives C(K, 2) comparisons (InstructGPT: K = 4 to 9)",
+    )
     temperature: float = Field(1.0, description="sampling temperature (1.0: the policy's own distribution)")
     max_new_tokens: int = Field(48, description="response length cap (a labeler sees a cut-off response as it is)")
     seed: int = Field(0, description="sampling seed (combined with the batch name)")
@@ -244,7 +329,9 @@ class GateConfig(StepConfig):
     any step's config, so changing one re-runs a check and never retrains a model."""
 
     accuracy_floor: float = Field(0.75, description="reward_model_accuracy: held-out pairwise accuracy must reach this")
-    kl_budget: float = Field(12.0, description="ppo_within_kl_budget: mean sequence KL to the reference must stay under this")
+    kl_budget: float = Field(
+        12.0, description="ppo_within_kl_budget: mean sequence KL to the reference must stay under this"
+    )
     eos_rate_floor: float = Field(0.8, description="ppo_emits_eos: share of final rollouts that end with EOS")
 
 
@@ -256,30 +343,83 @@ PROFILES: dict[str, dict[str, dict]] = {
     "default": {},
     "smoke": {
         "pretraining_corpus": {"n_documents": 200},
-        "base_model": {"vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "epochs": 1.0, "max_length": 128},
+        "base_model": {
+            "vocab_size": 400,
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "epochs": 1.0,
+            "max_length": 128,
+        },
         # The 400-token vocabulary makes some shipped records longer than 128 tokens: cut them, for speed.
         "sft_model": {"epochs": 1.0, "max_length": 128, "overlong": "truncate"},
         "reward_model": {"epochs": 1.0, "max_length": 128, "overlong": "truncate"},
-        "ppo_policy": {"iterations": 2, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 12},
+        "ppo_policy": {
+            "iterations": 2,
+            "rollout_batch_size": 8,
+            "minibatch_size": 4,
+            "ppo_epochs": 1,
+            "max_new_tokens": 12,
+        },
         "gates": {"accuracy_floor": 0.0, "kl_budget": 1e6, "eos_rate_floor": 0.0},
         "policy_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1},
         "labeling_candidates": {"prompts_per_batch": 3, "max_new_tokens": 24},
-        **{f"{m}_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1, "source_prompt_samples": 2} for m in ("dpo", "grpo", "rloo")},
-        "dpo_policy": {"epochs": 0.5, "batch_size": 64, "max_length": 128, "overlong": "truncate", "check_prompts": 8, "check_max_new_tokens": 12},
-        "grpo_policy": {"steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 12, "check_prompts": 8, "check_max_new_tokens": 12},
-        "rloo_policy": {"steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 12, "check_prompts": 8, "check_max_new_tokens": 12},
+        **{
+            f"{m}_evaluation": {"max_new_tokens": 12, "samples_per_prompt": 1, "source_prompt_samples": 2}
+            for m in ("dpo", "grpo", "rloo")
+        },
+        "dpo_policy": {
+            "epochs": 0.5,
+            "batch_size": 64,
+            "max_length": 128,
+            "overlong": "truncate",
+            "check_prompts": 8,
+            "check_max_new_tokens": 12,
+        },
+        "grpo_policy": {
+            "steps": 2,
+            "prompts_per_step": 2,
+            "num_generations": 2,
+            "max_new_tokens": 12,
+            "check_prompts": 8,
+            "check_max_new_tokens": 12,
+        },
+        "rloo_policy": {
+            "steps": 2,
+            "prompts_per_step": 2,
+            "num_generations": 2,
+            "max_new_tokens": 12,
+            "check_prompts": 8,
+            "check_max_new_tokens": 12,
+        },
     },
     "gpu": {
         "pretraining_corpus": {"n_documents": 50000},
         # A checkpoint of this model with its AdamW state is 0.3 GB (PPO: policy and critic, 0.7 GB). At the CPU
         # profiles' intervals they would add an estimated 10-15% to each step on one GPU (not measured): fewer
         # here, and none for SFT and the RM, which train in about 10 s (docs/benchmarks.md).
-        "base_model": {"vocab_size": 4096, "hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536, "max_length": 256, "batch_size": 16, "learning_rate": 6e-4,
-                       "epochs": 2.0,
-                       "checkpoint_every": 500},
+        "base_model": {
+            "vocab_size": 4096,
+            "hidden_size": 512,
+            "num_layers": 8,
+            "num_heads": 8,
+            "intermediate_size": 1536,
+            "max_length": 256,
+            "batch_size": 16,
+            "learning_rate": 6e-4,
+            "epochs": 2.0,
+            "checkpoint_every": 500,
+        },
         "sft_model": {"max_length": 256, "learning_rate": 2e-4, "checkpoint_every": 0},
         "reward_model": {"max_length": 256, "learning_rate": 1e-4, "checkpoint_every": 0},
-        "ppo_policy": {"iterations": 64, "rollout_batch_size": 256, "minibatch_size": 64, "learning_rate": 2e-5, "checkpoint_every": 16},
+        "ppo_policy": {
+            "iterations": 64,
+            "rollout_batch_size": 256,
+            "minibatch_size": 64,
+            "learning_rate": 2e-5,
+            "checkpoint_every": 16,
+        },
         "policy_evaluation": {"samples_per_prompt": 4},
         "dpo_policy": {"max_length": 256, "learning_rate": 1e-5, "batch_size": 64, "check_prompts": 256},
         "grpo_policy": {"steps": 100, "prompts_per_step": 64, "learning_rate": 2e-5, "check_prompts": 256},
@@ -317,13 +457,17 @@ def check_profiles(profiles: dict[str, dict[str, dict]]) -> None:
     for profile, assets in profiles.items():
         for asset, fields in assets.items():
             if asset != GATES and asset not in graph.names():
-                raise ValueError(f"rlhf_dag/config.py PROFILES[{profile!r}] names {asset!r}, which is not an asset; "
-                                 f"the assets are {', '.join(graph.names())} (and {GATES!r} for the checks' thresholds)")
+                raise ValueError(
+                    f"rlhf_dag/config.py PROFILES[{profile!r}] names {asset!r}, which is not an asset; "
+                    f"the assets are {', '.join(graph.names())} (and {GATES!r} for the checks' thresholds)"
+                )
             cls = config_class(asset)
             unknown = sorted(set(fields) - set(cls.model_fields))
             if unknown:
-                raise ValueError(f"rlhf_dag/config.py PROFILES[{profile!r}][{asset!r}] sets {', '.join(unknown)}, not a field of "
-                                 f"{cls.__name__}; its fields are {', '.join(cls.model_fields)}")
+                raise ValueError(
+                    f"rlhf_dag/config.py PROFILES[{profile!r}][{asset!r}] sets {', '.join(unknown)}, not a field of "
+                    f"{cls.__name__}; its fields are {', '.join(cls.model_fields)}"
+                )
 
 
 check_profiles(PROFILES)

@@ -12,9 +12,9 @@ import dagster as dg
 from .pipeline import assets
 from .pipeline.automation import automation_sensor
 from .pipeline.checks import ASSET_CHECKS
-from .pipeline.labeling_loop import label_studio_pull
-from .pipeline.label_sources import LABEL_SOURCES
 from .pipeline.handles import handle_io_manager
+from .pipeline.label_sources import LABEL_SOURCES
+from .pipeline.labeling_loop import label_studio_pull
 from .pipeline.launch import StepLauncher
 from .pipeline.registry import PolicyRegistry
 from .pipeline.resources import LabelStudio, MlflowTracking, QualityGates
@@ -31,9 +31,14 @@ CORE = dg.AssetSelection.groups("rlhf")
 # Every asset a run of the graph may build: the core graph and the alternatives. A labeling batch is never one
 # of them: batches are made one at a time, on purpose (`rlhf-dag label-batch`), in the labeling code location.
 TRAINING_GRAPH = dg.AssetSelection.all()
-rlhf_graph = dg.define_asset_job("rlhf_graph", selection=CORE, description="pretraining -> SFT -> reward model -> PPO -> evaluation")
-alternatives = dg.define_asset_job("alternatives", selection=dg.AssetSelection.groups("alternatives"),
-                                   description="DPO, GRPO and RLOO beside PPO on the same labels, each evaluated vs SFT and registered; one method table")
+rlhf_graph = dg.define_asset_job(
+    "rlhf_graph", selection=CORE, description="pretraining -> SFT -> reward model -> PPO -> evaluation"
+)
+alternatives = dg.define_asset_job(
+    "alternatives",
+    selection=dg.AssetSelection.groups("alternatives"),
+    description="DPO, GRPO and RLOO beside PPO on the same labels, each evaluated vs SFT and registered; one method table",
+)
 
 
 def build_definitions() -> dg.Definitions:

@@ -19,8 +19,10 @@ from .pipeline.resources import LabelStudio, MlflowTracking
 
 def build_labeling_definitions() -> dg.Definitions:
     """Definitions of the labeling location for the current environment (RLHF_DAG_HOME: the handles it reads and writes)."""
-    upstream = [dg.AssetSpec(key, description="Materialized by the rlhf_dag code location (rlhf_dag/definitions.py).")
-                for key in sorted(labeling_candidates.dependency_keys, key=lambda k: k.to_user_string())]
+    upstream = [
+        dg.AssetSpec(key, description="Materialized by the rlhf_dag code location (rlhf_dag/definitions.py).")
+        for key in sorted(labeling_candidates.dependency_keys, key=lambda k: k.to_user_string())
+    ]
     return dg.Definitions(
         assets=[*upstream, labeling_candidates],
         resources={

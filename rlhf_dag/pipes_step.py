@@ -49,7 +49,10 @@ def run(spec: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    parser = argparse.ArgumentParser(prog="python -m rlhf_dag.pipes_step", description="Run one RLHF step from a spec file as a launched (Pipes) process.")
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_dag.pipes_step",
+        description="Run one RLHF step from a spec file as a launched (Pipes) process.",
+    )
     parser.add_argument("--spec", required=True, help="JSON file: step, inputs, config, output, lineage")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -60,9 +60,24 @@ def run_in_chromium(chromium: str, port: int, script) -> object:
     async def main():
         # Chromium's helper processes can still write to the profile for a moment after it exits
         with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-            proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                                     "--disable-component-update", "--disable-sync", f"--remote-debugging-port={port}", f"--user-data-dir={profile}",
-                                     "--window-size=1600,1100", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    f"--remote-debugging-port={port}",
+                    f"--user-data-dir={profile}",
+                    "--window-size=1600,1100",
+                    "about:blank",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 deadline = time.time() + 60
                 while True:

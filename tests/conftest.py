@@ -102,9 +102,9 @@ def user_model_run(isolated_env):
     """The whole smoke graph on a Qwen2 checkpoint a user brings (`base_model.pretrained`, tests/user_model.py),
     full fine-tune, in a Dagster instance and RLHF_DAG_HOME of its own: (defs, instance, result, root, checkpoint)."""
     import dagster as dg
+    from user_model import save_user_model
 
     from rlhf_dag.definitions import build_definitions
-    from user_model import save_user_model
 
     root = isolated_env / "user_model"
     checkpoint = save_user_model(root / "checkpoint")
@@ -121,8 +121,13 @@ def user_model_run(isolated_env):
 # LoRA on SFT, the reward model and PPO. PPO's learning rate is LoRA's usual tenfold: in the smoke profile's two
 # iterations the adapter must move the policy measurably away from its reference.
 LORA = {"r": 4, "alpha": 8.0}
-LORA_RUN_CONFIG = {"ops": {"sft_model": {"config": {"lora": LORA}}, "reward_model": {"config": {"lora": LORA}},
-                           "ppo_policy": {"config": {"lora": LORA, "learning_rate": 1e-3}}}}
+LORA_RUN_CONFIG = {
+    "ops": {
+        "sft_model": {"config": {"lora": LORA}},
+        "reward_model": {"config": {"lora": LORA}},
+        "ppo_policy": {"config": {"lora": LORA, "learning_rate": 1e-3}},
+    }
+}
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +138,8 @@ def lora_run(user_model_run):
     defs, instance, full, root, checkpoint = user_model_run
     with own_home(root):
         selection = [dg.AssetKey(a) for a in ("sft_model", "reward_model", "ppo_policy", "policy_evaluation")]
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=selection, run_config=LORA_RUN_CONFIG)
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=selection, run_config=LORA_RUN_CONFIG
+        )
     assert result.success
     return defs, instance, result, full

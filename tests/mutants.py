@@ -59,169 +59,457 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("pretraining: packed documents attend to each other (attention mask kept)", "rlhf_dag/training/pretrain.py",
-             [('        del batch["attention_mask"]\n', "")],
-             ["tests/test_pretrain.py::test_a_packed_document_never_sees_the_one_before_it", "tests/test_pretrain.py::test_packed_rows_give_each_document_its_own_loss"]),
-    Mutation("pretraining: a digit's space is a token of its own (operands not copyable)", "rlhf_dag/training/pretrain.py",
-             [('pre_tokenizers.Split(Regex("\\u0120?[0-9]"), behavior="isolated")', 'pre_tokenizers.Digits(individual_digits=True)')],
-             ["tests/test_pretrain.py::test_digits_are_the_same_tokens_in_a_request_and_its_answer"]),
-    Mutation("confused sums never answer another sum", "rlhf_dag/data/domain.py",
-             [("        if rng.random() < 0.5:  # the right sum, a wrong result", "        if True:  # the right sum, a wrong result")],
-             ["tests/test_pretrain.py::test_a_confused_sum_either_misstates_the_result_or_answers_another_sum"]),
-    Mutation("PPO scoring reads the RM score one token before the response's end", "rlhf_dag/training/ppo.py",
-             [("packed.attention_mask)[:, -1]  # rows are left-padded", "packed.attention_mask)[:, -2]  # rows are left-padded")],
-             ["tests/test_ppo_speed_paths.py::test_packed_scoring_gives_the_padded_rollouts_reference_log_probs_values_and_scores"]),
-    Mutation("the sampler ignores the temperature", "rlhf_dag/training/generate.py",
-             [("logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)", "logp = torch.log_softmax(scores.float(), dim=-1)")],
-             ["tests/test_ppo_speed_paths.py::test_the_sampler_draws_each_token_with_its_tempered_probability"]),
-    Mutation("the sampler takes the token after the drawn one", "rlhf_dag/training/generate.py",
-             [("tokens = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)", "tokens = torch.searchsorted(cdf, u, right=True).add(1).clamp(max=cdf.shape[1] - 1)")],
-             ["tests/test_ppo_speed_paths.py::test_the_sampler_draws_each_token_with_its_tempered_probability"]),
-    Mutation("RM accuracy by kind lumps every kind together", "rlhf_dag/training/reward.py",
-             [('right[judge.kind(prompt) or "other"].append(ok)', 'right["other"].append(ok)')],
-             ["tests/test_reward_loss.py::test_accuracy_by_kind_splits_the_held_out_pairs_by_task_kind"]),
-    Mutation("win rate by kind pairs the samples with another prompt's kind", "rlhf_dag/training/evaluate.py",
-             [("kinds = [judge.kind(p) for p in prompts]", "kinds = [judge.kind(p) for p in reversed(prompts)]")],
-             ["tests/test_reward_loss.py::test_win_rate_by_kind_judges_each_kind_on_its_own_pairs"]),
-    Mutation("RM trained with chosen and rejected swapped", "rlhf_dag/training/reward.py",
-             [('"chosen": list(train["chosen"]), "rejected": list(train["rejected"])', '"chosen": list(train["rejected"]), "rejected": list(train["chosen"])')],
-             ["tests/test_smoke_graph.py::test_the_reward_model_beats_chance_and_its_starting_accuracy"]),
-    Mutation("KL penalty's sign flipped", "rlhf_dag/training/ppo.py",
-             [("rewards = -kl_coef * kl", "rewards = kl_coef * kl")],
-             ["tests/test_ppo_math.py::test_kl_penalty_on_every_token_and_score_on_the_last_real_token"]),
-    Mutation("advantages not whitened", "rlhf_dag/training/ppo.py",
-             [("advantages = masked_whiten(advantages, mask)", "advantages = advantages")],
-             [PPO + "test_advantages_are_whitened_over_the_rollout_batch"]),
-    Mutation("missing-EOS penalty inverted (given to responses that end)", "rlhf_dag/training/ppo.py",
-             [("torch.where(ended, score,", "torch.where(~ended, score,")],
-             [PPO + "test_missing_eos_penalty_replaces_the_score_of_unended_responses", PPO + "test_missing_eos_penalty_on_a_mixed_rollout"]),
-    Mutation("reference reloaded from the policy every iteration", "rlhf_dag/training/ppo.py",
-             [("    for iteration in range(resumed_from + 1, cfg.iterations + 1):\n",
-               "    for iteration in range(resumed_from + 1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n")],
-             [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
-    Mutation("reference in the optimizer and trained through a KL term of the loss", "rlhf_dag/training/ppo.py",
-             [("params = [p for p in (*policy.parameters(), *value_model.parameters()) if p.requires_grad]",
-               "params = [p for p in (*policy.parameters(), *value_model.parameters(), *ref_policy.requires_grad_(True).parameters()) if p.requires_grad]"),
-              ("new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)",
-               "new_logprobs, entropy, new_values = packed_logprobs_and_values(policy, value_model, packed, cfg.temperature)\n"
-               "                ref_new_logprobs = packed_logprobs_and_values(ref_policy, value_model, packed, cfg.temperature)[0]"),
-              ("loss = pg_loss + cfg.vf_coef * vf_loss", "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * (new_logprobs - ref_new_logprobs).mean()")],
-             [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"]),
-    Mutation("LoRA: PPO's reference is the adapted policy, not the SFT model", "rlhf_dag/training/ppo.py",
-             [("    with policy.disable_adapter():\n        yield policy\n", "    if True:\n        yield policy\n")],
-             [LORA + "test_the_lora_reference_is_the_sft_model_itself_not_the_adapted_policy", LORA + "test_lora_ppo_is_kl_penalized_against_the_sft_model"]),
-    Mutation("LoRA: PPO trains the base weights along with the adapter", "rlhf_dag/training/ppo.py",
-             [("policy, reference = adapt(policy, cfg.lora), None", "policy, reference = adapt(policy, cfg.lora).requires_grad_(True), None")],
-             [LORA + "test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights[ppo_policy]"]),
-    Mutation("LoRA: the model folder holds the upstream weights, the adapter not merged", "rlhf_dag/training/lora.py",
-             [("merged = model.merge_and_unload()", "merged = model.unload()")],
-             [LORA + "test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights[sft_model]"]),
-    Mutation("a user's model: its EOS replaced by ours", "rlhf_dag/training/pretrain.py",
-             [('    if tokenizer.eos_token is None:\n        special["eos_token"] = EOS', '    if True:\n        special["eos_token"] = EOS')],
-             [PRETRAINED + "test_a_users_tokenizer_keeps_its_eos_and_gets_a_distinct_pad_and_the_chat_tokens"]),
-    Mutation("a user's model: its sampling defaults kept in its generation config", "rlhf_dag/training/pretrain.py",
-             [("    model.generation_config = GenerationConfig.from_model_config(model.config)\n", "")],
-             [PRETRAINED + "test_ppo_on_the_users_model_samples_from_the_distribution_it_optimizes"]),
-    Mutation("a user's model: prompts sampled without the BOS its tokenizer adds", "rlhf_dag/training/generate.py",
-             [('batch = tokenizer(texts, return_tensors="pt", padding=True)', 'batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)')],
-             [PRETRAINED + "test_a_tokenizer_that_opens_with_bos_is_sampled_scored_and_templated_as_trl_trains_it"]),
-    Mutation("SFT loss on prompt tokens too", "rlhf_dag/training/sft.py",
-             [("completion_only_loss=True", "completion_only_loss=False")],
-             ["tests/test_sft.py::test_sft_trains_on_the_response_and_never_on_the_prompt"]),
-    Mutation("eval win rate computed PPO vs PPO", "rlhf_dag/training/evaluate.py",
-             [("win_rate(results[a][key], results[b][key])", "win_rate(results[a][key], results[a if a == method else b][key])")],
-             ["tests/test_steps.py::test_the_evaluation_compares_ppo_with_sft_samples"]),
-    Mutation("gate base_model_learned always passes", "rlhf_dag/pipeline/checks.py",
-             [('passed = m["final_loss"] < m["initial_loss"] and math.isfinite(m["final_loss"])', "passed = True")],
-             [UNIT_GATE + "[base_model_learned]", GATES + "test_a_model_that_learned_nothing_blocks_its_downstream[base_model]"]),
-    Mutation("gate sft_beats_base always passes", "rlhf_dag/pipeline/checks.py",
-             [('passed = m["validation_loss"] < m["base_validation_loss"]', "passed = True")],
-             [UNIT_GATE + "[sft_beats_base]", GATES + "test_a_model_that_learned_nothing_blocks_its_downstream[sft_model]"]),
-    Mutation("gate reward_model_accuracy always passes", "rlhf_dag/pipeline/checks.py",
-             [("return _gate(accuracy >= floor,", "return _gate(True,")],
-             [UNIT_GATE + "[reward_model_accuracy]", GATES + "test_a_reward_model_below_its_accuracy_floor_blocks_ppo"]),
-    Mutation("gate ppo_within_kl_budget always passes", "rlhf_dag/pipeline/checks.py",
-             [("return _gate(kl <= budget,", "return _gate(True,")],
-             [UNIT_GATE + "[ppo_within_kl_budget]", GATES + "test_a_ppo_policy_past_a_gate_blocks_the_evaluation[kl_budget]"]),
-    Mutation("gate ppo_emits_eos always passes", "rlhf_dag/pipeline/checks.py",
-             [("return _gate(rate >= floor,", "return _gate(True,")],
-             [UNIT_GATE + "[ppo_emits_eos]", GATES + "test_a_ppo_policy_past_a_gate_blocks_the_evaluation[eos_rate_floor]"]),
-    Mutation("gate ppo_finite always passes", "rlhf_dag/pipeline/checks.py",
-             [('passed = finite and metrics["finite"] == 1.0', "passed = True")],
-             [UNIT_GATE + "[ppo_finite-inf]", UNIT_GATE + "[ppo_finite-flag]"]),
-    Mutation("the champion alias ignores the current champion's lower bound", "rlhf_dag/pipeline/registry.py",
-             [("        if not win >= bound:", "        if False:")],
-             ["tests/test_methods.py::test_the_champion_rule"]),
-    Mutation("a multi-turn prompt's assistant turn loses its EOS", "rlhf_dag/training/chat.py",
-             [('ASSISTANT + m["content"] + EOS', 'ASSISTANT + m["content"]')],
-             ["tests/test_label_formats.py::test_the_chat_template_renders_a_conversation_as_the_prompt_format"]),
-    Mutation("an HH-RLHF comparison keeps the assistant marker in its responses", "rlhf_dag/data/label_files.py",
-             [("        cut += len(HH_ASSISTANT)\n", "")],
-             ["tests/test_label_formats.py::test_each_documented_shape_becomes_the_canonical_record"]),
-    Mutation("GRPO/RLOO reward ignores the reward model", "rlhf_dag/training/online.py",
-             [("            return scores\n", "            return [0.0 for _ in scores]\n")],
-             ["tests/test_methods.py::test_an_online_method_moves_the_policy_with_the_reward_model_as_reward"]),
-    Mutation("a failed atomic write leaves its temporary file", "rlhf_dag/artifacts.py",
-             [("    finally:\n        _remove(tmp)\n", "    finally:\n        pass\n")],
-             ["tests/test_datasets.py::test_a_write_failing_halfway_leaves_the_previous_file_and_no_temp_file"]),
-    Mutation("a human ranking's pairs in reverse order", "rlhf_dag/data/feedback.py",
-             [('"chosen": ranking.responses[i], "rejected": ranking.responses[j]', '"chosen": ranking.responses[j], "rejected": ranking.responses[i]')],
-             [FEEDBACK + "test_a_ranking_of_k_gives_its_k_choose_2_pairs_in_rank_order_with_provenance"]),
-    Mutation("a ranking already pulled is appended again", "rlhf_dag/data/feedback.py",
-             [("new = [r for r in dict.fromkeys(rankings) if r.key not in present]", "new = list(dict.fromkeys(rankings))")],
-             [FEEDBACK + "test_appending_is_idempotent_keeps_the_old_bytes_and_the_result_loads",
-              FEEDBACK + "test_pull_labels_appends_a_dropped_export_once_and_a_second_pull_adds_nothing"]),
-    Mutation("a task whose responses were edited in Label Studio is accepted", "rlhf_dag/data/label_studio.py",
-             [('if "responses" in data and data.get("responses_sha256")', 'if False and data.get("responses_sha256")')],
-             [FEEDBACK + "test_an_export_is_read_with_skips_ties_edits_and_pairwise_choices"]),
-    Mutation("RM loss averages pairs, not rankings (InstructGPT 3.5)", "rlhf_dag/training/reward.py",
-             [("return -(F.logsigmoid(chosen - rejected) * pair_weight).sum() / pair_weight.sum()", "return -F.logsigmoid(chosen - rejected).mean()")],
-             [FEEDBACK + "test_the_ranking_loss_makes_one_ranking_one_batch_element"]),
-    Mutation("RM batches cut through rankings", "rlhf_dag/training/reward.py",
-             [("            if current and len(current) + len(self.groups[g]) > self.batch_size:\n                batches.append(current)\n                current = []\n            current = current + self.groups[g]\n",
-               "            current = current + self.groups[g]\n            while len(current) >= self.batch_size:\n                batches.append(current[: self.batch_size])\n                current = current[self.batch_size :]\n")],
-             [FEEDBACK + "test_ranking_batches_never_split_a_ranking"]),
-    Mutation("PPO resumed without its random states", "rlhf_dag/training/ppo.py",
-             [('        resume.set_rng_states(resumed["rng"][distributed.rank()])\n', "")],
-             ["tests/test_resume.py::test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run[ppo_policy]"]),
-    Mutation("checkpoint key blind to a labeled file's bytes", "rlhf_dag/training/resume.py",
-             [("        if path.is_file():", "        if False:")],
-             ["tests/test_resume.py::test_the_checkpoint_key_changes_with_every_input_and_training_field_only"]),
-    Mutation("run config cannot set a field to None (an override of None is dropped)", "rlhf_dag/config.py",
-             [("values = {**PROFILES[profile].get(asset, {}), **(overrides or {})}", "values = {**PROFILES[profile].get(asset, {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}")],
-             ["tests/test_config.py::test_an_override_of_none_is_kept_and_an_absent_field_takes_the_profile_value"]),
-    Mutation("a profile's misspelt field is ignored", "rlhf_dag/config.py",
-             [("unknown = sorted(set(fields) - set(cls.model_fields))", "unknown = []")],
-             ["tests/test_config.py::test_a_profile_that_names_an_unknown_asset_or_field_is_an_error"]),
-    Mutation("DPO trained with chosen and rejected swapped", "rlhf_dag/training/dpo.py",
-             [('"chosen": list(frame["chosen"]), "rejected": list(frame["rejected"])', '"chosen": list(frame["rejected"]), "rejected": list(frame["chosen"])')],
-             [METHODS + "test_dpo_gives_the_chosen_responses_of_held_out_pairs_a_clearly_higher_implicit_reward"]),
-    Mutation("GRPO and RLOO maximize the negated reward-model score", "rlhf_dag/training/online.py",
-             [("            return scores\n", "            return [-s for s in scores]\n")],
-             [METHODS + "test_online_method_raises_the_reward_model_score_far_above_an_lr_0_control[grpo]",
-              METHODS + "test_online_method_raises_the_reward_model_score_far_above_an_lr_0_control[rloo]"]),
-    Mutation("PPO's clip range ignored", "rlhf_dag/training/ppo.py",
-             [("clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range)", "clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, 1e9)")],
-             [PPO + "test_a_tight_clip_range_holds_the_policy_near_its_rollout_policy"]),
-    Mutation("PPO's clip range fixed at the default 0.2", "rlhf_dag/training/ppo.py",
-             [("clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range)", "clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, 0.2)")],
-             [PPO + "test_a_tight_clip_range_holds_the_policy_near_its_rollout_policy"]),
-    Mutation("RM score read at the first token, not the EOS", "rlhf_dag/training/reward.py",
-             [("scores += all_scores[torch.arange(len(texts)), last].tolist()", "scores += all_scores[:, 0].tolist()")],
-             ["tests/test_reward_loss.py::test_each_text_is_scored_at_its_own_eos_in_a_padded_batch"]),
-    Mutation("gates read their thresholds from the default profile", "rlhf_dag/pipeline/resources.py",
-             [("return resolve(GATES, {k: v for k, v in given.items() if v is not None})", 'return resolve(GATES, {k: v for k, v in given.items() if v is not None}, profile="default")')],
-             [GATES + "test_unset_thresholds_are_the_active_profiles_and_a_set_one_wins[smoke]", GATES + "test_the_same_reward_model_passes_the_smoke_gate_and_fails_the_default_one"]),
-    Mutation("a ranking already pulled is looked up by its pairs' ids (a second pull appends it again)", "rlhf_dag/data/feedback.py",
-             [('present = {r.get("ranking") for r in', 'present = {r.get("id") for r in')],
-             [FEEDBACK + "test_pull_labels_appends_a_dropped_export_once_and_a_second_pull_adds_nothing"]),
-    Mutation("an export dropped twice is appended twice in one pull", "rlhf_dag/data/feedback.py",
-             [("new = [r for r in dict.fromkeys(rankings) if r.key not in present]", "new = [r for r in rankings if r.key not in present]")],
-             [FEEDBACK + "test_pull_labels_appends_a_dropped_export_once_and_a_second_pull_adds_nothing"]),
-    Mutation("an asset blind to the labeled files of the steps above it", "rlhf_dag/graph.py",
-             [("for s in (name, *upstream_steps(name))", "for s in (name,)")],
-             ["tests/test_graph.py::test_upstream_labels_are_those_of_the_step_and_of_every_step_above_it",
-              "tests/test_definitions.py::test_asset_graph_shape_matches_the_contract"]),
+    Mutation(
+        "pretraining: packed documents attend to each other (attention mask kept)",
+        "rlhf_dag/training/pretrain.py",
+        [('        del batch["attention_mask"]\n', "")],
+        [
+            "tests/test_pretrain.py::test_a_packed_document_never_sees_the_one_before_it",
+            "tests/test_pretrain.py::test_packed_rows_give_each_document_its_own_loss",
+        ],
+    ),
+    Mutation(
+        "pretraining: a digit's space is a token of its own (operands not copyable)",
+        "rlhf_dag/training/pretrain.py",
+        [
+            (
+                'pre_tokenizers.Split(Regex("\\u0120?[0-9]"), behavior="isolated")',
+                "pre_tokenizers.Digits(individual_digits=True)",
+            )
+        ],
+        ["tests/test_pretrain.py::test_digits_are_the_same_tokens_in_a_request_and_its_answer"],
+    ),
+    Mutation(
+        "confused sums never answer another sum",
+        "rlhf_dag/data/domain.py",
+        [
+            (
+                "        if rng.random() < 0.5:  # the right sum, a wrong result",
+                "        if True:  # the right sum, a wrong result",
+            )
+        ],
+        ["tests/test_pretrain.py::test_a_confused_sum_either_misstates_the_result_or_answers_another_sum"],
+    ),
+    Mutation(
+        "PPO scoring reads the RM score one token before the response's end",
+        "rlhf_dag/training/ppo.py",
+        [
+            (
+                "rm_scores[:, -1]  # rows are left-padded",
+                "rm_scores[:, -2]  # rows are left-padded",
+            )
+        ],
+        [
+            "tests/test_ppo_speed_paths.py::test_packed_scoring_gives_the_padded_rollouts_reference_log_probs_values_and_scores"
+        ],
+    ),
+    Mutation(
+        "the sampler ignores the temperature",
+        "rlhf_dag/training/generate.py",
+        [
+            (
+                "logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)",
+                "logp = torch.log_softmax(scores.float(), dim=-1)",
+            )
+        ],
+        ["tests/test_ppo_speed_paths.py::test_the_sampler_draws_each_token_with_its_tempered_probability"],
+    ),
+    Mutation(
+        "the sampler takes the token after the drawn one",
+        "rlhf_dag/training/generate.py",
+        [
+            (
+                "tokens = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)",
+                "tokens = torch.searchsorted(cdf, u, right=True).add(1).clamp(max=cdf.shape[1] - 1)",
+            )
+        ],
+        ["tests/test_ppo_speed_paths.py::test_the_sampler_draws_each_token_with_its_tempered_probability"],
+    ),
+    Mutation(
+        "RM accuracy by kind lumps every kind together",
+        "rlhf_dag/training/reward.py",
+        [('right[judge.kind(prompt) or "other"].append(ok)', 'right["other"].append(ok)')],
+        ["tests/test_reward_loss.py::test_accuracy_by_kind_splits_the_held_out_pairs_by_task_kind"],
+    ),
+    Mutation(
+        "win rate by kind pairs the samples with another prompt's kind",
+        "rlhf_dag/training/evaluate.py",
+        [("kinds = [judge.kind(p) for p in prompts]", "kinds = [judge.kind(p) for p in reversed(prompts)]")],
+        ["tests/test_reward_loss.py::test_win_rate_by_kind_judges_each_kind_on_its_own_pairs"],
+    ),
+    Mutation(
+        "RM trained with chosen and rejected swapped",
+        "rlhf_dag/training/reward.py",
+        [
+            (
+                '"chosen": list(train["chosen"]),\n            "rejected": list(train["rejected"]),',
+                '"chosen": list(train["rejected"]),\n            "rejected": list(train["chosen"]),',
+            )
+        ],
+        ["tests/test_smoke_graph.py::test_the_reward_model_beats_chance_and_its_starting_accuracy"],
+    ),
+    Mutation(
+        "KL penalty's sign flipped",
+        "rlhf_dag/training/ppo.py",
+        [("rewards = -kl_coef * kl", "rewards = kl_coef * kl")],
+        ["tests/test_ppo_math.py::test_kl_penalty_on_every_token_and_score_on_the_last_real_token"],
+    ),
+    Mutation(
+        "advantages not whitened",
+        "rlhf_dag/training/ppo.py",
+        [("advantages = masked_whiten(advantages, mask)", "advantages = advantages")],
+        [PPO + "test_advantages_are_whitened_over_the_rollout_batch"],
+    ),
+    Mutation(
+        "missing-EOS penalty inverted (given to responses that end)",
+        "rlhf_dag/training/ppo.py",
+        [("torch.where(ended, score,", "torch.where(~ended, score,")],
+        [
+            PPO + "test_missing_eos_penalty_replaces_the_score_of_unended_responses",
+            PPO + "test_missing_eos_penalty_on_a_mixed_rollout",
+        ],
+    ),
+    Mutation(
+        "reference reloaded from the policy every iteration",
+        "rlhf_dag/training/ppo.py",
+        [
+            (
+                "    for iteration in range(resumed_from + 1, cfg.iterations + 1):\n",
+                "    for iteration in range(resumed_from + 1, cfg.iterations + 1):\n        ref_policy.load_state_dict(policy.state_dict())\n",
+            )
+        ],
+        [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"],
+    ),
+    Mutation(
+        "reference in the optimizer and trained through a KL term of the loss",
+        "rlhf_dag/training/ppo.py",
+        [
+            (
+                "p for p in (*policy.parameters(), *value_model.parameters()) if p.requires_grad\n",
+                "p for p in (*policy.parameters(), *value_model.parameters(), *ref_policy.requires_grad_(True).parameters()) if p.requires_grad\n",
+            ),
+            (
+                "new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)",
+                "new_logprobs, entropy, new_values = packed_logprobs_and_values(policy, value_model, packed, cfg.temperature)\n"
+                "                ref_new_logprobs = packed_logprobs_and_values(ref_policy, value_model, packed, cfg.temperature)[0]",
+            ),
+            (
+                "loss = pg_loss + cfg.vf_coef * vf_loss",
+                "loss = pg_loss + cfg.vf_coef * vf_loss + kl_coef * (new_logprobs - ref_new_logprobs).mean()",
+            ),
+        ],
+        [PPO + "test_reference_and_reward_model_weights_are_untouched_while_policy_and_critic_train"],
+    ),
+    Mutation(
+        "LoRA: PPO's reference is the adapted policy, not the SFT model",
+        "rlhf_dag/training/ppo.py",
+        [("    with policy.disable_adapter():\n        yield policy\n", "    if True:\n        yield policy\n")],
+        [
+            LORA + "test_the_lora_reference_is_the_sft_model_itself_not_the_adapted_policy",
+            LORA + "test_lora_ppo_is_kl_penalized_against_the_sft_model",
+        ],
+    ),
+    Mutation(
+        "LoRA: PPO trains the base weights along with the adapter",
+        "rlhf_dag/training/ppo.py",
+        [
+            (
+                "policy, reference = adapt(policy, cfg.lora), None",
+                "policy, reference = adapt(policy, cfg.lora).requires_grad_(True), None",
+            )
+        ],
+        [LORA + "test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights[ppo_policy]"],
+    ),
+    Mutation(
+        "LoRA: the model folder holds the upstream weights, the adapter not merged",
+        "rlhf_dag/training/lora.py",
+        [("merged = model.merge_and_unload()", "merged = model.unload()")],
+        [LORA + "test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights[sft_model]"],
+    ),
+    Mutation(
+        "a user's model: its EOS replaced by ours",
+        "rlhf_dag/training/pretrain.py",
+        [
+            (
+                '    if tokenizer.eos_token is None:\n        special["eos_token"] = EOS',
+                '    if True:\n        special["eos_token"] = EOS',
+            )
+        ],
+        [PRETRAINED + "test_a_users_tokenizer_keeps_its_eos_and_gets_a_distinct_pad_and_the_chat_tokens"],
+    ),
+    Mutation(
+        "a user's model: its sampling defaults kept in its generation config",
+        "rlhf_dag/training/pretrain.py",
+        [("    model.generation_config = GenerationConfig.from_model_config(model.config)\n", "")],
+        [PRETRAINED + "test_ppo_on_the_users_model_samples_from_the_distribution_it_optimizes"],
+    ),
+    Mutation(
+        "a user's model: prompts sampled without the BOS its tokenizer adds",
+        "rlhf_dag/training/generate.py",
+        [
+            (
+                'batch = tokenizer(texts, return_tensors="pt", padding=True)',
+                'batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)',
+            )
+        ],
+        [PRETRAINED + "test_a_tokenizer_that_opens_with_bos_is_sampled_scored_and_templated_as_trl_trains_it"],
+    ),
+    Mutation(
+        "SFT loss on prompt tokens too",
+        "rlhf_dag/training/sft.py",
+        [("completion_only_loss=True", "completion_only_loss=False")],
+        ["tests/test_sft.py::test_sft_trains_on_the_response_and_never_on_the_prompt"],
+    ),
+    Mutation(
+        "eval win rate computed PPO vs PPO",
+        "rlhf_dag/training/evaluate.py",
+        [
+            (
+                "win_rate(results[a][key], results[b][key])",
+                "win_rate(results[a][key], results[a if a == method else b][key])",
+            )
+        ],
+        ["tests/test_steps.py::test_the_evaluation_compares_ppo_with_sft_samples"],
+    ),
+    Mutation(
+        "gate base_model_learned always passes",
+        "rlhf_dag/pipeline/checks.py",
+        [('passed = m["final_loss"] < m["initial_loss"] and math.isfinite(m["final_loss"])', "passed = True")],
+        [
+            UNIT_GATE + "[base_model_learned]",
+            GATES + "test_a_model_that_learned_nothing_blocks_its_downstream[base_model]",
+        ],
+    ),
+    Mutation(
+        "gate sft_beats_base always passes",
+        "rlhf_dag/pipeline/checks.py",
+        [('passed = m["validation_loss"] < m["base_validation_loss"]', "passed = True")],
+        [UNIT_GATE + "[sft_beats_base]", GATES + "test_a_model_that_learned_nothing_blocks_its_downstream[sft_model]"],
+    ),
+    Mutation(
+        "gate reward_model_accuracy always passes",
+        "rlhf_dag/pipeline/checks.py",
+        [("return _gate(\n        accuracy >= floor,", "return _gate(\n        True,")],
+        [UNIT_GATE + "[reward_model_accuracy]", GATES + "test_a_reward_model_below_its_accuracy_floor_blocks_ppo"],
+    ),
+    Mutation(
+        "gate ppo_within_kl_budget always passes",
+        "rlhf_dag/pipeline/checks.py",
+        [("return _gate(\n        kl <= budget,", "return _gate(\n        True,")],
+        [
+            UNIT_GATE + "[ppo_within_kl_budget]",
+            GATES + "test_a_ppo_policy_past_a_gate_blocks_the_evaluation[kl_budget]",
+        ],
+    ),
+    Mutation(
+        "gate ppo_emits_eos always passes",
+        "rlhf_dag/pipeline/checks.py",
+        [("return _gate(\n        rate >= floor,", "return _gate(\n        True,")],
+        [UNIT_GATE + "[ppo_emits_eos]", GATES + "test_a_ppo_policy_past_a_gate_blocks_the_evaluation[eos_rate_floor]"],
+    ),
+    Mutation(
+        "gate ppo_finite always passes",
+        "rlhf_dag/pipeline/checks.py",
+        [('passed = finite and metrics["finite"] == 1.0', "passed = True")],
+        [UNIT_GATE + "[ppo_finite-inf]", UNIT_GATE + "[ppo_finite-flag]"],
+    ),
+    Mutation(
+        "the champion alias ignores the current champion's lower bound",
+        "rlhf_dag/pipeline/registry.py",
+        [("        if not win >= bound:", "        if False:")],
+        ["tests/test_methods.py::test_the_champion_rule"],
+    ),
+    Mutation(
+        "a multi-turn prompt's assistant turn loses its EOS",
+        "rlhf_dag/training/chat.py",
+        [('ASSISTANT + m["content"] + EOS', 'ASSISTANT + m["content"]')],
+        ["tests/test_label_formats.py::test_the_chat_template_renders_a_conversation_as_the_prompt_format"],
+    ),
+    Mutation(
+        "an HH-RLHF comparison keeps the assistant marker in its responses",
+        "rlhf_dag/data/label_files.py",
+        [("        cut += len(HH_ASSISTANT)\n", "")],
+        ["tests/test_label_formats.py::test_each_documented_shape_becomes_the_canonical_record"],
+    ),
+    Mutation(
+        "GRPO/RLOO reward ignores the reward model",
+        "rlhf_dag/training/online.py",
+        [("            return scores\n", "            return [0.0 for _ in scores]\n")],
+        ["tests/test_methods.py::test_an_online_method_moves_the_policy_with_the_reward_model_as_reward"],
+    ),
+    Mutation(
+        "a failed atomic write leaves its temporary file",
+        "rlhf_dag/artifacts.py",
+        [("    finally:\n        _remove(tmp)\n", "    finally:\n        pass\n")],
+        ["tests/test_datasets.py::test_a_write_failing_halfway_leaves_the_previous_file_and_no_temp_file"],
+    ),
+    Mutation(
+        "a human ranking's pairs in reverse order",
+        "rlhf_dag/data/feedback.py",
+        [
+            (
+                '"chosen": ranking.responses[i],\n                "rejected": ranking.responses[j],',
+                '"chosen": ranking.responses[j],\n                "rejected": ranking.responses[i],',
+            )
+        ],
+        [FEEDBACK + "test_a_ranking_of_k_gives_its_k_choose_2_pairs_in_rank_order_with_provenance"],
+    ),
+    Mutation(
+        "a ranking already pulled is appended again",
+        "rlhf_dag/data/feedback.py",
+        [("new = [r for r in dict.fromkeys(rankings) if r.key not in present]", "new = list(dict.fromkeys(rankings))")],
+        [
+            FEEDBACK + "test_appending_is_idempotent_keeps_the_old_bytes_and_the_result_loads",
+            FEEDBACK + "test_pull_labels_appends_a_dropped_export_once_and_a_second_pull_adds_nothing",
+        ],
+    ),
+    Mutation(
+        "a task whose responses were edited in Label Studio is accepted",
+        "rlhf_dag/data/label_studio.py",
+        [('if "responses" in data and data.get("responses_sha256")', 'if False and data.get("responses_sha256")')],
+        [FEEDBACK + "test_an_export_is_read_with_skips_ties_edits_and_pairwise_choices"],
+    ),
+    Mutation(
+        "RM loss averages pairs, not rankings (InstructGPT 3.5)",
+        "rlhf_dag/training/reward.py",
+        [
+            (
+                "return -(F.logsigmoid(chosen - rejected) * pair_weight).sum() / pair_weight.sum()",
+                "return -F.logsigmoid(chosen - rejected).mean()",
+            )
+        ],
+        [FEEDBACK + "test_the_ranking_loss_makes_one_ranking_one_batch_element"],
+    ),
+    Mutation(
+        "RM batches cut through rankings",
+        "rlhf_dag/training/reward.py",
+        [
+            (
+                "            if current and len(current) + len(self.groups[g]) > self.batch_size:\n                batches.append(current)\n                current = []\n            current = current + self.groups[g]\n",
+                "            current = current + self.groups[g]\n            while len(current) >= self.batch_size:\n                batches.append(current[: self.batch_size])\n                current = current[self.batch_size :]\n",
+            )
+        ],
+        [FEEDBACK + "test_ranking_batches_never_split_a_ranking"],
+    ),
+    Mutation(
+        "PPO resumed without its random states",
+        "rlhf_dag/training/ppo.py",
+        [('        resume.set_rng_states(resumed["rng"][distributed.rank()])\n', "")],
+        [
+            "tests/test_resume.py::test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run[ppo_policy]"
+        ],
+    ),
+    Mutation(
+        "checkpoint key blind to a labeled file's bytes",
+        "rlhf_dag/training/resume.py",
+        [("        if path.is_file():", "        if False:")],
+        ["tests/test_resume.py::test_the_checkpoint_key_changes_with_every_input_and_training_field_only"],
+    ),
+    Mutation(
+        "run config cannot set a field to None (an override of None is dropped)",
+        "rlhf_dag/config.py",
+        [
+            (
+                "values = {**PROFILES[profile].get(asset, {}), **(overrides or {})}",
+                "values = {**PROFILES[profile].get(asset, {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}",
+            )
+        ],
+        ["tests/test_config.py::test_an_override_of_none_is_kept_and_an_absent_field_takes_the_profile_value"],
+    ),
+    Mutation(
+        "a profile's misspelt field is ignored",
+        "rlhf_dag/config.py",
+        [("unknown = sorted(set(fields) - set(cls.model_fields))", "unknown = []")],
+        ["tests/test_config.py::test_a_profile_that_names_an_unknown_asset_or_field_is_an_error"],
+    ),
+    Mutation(
+        "DPO trained with chosen and rejected swapped",
+        "rlhf_dag/training/dpo.py",
+        [
+            (
+                '"chosen": list(frame["chosen"]),\n            "rejected": list(frame["rejected"]),',
+                '"chosen": list(frame["rejected"]),\n            "rejected": list(frame["chosen"]),',
+            )
+        ],
+        [METHODS + "test_dpo_gives_the_chosen_responses_of_held_out_pairs_a_clearly_higher_implicit_reward"],
+    ),
+    Mutation(
+        "GRPO and RLOO maximize the negated reward-model score",
+        "rlhf_dag/training/online.py",
+        [("            return scores\n", "            return [-s for s in scores]\n")],
+        [
+            METHODS + "test_online_method_raises_the_reward_model_score_far_above_an_lr_0_control[grpo]",
+            METHODS + "test_online_method_raises_the_reward_model_score_far_above_an_lr_0_control[rloo]",
+        ],
+    ),
+    Mutation(
+        "PPO's clip range ignored",
+        "rlhf_dag/training/ppo.py",
+        [
+            (
+                "new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range\n",
+                "new_logprobs, old_logprobs, mb_advantages, mb_mask, 1e9\n",
+            )
+        ],
+        [PPO + "test_a_tight_clip_range_holds_the_policy_near_its_rollout_policy"],
+    ),
+    Mutation(
+        "PPO's clip range fixed at the default 0.2",
+        "rlhf_dag/training/ppo.py",
+        [
+            (
+                "new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range\n",
+                "new_logprobs, old_logprobs, mb_advantages, mb_mask, 0.2\n",
+            )
+        ],
+        [PPO + "test_a_tight_clip_range_holds_the_policy_near_its_rollout_policy"],
+    ),
+    Mutation(
+        "RM score read at the first token, not the EOS",
+        "rlhf_dag/training/reward.py",
+        [("scores += all_scores[torch.arange(len(texts)), last].tolist()", "scores += all_scores[:, 0].tolist()")],
+        ["tests/test_reward_loss.py::test_each_text_is_scored_at_its_own_eos_in_a_padded_batch"],
+    ),
+    Mutation(
+        "gates read their thresholds from the default profile",
+        "rlhf_dag/pipeline/resources.py",
+        [
+            (
+                "return resolve(GATES, {k: v for k, v in given.items() if v is not None})",
+                'return resolve(GATES, {k: v for k, v in given.items() if v is not None}, profile="default")',
+            )
+        ],
+        [
+            GATES + "test_unset_thresholds_are_the_active_profiles_and_a_set_one_wins[smoke]",
+            GATES + "test_the_same_reward_model_passes_the_smoke_gate_and_fails_the_default_one",
+        ],
+    ),
+    Mutation(
+        "a ranking already pulled is looked up by its pairs' ids (a second pull appends it again)",
+        "rlhf_dag/data/feedback.py",
+        [('present = {r.get("ranking") for r in', 'present = {r.get("id") for r in')],
+        [FEEDBACK + "test_pull_labels_appends_a_dropped_export_once_and_a_second_pull_adds_nothing"],
+    ),
+    Mutation(
+        "an export dropped twice is appended twice in one pull",
+        "rlhf_dag/data/feedback.py",
+        [
+            (
+                "new = [r for r in dict.fromkeys(rankings) if r.key not in present]",
+                "new = [r for r in rankings if r.key not in present]",
+            )
+        ],
+        [FEEDBACK + "test_pull_labels_appends_a_dropped_export_once_and_a_second_pull_adds_nothing"],
+    ),
+    Mutation(
+        "an asset blind to the labeled files of the steps above it",
+        "rlhf_dag/graph.py",
+        [("for s in (name, *upstream_steps(name))", "for s in (name,)")],
+        [
+            "tests/test_graph.py::test_upstream_labels_are_those_of_the_step_and_of_every_step_above_it",
+            "tests/test_definitions.py::test_asset_graph_shape_matches_the_contract",
+        ],
+    ),
 ]
 
 
@@ -231,7 +519,9 @@ def patched(text: str, mutation: Mutation) -> str:
     original = text
     for old, new in mutation.patches:
         if text.count(old) != 1:
-            raise LookupError(f"patch did not apply: {mutation.file} contains {old!r} {text.count(old)} times (expected once)")
+            raise LookupError(
+                f"patch did not apply: {mutation.file} contains {old!r} {text.count(old)} times (expected once)"
+            )
         text = text.replace(old, new)
     if text == original:
         raise ValueError(f"patch changes nothing in {mutation.file}")
@@ -243,7 +533,11 @@ def named_test_exists(root: Path, node_id: str) -> bool:
     """`tests/x.py::test_name[param]` names a test function defined in that file (the parameter is not checked)."""
     file, _, name = node_id.partition("::")
     path = root / file
-    return path.is_file() and re.search(rf"^def {re.escape(name.split('[')[0])}\(", path.read_text(encoding="utf-8"), flags=re.M) is not None
+    return (
+        path.is_file()
+        and re.search(rf"^def {re.escape(name.split('[')[0])}\(", path.read_text(encoding="utf-8"), flags=re.M)
+        is not None
+    )
 
 
 def check_patches(root: Path = REPO) -> list[str]:
@@ -266,7 +560,12 @@ def check_patches(root: Path = REPO) -> list[str]:
 def scratch_copy() -> Path:
     """The working tree's files (tracked and untracked, not ignored) in a temporary folder, with .venv linked."""
     root = Path(tempfile.mkdtemp(prefix="rlhf_dag_mutants_")) / "repo"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = REPO / name
         if source.is_file():
@@ -278,8 +577,13 @@ def scratch_copy() -> Path:
 
 def environment(root: Path, failure_log: Path) -> dict:
     # PYTHONPATH first: the venv's editable install would otherwise import the real repo's rlhf_dag.
-    return {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
-            "RLHF_DAG_FAILURE_LOG": str(failure_log)}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "RLHF_DAG_FAILURE_LOG": str(failure_log),
+    }
 
 
 @dataclass
@@ -294,8 +598,13 @@ def pytest(root: Path, tests: list[str]) -> tuple[int, str, list[dict], float]:
     log = root.parent / "failures.jsonl"
     log.unlink(missing_ok=True)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", *tests],
-                          cwd=root, env=environment(root, log), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", *tests],
+        cwd=root,
+        env=environment(root, log),
+        capture_output=True,
+        text=True,
+    )
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
     return proc.returncode, proc.stdout + proc.stderr, records, time.perf_counter() - started
 
@@ -305,16 +614,34 @@ def names_one_of(node_id: str, tests: list[str]) -> bool:
 
 
 def judge(mutation: Mutation, code: int, output: str, records: list[dict], seconds: float) -> Outcome:
-    own = [r for r in records if r["when"] == "call" and r["assertion"] and r["in_tests"] and names_one_of(r["nodeid"], mutation.tests)]
+    own = [
+        r
+        for r in records
+        if r["when"] == "call" and r["assertion"] and r["in_tests"] and names_one_of(r["nodeid"], mutation.tests)
+    ]
     if own:
         return Outcome("caught", f"by {own[0]['nodeid']}: {own[0]['message'][:160]}", seconds)
     if code == 0:
         return Outcome("NOT caught", "every named test passed", seconds)
     if records:
         r = records[0]
-        where = "in library code" if not r["in_tests"] else "outside a named test" if not names_one_of(r["nodeid"], mutation.tests) else "in the test"
-        return Outcome("ERROR", f"{r['nodeid']} failed in {r['when']} with {r['exception']} {where}, not on its own assertion: {r['message'][:160]}", seconds)
-    return Outcome("ERROR", f"pytest exited {code} with no test failure: {output.strip().splitlines()[-1] if output.strip() else ''}", seconds)
+        where = (
+            "in library code"
+            if not r["in_tests"]
+            else "outside a named test"
+            if not names_one_of(r["nodeid"], mutation.tests)
+            else "in the test"
+        )
+        return Outcome(
+            "ERROR",
+            f"{r['nodeid']} failed in {r['when']} with {r['exception']} {where}, not on its own assertion: {r['message'][:160]}",
+            seconds,
+        )
+    return Outcome(
+        "ERROR",
+        f"pytest exited {code} with no test failure: {output.strip().splitlines()[-1] if output.strip() else ''}",
+        seconds,
+    )
 
 
 def run_mutation(root: Path, mutation: Mutation) -> Outcome:
@@ -337,11 +664,24 @@ TABLE_START, TABLE_END = "<!-- mutants: start (written by `tests/mutants.py --do
 
 def write_docs(results: list[tuple[Mutation, Outcome]], seconds: float, workers: int) -> None:
     caught = sum(o.verdict == "caught" for _, o in results)
-    lines = [TABLE_START, "", f"{caught} of {len(results)} caught in {seconds / 60:.1f} min with {workers} workers "
-             f"({time.strftime('%Y-%m-%d')}, `make mutants`).", "", "| mutation | file | verdict | by | seconds |", "|---|---|---|---|---|"]
+    lines = [
+        TABLE_START,
+        "",
+        f"{caught} of {len(results)} caught in {seconds / 60:.1f} min with {workers} workers "
+        f"({time.strftime('%Y-%m-%d')}, `make mutants`).",
+        "",
+        "| mutation | file | verdict | by | seconds |",
+        "|---|---|---|---|---|",
+    ]
     for mutation, outcome in results:
-        by = outcome.detail.split(":")[0].removeprefix("by ") if outcome.verdict == "caught" else outcome.detail.replace("|", "/")
-        lines.append(f"| {mutation.name} | `{mutation.file.removeprefix('rlhf_dag/')}` | {outcome.verdict} | `{by}` | {outcome.seconds:.0f} |")
+        by = (
+            outcome.detail.split(":")[0].removeprefix("by ")
+            if outcome.verdict == "caught"
+            else outcome.detail.replace("|", "/")
+        )
+        lines.append(
+            f"| {mutation.name} | `{mutation.file.removeprefix('rlhf_dag/')}` | {outcome.verdict} | `{by}` | {outcome.seconds:.0f} |"
+        )
     lines += ["", TABLE_END]
     text = DOCS.read_text(encoding="utf-8")
     start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
@@ -351,7 +691,13 @@ def write_docs(results: list[tuple[Mutation, Outcome]], seconds: float, workers:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", default="", help="run only the mutations whose name contains this")
-    parser.add_argument("-j", "--workers", type=int, default=2, help="scratch copies run side by side, one thread each (default 2: this box's cores)")
+    parser.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=2,
+        help="scratch copies run side by side, one thread each (default 2: this box's cores)",
+    )
     parser.add_argument("--docs", action="store_true", help="rewrite the mutation table in docs/testing.md")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
     args = parser.parse_args(argv)
@@ -367,8 +713,14 @@ def main(argv: list[str] | None = None) -> int:
     roots = [scratch_copy() for _ in range(max(1, min(args.workers, len(mutations))))]
     print(f"scratch copies: {', '.join(str(r) for r in roots)}", flush=True)
     try:
-        imported = subprocess.run([sys.executable, "-c", "import rlhf_dag; print(rlhf_dag.__file__)"], cwd=roots[0],
-                                  env=environment(roots[0], roots[0].parent / "unused"), capture_output=True, text=True, check=True).stdout.strip()
+        imported = subprocess.run(
+            [sys.executable, "-c", "import rlhf_dag; print(rlhf_dag.__file__)"],
+            cwd=roots[0],
+            env=environment(roots[0], roots[0].parent / "unused"),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         if not imported.startswith(str(roots[0])):
             print(f"the scratch copy imports rlhf_dag from {imported}, not from itself")
             return 2
@@ -376,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         selection = list(dict.fromkeys(t for m in mutations for t in m.tests))
         shares = [selection[i :: len(roots)] for i in range(len(roots))]
         with ThreadPoolExecutor(len(roots)) as pool:
-            for code, output, _, seconds in pool.map(pytest, roots, shares):
+            for code, output, _, _seconds in pool.map(pytest, roots, shares):
                 if code != 0:
                     print(output[-4000:])
                     print(f"the tests do not pass on the unmutated copy (exit {code}); nothing to compare against")
@@ -393,7 +745,10 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = run_mutation(root, mutation)
             finally:
                 free.put(root)
-            print(f"{outcome.verdict:<11} {mutation.name} ({mutation.file}) {outcome.detail} ({outcome.seconds:.0f}s)", flush=True)
+            print(
+                f"{outcome.verdict:<11} {mutation.name} ({mutation.file}) {outcome.detail} ({outcome.seconds:.0f}s)",
+                flush=True,
+            )
             return outcome
 
         with ThreadPoolExecutor(len(roots)) as pool:
@@ -401,7 +756,9 @@ def main(argv: list[str] | None = None) -> int:
         caught = sum(o.verdict == "caught" for _, o in results)
         errors = sum(o.verdict == "ERROR" for _, o in results)
         seconds = time.perf_counter() - started
-        print(f"caught {caught} of {len(mutations)}" + (f" ({errors} errors)" if errors else "") + f" in {seconds:.0f}s")
+        print(
+            f"caught {caught} of {len(mutations)}" + (f" ({errors} errors)" if errors else "") + f" in {seconds:.0f}s"
+        )
         if args.docs and not args.k:
             write_docs(results, seconds, len(roots))
         return 0 if caught == len(mutations) else 1

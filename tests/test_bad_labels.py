@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from rlhf_dag.config import artifacts_dir
-from rlhf_dag.training.overlong import fit_responses, sequence_tokens
 from rlhf_dag.training.models import load_causal_lm
+from rlhf_dag.training.overlong import fit_responses, sequence_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +22,19 @@ GOOD = {"id": "x1", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejecte
 BAD_LINES = [
     ("invalid json", b'{"id": "x1", "prompt": ', "invalid JSON"),
     ("not an object", b'["What is 1 + 1?", "2"]', "expected a JSON object"),
-    ("missing field", json.dumps({k: v for k, v in GOOD.items() if k != "rejected"}).encode(), "field 'rejected': missing"),
+    (
+        "missing field",
+        json.dumps({k: v for k, v in GOOD.items() if k != "rejected"}).encode(),
+        "field 'rejected': missing",
+    ),
     ("extra field", json.dumps({**GOOD, "score": "9"}).encode(), "field 'score': unknown field"),
     ("wrong type", json.dumps({**GOOD, "chosen": 2}).encode(), "field 'chosen': must be a string"),
     ("empty string", json.dumps({**GOOD, "prompt": "   "}).encode(), "field 'prompt': must not be empty"),
-    ("chosen == rejected", json.dumps({**GOOD, "rejected": GOOD["chosen"]}).encode(), "field 'chosen': is identical to 'rejected'"),
+    (
+        "chosen == rejected",
+        json.dumps({**GOOD, "rejected": GOOD["chosen"]}).encode(),
+        "field 'chosen': is identical to 'rejected'",
+    ),
     ("not utf-8", b'{"id": "x1", "prompt": "caf\xe9", "chosen": "a", "rejected": "b"}', "not valid UTF-8"),
     ("over the size cap", json.dumps({**GOOD, "chosen": "a" * 70000}).encode(), "over the 65536-byte cap"),
 ]
@@ -34,7 +42,9 @@ BAD_LINES = [
 
 def _materialize(defs, instance, *assets: str, run_config: dict | None = None):
     job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(a) for a in assets], run_config=run_config, raise_on_error=False)
+    return job.execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey(a) for a in assets], run_config=run_config, raise_on_error=False
+    )
 
 
 def _failure_message(result) -> str:
@@ -127,13 +137,27 @@ LONG = " ".join(["and then the story went on"] * 80)
 
 # (model asset, its dataset asset, labeled file, response field, an overlong record)
 OVERLONG = [
-    ("sft_model", "sft_dataset", "demonstrations", "response", {"id": "long1", "prompt": "What is 1 + 1?", "response": LONG}),
-    ("reward_model", "comparison_dataset", "comparisons", "rejected", {"id": "long1", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": LONG}),
+    (
+        "sft_model",
+        "sft_dataset",
+        "demonstrations",
+        "response",
+        {"id": "long1", "prompt": "What is 1 + 1?", "response": LONG},
+    ),
+    (
+        "reward_model",
+        "comparison_dataset",
+        "comparisons",
+        "rejected",
+        {"id": "long1", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": LONG},
+    ),
 ]
 
 
 @pytest.mark.parametrize("model,dataset,labels,field,record", OVERLONG, ids=[c[0] for c in OVERLONG])
-def test_an_overlong_record_fails_the_model_naming_file_line_and_length(smoke_run, isolated_env, model, dataset, labels, field, record):
+def test_an_overlong_record_fails_the_model_naming_file_line_and_length(
+    smoke_run, isolated_env, model, dataset, labels, field, record
+):
     defs, instance, _ = smoke_run
     path = isolated_env / "labels" / f"{labels}.jsonl"
     original = path.read_bytes()
@@ -149,7 +173,9 @@ def test_an_overlong_record_fails_the_model_naming_file_line_and_length(smoke_ru
     assert not result.success
     message = _failure_message(result)
     assert f"{path}:{line}: record 'long1': prompt + {field} is " in message, message
-    assert f"tokens, over {model}'s max_length of 400; shorten it, or set {model}'s max_length to at least" in message, message
+    assert (
+        f"tokens, over {model}'s max_length of 400; shorten it, or set {model}'s max_length to at least" in message
+    ), message
     assert instance.get_latest_materialization_event(dg.AssetKey(model)).run_id == before.run_id
     assert not (artifacts_dir() / model / result.run_id).exists()  # it failed before training, so nothing was saved
     previous = defs.load_asset_value(model, instance=instance)
@@ -163,7 +189,9 @@ def test_overlong_records_are_cut_and_counted_under_truncate(smoke_run):
     for model in ("sft_model", "reward_model"):
         count = result.asset_materializations_for_node(model)[0].metadata["overlong_records"].value
         assert count > 0
-        assert any(f"{model}: {int(count)} of " in w and "longer than max_length 128 tokens" in w for w in warnings), warnings
+        assert any(f"{model}: {int(count)} of " in w and "longer than max_length 128 tokens" in w for w in warnings), (
+            warnings
+        )
     # The RM's cut pairs, with the EOS that TRL appends, fit max_length exactly and keep each response's start: TRL drops none.
     _, tokenizer = load_causal_lm(result.output_for_node("sft_model").path)
     comparisons = pd.read_parquet(result.output_for_node("comparison_dataset").path)
@@ -178,7 +206,9 @@ def _held_out_check(defs, instance):
     """Run only the eval_prompts_held_out check (no asset materializes) and return its evaluation."""
     job = defs.resolve_implicit_global_asset_job_def()
     key = dg.AssetCheckKey(dg.AssetKey("policy_evaluation"), "eval_prompts_held_out")
-    result = job.get_subset(asset_selection=set(), asset_check_selection={key}).execute_in_process(instance=instance, raise_on_error=False)
+    result = job.get_subset(asset_selection=set(), asset_check_selection={key}).execute_in_process(
+        instance=instance, raise_on_error=False
+    )
     assert result.success and not result.get_asset_materialization_events()
     (evaluation,) = result.get_asset_check_evaluations()
     return evaluation
@@ -187,7 +217,10 @@ def _held_out_check(defs, instance):
 def test_an_eval_prompt_in_a_training_file_warns_with_the_count(smoke_run, isolated_env):
     defs, instance, _ = smoke_run
     path = isolated_env / "labels" / "demonstrations.jsonl"
-    eval_prompts = [json.loads(raw)["prompt"] for raw in (isolated_env / "labels" / "eval_prompts.jsonl").read_text().splitlines()[:2]]
+    eval_prompts = [
+        json.loads(raw)["prompt"]
+        for raw in (isolated_env / "labels" / "eval_prompts.jsonl").read_text().splitlines()[:2]
+    ]
     original = path.read_bytes()
     _append(path, [{"id": f"leak{i}", "prompt": p, "response": "An answer."} for i, p in enumerate(eval_prompts)])
     try:
@@ -195,7 +228,11 @@ def test_an_eval_prompt_in_a_training_file_warns_with_the_count(smoke_run, isola
     finally:
         path.write_bytes(original)
     assert not leaked.passed and leaked.severity == dg.AssetCheckSeverity.WARN
-    assert leaked.metadata["eval_prompts_leaked"].value == 2 and leaked.metadata["leaked_into_demonstrations"].value == 2
-    assert "2 in demonstrations.jsonl" in leaked.description and "evaluation is no longer held out" in leaked.description
+    assert (
+        leaked.metadata["eval_prompts_leaked"].value == 2 and leaked.metadata["leaked_into_demonstrations"].value == 2
+    )
+    assert (
+        "2 in demonstrations.jsonl" in leaked.description and "evaluation is no longer held out" in leaked.description
+    )
     restored = _held_out_check(defs, instance)
     assert restored.passed and restored.metadata["eval_prompts_leaked"].value == 0

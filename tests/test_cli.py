@@ -15,15 +15,35 @@ from rlhf_dag.data.label_files import load_labels
 from rlhf_dag.training.result import StepResult
 
 REPO = Path(__file__).resolve().parent.parent
-ASSETS = ["pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"]
-LABEL_FILES = {"prompts": "prompts", "demonstrations": "demonstrations", "comparisons": "comparisons", "eval_prompts": "eval_prompts"}
+ASSETS = [
+    "pretraining_corpus",
+    "base_model",
+    "sft_dataset",
+    "sft_model",
+    "comparison_dataset",
+    "reward_model",
+    "ppo_policy",
+    "policy_evaluation",
+]
+LABEL_FILES = {
+    "prompts": "prompts",
+    "demonstrations": "demonstrations",
+    "comparisons": "comparisons",
+    "eval_prompts": "eval_prompts",
+}
 
 
 def test_make_labels_writes_four_valid_files_and_says_how_many_records(tmp_path):
     """Through the installed console script, as the README runs it (seed 1: not the shipped files)."""
     out = tmp_path / "labels"
     script = Path(sys.executable).parent / "rlhf-dag"
-    proc = subprocess.run([str(script), "make-labels", "--seed", "1", "--out", str(out)], capture_output=True, text=True, cwd=REPO, check=True)
+    proc = subprocess.run(
+        [str(script), "make-labels", "--seed", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     printed = dict(line.rsplit(": ", 1) for line in proc.stdout.splitlines())
     assert sorted(printed) == sorted(str(out / f"{name}.jsonl") for name in LABEL_FILES)
     for name in LABEL_FILES:
@@ -31,15 +51,25 @@ def test_make_labels_writes_four_valid_files_and_says_how_many_records(tmp_path)
         assert printed[str(out / f"{name}.jsonl")] == f"{len(labels.records)} records" and labels.records
     eval_prompts = {r["prompt"] for r in load_labels(out / "eval_prompts.jsonl", "eval_prompts").records}
     assert not eval_prompts & {r["prompt"] for r in load_labels(out / "demonstrations.jsonl", "demonstrations").records}
-    again = subprocess.run([str(script), "make-labels", "--seed", "1", "--out", str(tmp_path / "again")], capture_output=True, text=True, cwd=REPO, check=True)
+    again = subprocess.run(
+        [str(script), "make-labels", "--seed", "1", "--out", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     assert again.returncode == 0
     for name in LABEL_FILES:  # a seed gives byte-identical files
         assert (out / f"{name}.jsonl").read_bytes() == (tmp_path / "again" / f"{name}.jsonl").read_bytes()
 
 
 def test_step_runs_a_spec_without_dagster(tmp_path, isolated_env, capsys):
-    spec = {"step": "sft_dataset", "inputs": {"demonstrations": str(isolated_env / "labels" / "demonstrations.jsonl")},
-            "config": {"validation_fraction": 0.2}, "output": str(tmp_path / "out")}
+    spec = {
+        "step": "sft_dataset",
+        "inputs": {"demonstrations": str(isolated_env / "labels" / "demonstrations.jsonl")},
+        "config": {"validation_fraction": 0.2},
+        "output": str(tmp_path / "out"),
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     assert main(["step", "--spec", str(tmp_path / "spec.json")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out")
@@ -48,8 +78,18 @@ def test_step_runs_a_spec_without_dagster(tmp_path, isolated_env, capsys):
     assert saved.metrics["train_records"] + saved.metrics["validation_records"] == records
     assert 0.1 < saved.metrics["validation_records"] / records < 0.3  # the spec's config reached the step
 
+
 # outside the core graph: `rlhf-dag run` leaves them out, `status` shows them missing and optional
-ALTERNATIVES = ["dpo_policy", "grpo_policy", "rloo_policy", "dpo_evaluation", "grpo_evaluation", "rloo_evaluation", "method_comparison"]
+ALTERNATIVES = [
+    "dpo_policy",
+    "grpo_policy",
+    "rloo_policy",
+    "dpo_evaluation",
+    "grpo_evaluation",
+    "rloo_evaluation",
+    "method_comparison",
+]
+
 
 def _latest_runs(instance) -> dict[str, str]:
     return {a: instance.get_latest_materialization_event(dg.AssetKey(a)).run_id for a in ASSETS}
@@ -59,7 +99,9 @@ def _latest_runs(instance) -> dict[str, str]:
 def test_status_shows_every_asset_fresh_after_a_run(smoke_run, capsys):
     assert main(["status"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    assert {row[0]: row[1] for row in rows} == {asset: "FRESH" for asset in ASSETS} | {asset: "MISSING" for asset in ALTERNATIVES}
+    assert {row[0]: row[1] for row in rows} == {asset: "FRESH" for asset in ASSETS} | {
+        asset: "MISSING" for asset in ALTERNATIVES
+    }
     assert all("(optional: rlhf-dag run --select '*')" in " ".join(row) for row in rows if row[0] in ALTERNATIVES)
 
 
@@ -72,7 +114,9 @@ def test_status_takes_a_relative_dagster_home(smoke_run, monkeypatch, capsys):
     monkeypatch.setenv("DAGSTER_HOME", home.name)
     assert main(["status"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    assert {row[0]: row[1] for row in rows} == {asset: "FRESH" for asset in ASSETS} | {asset: "MISSING" for asset in ALTERNATIVES}
+    assert {row[0]: row[1] for row in rows} == {asset: "FRESH" for asset in ASSETS} | {
+        asset: "MISSING" for asset in ALTERNATIVES
+    }
     assert all("(optional: rlhf-dag run --select '*')" in " ".join(row) for row in rows if row[0] in ALTERNATIVES)
 
 
@@ -82,7 +126,13 @@ def test_retrain_dry_run_names_what_an_edit_made_stale_and_does_nothing(smoke_ru
     before = _latest_runs(instance)
     path = isolated_env / "labels" / "comparisons.jsonl"
     original = path.read_bytes()
-    path.write_bytes(original + (json.dumps({"id": "cli-pair", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."}) + "\n").encode())
+    path.write_bytes(
+        original
+        + (
+            json.dumps({"id": "cli-pair", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."})
+            + "\n"
+        ).encode()
+    )
     try:
         assert main(["retrain", "--dry-run"]) == 0
         planned = capsys.readouterr().out
@@ -90,7 +140,10 @@ def test_retrain_dry_run_names_what_an_edit_made_stale_and_does_nothing(smoke_ru
         status = capsys.readouterr().out
     finally:
         path.write_bytes(original)
-    assert "rlhf-dag retrain --dry-run: would materialize comparison_dataset, reward_model, ppo_policy, policy_evaluation" in planned
+    assert (
+        "rlhf-dag retrain --dry-run: would materialize comparison_dataset, reward_model, ppo_policy, policy_evaluation"
+        in planned
+    )
     assert "comparison_dataset     STALE    labels/comparisons changed" in status
     assert _latest_runs(instance) == before  # a dry run materializes nothing
     assert main(["retrain", "--dry-run"]) == 0

@@ -23,15 +23,35 @@ def test_two_concurrent_materializations_of_base_model_keep_two_complete_models(
     defs, instance, _ = smoke_run
     parent = artifacts_dir() / "base_model"
     before = {d.name for d in parent.iterdir()}
-    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "base_model"]
-    procs = [subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "rlhf_dag.definitions",
+        "--select",
+        "base_model",
+    ]
+    procs = [
+        subprocess.Popen(
+            command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], "\n".join(out[-3000:] for out in outputs)
 
-    runs = [instance.get_run_record_by_id(r.run_id) for r in instance.fetch_materializations(dg.AssetKey("base_model"), limit=2).records]
+    runs = [
+        instance.get_run_record_by_id(r.run_id)
+        for r in instance.fetch_materializations(dg.AssetKey("base_model"), limit=2).records
+    ]
     assert max(r.start_time for r in runs) < min(r.end_time for r in runs)  # the two runs really overlapped
     new = sorted(d for d in parent.iterdir() if d.name not in before)
-    assert [d.name for d in new] == sorted(r.dagster_run.run_id for r in runs)  # one final directory per run, no temp left
+    assert [d.name for d in new] == sorted(
+        r.dagster_run.run_id for r in runs
+    )  # one final directory per run, no temp left
     for path in new:
         AutoModelForCausalLM.from_pretrained(path)
         AutoTokenizer.from_pretrained(path)

@@ -27,9 +27,14 @@ def test_an_override_of_none_is_kept_and_an_absent_field_takes_the_profile_value
 def test_run_config_sets_a_field_to_none_by_naming_it_and_leaves_unset_fields_to_the_profile():
     config_class = asset_config_class("ppo_policy")
     assert resolve_config(_context("ppo_policy"), config_class()).missing_eos_penalty == -1.0
-    resolved = resolve_config(_context("ppo_policy"), config_class(**{SET_TO_NONE: ["missing_eos_penalty"], "learning_rate": 1e-4}))
+    resolved = resolve_config(
+        _context("ppo_policy"), config_class(**{SET_TO_NONE: ["missing_eos_penalty"], "learning_rate": 1e-4})
+    )
     assert resolved.missing_eos_penalty is None and resolved.learning_rate == 1e-4
-    with pytest.raises(ValueError, match="ppo_policy: run config set_to_none names 'learning_rate', which is not one of its fields that can be None"):
+    with pytest.raises(
+        ValueError,
+        match="ppo_policy: run config set_to_none names 'learning_rate', which is not one of its fields that can be None",
+    ):
         resolve_config(_context("ppo_policy"), config_class(**{SET_TO_NONE: ["learning_rate"]}))
 
 
@@ -42,7 +47,9 @@ def test_a_profile_that_names_an_unknown_asset_or_field_is_an_error():
     check_profiles(PROFILES)  # the shipped profiles are well-formed
     with pytest.raises(ValueError, match=r"PROFILES\['smoke'\] names 'ppo_polcy', which is not an asset"):
         check_profiles({"smoke": {"ppo_polcy": {"iterations": 2}}})
-    with pytest.raises(ValueError, match=r"PROFILES\['smoke'\]\['ppo_policy'\] sets iteratons, not a field of PPOConfig"):
+    with pytest.raises(
+        ValueError, match=r"PROFILES\['smoke'\]\['ppo_policy'\] sets iteratons, not a field of PPOConfig"
+    ):
         check_profiles({"smoke": {"ppo_policy": {"iteratons": 2}}})
     with pytest.raises(ValueError, match=r"PROFILES\['gpu'\]\['gates'\] sets kl_budgt, not a field of GateConfig"):
         check_profiles({"gpu": {"gates": {"kl_budgt": 2.0}}})

@@ -18,7 +18,12 @@ def demos(prompts: list[str], start: int = 0) -> list[dict]:
 
 
 def labels(records: list[dict]) -> LabelFile:
-    return LabelFile(Path("demonstrations.jsonl"), "demonstrations", records, lines={r["id"]: n for n, r in enumerate(records, start=1)})
+    return LabelFile(
+        Path("demonstrations.jsonl"),
+        "demonstrations",
+        records,
+        lines={r["id"]: n for n, r in enumerate(records, start=1)},
+    )
 
 
 def many_prompts(n: int, offset: int = 0) -> list[str]:

@@ -43,16 +43,56 @@ EXPECTED_GRAPH = {
     "reward_model": ["comparison_dataset", "labels/comparisons", "labels/demonstrations", "sft_model"],
     "sft_model": ["base_model", "labels/demonstrations", "sft_dataset"],
     "ppo_policy": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "reward_model", "sft_model"],
-    "policy_evaluation": ["base_model", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts", "ppo_policy", "reward_model", "sft_model"],
+    "policy_evaluation": [
+        "base_model",
+        "labels/comparisons",
+        "labels/demonstrations",
+        "labels/eval_prompts",
+        "labels/prompts",
+        "ppo_policy",
+        "reward_model",
+        "sft_model",
+    ],
     "labeling_candidates": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "ppo_policy", "sft_model"],
     "dpo_policy": ["comparison_dataset", "labels/comparisons", "labels/demonstrations", "sft_model"],
     "grpo_policy": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "reward_model", "sft_model"],
     "rloo_policy": ["labels/comparisons", "labels/demonstrations", "labels/prompts", "reward_model", "sft_model"],
-    "dpo_evaluation": ["dpo_policy", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "reward_model", "sft_model"],
-    "grpo_evaluation": ["grpo_policy", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts", "reward_model", "sft_model"],
-    "rloo_evaluation": ["labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts", "reward_model", "rloo_policy", "sft_model"],
-    "method_comparison": ["dpo_evaluation", "grpo_evaluation", "labels/comparisons", "labels/demonstrations", "labels/eval_prompts", "labels/prompts",
-                          "policy_evaluation", "rloo_evaluation"],
+    "dpo_evaluation": [
+        "dpo_policy",
+        "labels/comparisons",
+        "labels/demonstrations",
+        "labels/eval_prompts",
+        "reward_model",
+        "sft_model",
+    ],
+    "grpo_evaluation": [
+        "grpo_policy",
+        "labels/comparisons",
+        "labels/demonstrations",
+        "labels/eval_prompts",
+        "labels/prompts",
+        "reward_model",
+        "sft_model",
+    ],
+    "rloo_evaluation": [
+        "labels/comparisons",
+        "labels/demonstrations",
+        "labels/eval_prompts",
+        "labels/prompts",
+        "reward_model",
+        "rloo_policy",
+        "sft_model",
+    ],
+    "method_comparison": [
+        "dpo_evaluation",
+        "grpo_evaluation",
+        "labels/comparisons",
+        "labels/demonstrations",
+        "labels/eval_prompts",
+        "labels/prompts",
+        "policy_evaluation",
+        "rloo_evaluation",
+    ],
 }
 
 EXPECTED_BLOCKING_CHECKS = {
@@ -62,7 +102,11 @@ EXPECTED_BLOCKING_CHECKS = {
     ("ppo_policy", "ppo_within_kl_budget"),
     ("ppo_policy", "ppo_emits_eos"),
     ("ppo_policy", "ppo_finite"),
-    *((f"{m}_policy", f"{m}_{gate}") for m in ("dpo", "grpo", "rloo") for gate in ("within_kl_budget", "emits_eos", "finite")),
+    *(
+        (f"{m}_policy", f"{m}_{gate}")
+        for m in ("dpo", "grpo", "rloo")
+        for gate in ("within_kl_budget", "emits_eos", "finite")
+    ),
 }
 
 
@@ -82,7 +126,9 @@ def test_the_step_functions_read_exactly_the_graph_edges():
     contract's graph: this expectation is written out by hand from DESIGN.md, not derived from the table."""
     from rlhf_dag import graph
 
-    wiring = {step.name: sorted(f"labels/{n}" if n in graph.LABEL_FILES else n for n in step.inputs) for step in graph.STEPS}
+    wiring = {
+        step.name: sorted(f"labels/{n}" if n in graph.LABEL_FILES else n for n in step.inputs) for step in graph.STEPS
+    }
     assert wiring == EXPECTED_INPUTS
 
 
@@ -138,11 +184,18 @@ def test_the_labeling_location_reads_the_training_locations_assets_as_external()
 
 def test_the_workspace_serves_both_locations_and_each_loads():
     """`make ui` (dagster dev -w workspace.yaml): the training graph and the labeling batches, validated as Dagster loads them."""
-    locations = {entry["python_module"]["location_name"]: entry["python_module"]["module_name"]
-                 for entry in yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]}
+    locations = {
+        entry["python_module"]["location_name"]: entry["python_module"]["module_name"]
+        for entry in yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]
+    }
     assert locations == {"rlhf_dag": "rlhf_dag.definitions", "rlhf_dag_labeling": "rlhf_dag.labeling_definitions"}
-    done = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in locations:
         assert f"Validation successful for code location {name}." in done.stdout + done.stderr
@@ -151,19 +204,33 @@ def test_the_workspace_serves_both_locations_and_each_loads():
 @pytest.mark.slow
 def test_materialize_select_star_from_the_dagster_cli(tmp_path):
     """The first thing a Dagster user types: every asset of the training location, core graph and alternatives, in one run."""
-    env = {**os.environ, "RLHF_DAG_PROFILE": "smoke", "RLHF_DAG_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
-           "RLHF_DAG_LABELS_DIR": str(tmp_path / "labels"), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "RLHF_DAG_PROFILE": "smoke",
+        "RLHF_DAG_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "RLHF_DAG_LABELS_DIR": str(tmp_path / "labels"),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     shutil.copytree(REPO / "assets", tmp_path / "labels")
     (tmp_path / "dagster").mkdir()
-    done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "*"],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "*"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     graph = defs.resolve_asset_graph()
     expected = {key.to_user_string() for key in graph.materializable_asset_keys}
     assert {graph.get(dg.AssetKey(a)).group_name for a in expected} == {"rlhf", "alternatives"}
     artifacts = tmp_path / "home" / "artifacts"
-    runs = {asset.name: [d.name for d in asset.iterdir() if not d.name.startswith(".")] for asset in artifacts.iterdir()}
+    runs = {
+        asset.name: [d.name for d in asset.iterdir() if not d.name.startswith(".")] for asset in artifacts.iterdir()
+    }
     assert set(runs) == expected
     assert len({run for dirs in runs.values() for run in dirs}) == 1, runs  # each asset once, all in the one run
 
@@ -171,10 +238,20 @@ def test_materialize_select_star_from_the_dagster_cli(tmp_path):
 def test_definitions_load_from_the_cli_module():
     out = subprocess.run(
         [sys.executable, "-m", "dagster", "asset", "list", "-m", "rlhf_dag.definitions"],
-        capture_output=True, text=True, cwd=REPO, check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
     )
     listed = set(out.stdout.split())
-    assert {"pretraining_corpus", "base_model", "sft_model", "reward_model", "ppo_policy", "policy_evaluation"} <= listed
+    assert {
+        "pretraining_corpus",
+        "base_model",
+        "sft_model",
+        "reward_model",
+        "ppo_policy",
+        "policy_evaluation",
+    } <= listed
 
 
 def test_training_and_data_never_import_dagster():

@@ -26,6 +26,9 @@ def test_a_diverging_learning_rate_stops_training_naming_the_global_step(smoke_r
     assert not result.success
     error = result.get_step_failure_events()[0].event_specific_data.error.cause  # under Dagster's step error
     assert error.cls_name == "TrainingDivergedError", error.message
-    assert re.search(rf"TrainingDivergedError: {model}: non-finite training loss \(nan\) at global step \d+ of \d+( \(the loss is logged every \d+ steps\))?; lower learning_rate", error.message), error.message
+    assert re.search(
+        rf"TrainingDivergedError: {model}: non-finite training loss \(nan\) at global step \d+ of \d+( \(the loss is logged every \d+ steps\))?; lower learning_rate",
+        error.message,
+    ), error.message
     assert not (artifacts_dir() / model / result.run_id).exists()  # no model directory under a final name
     assert instance.get_latest_materialization_event(dg.AssetKey(model)).run_id == before.run_id

@@ -21,7 +21,9 @@ def references() -> list[tuple[str, str, str | None, str | None]]:
 def _module(file: str) -> tuple[set[str], set[str]]:
     """The test functions of a test module and every string constant in it (where parametrize ids come from)."""
     tree = ast.parse((REPO / "tests" / file).read_text(encoding="utf-8"))
-    tests = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    tests = {
+        node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    }
     strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     return tests, strings
 
@@ -29,7 +31,11 @@ def _module(file: str) -> tuple[set[str], set[str]]:
 def test_the_reference_pattern_reads_every_form_the_docs_use():
     text = "`tests/test_a.py` `test_b.py::test_c` `test_d.py::…[not utf-8]` `tests/test_e.py::test_f[x, y]`"
     assert [m.groups() for m in REFERENCE.finditer(text)] == [
-        ("test_a.py", None, None), ("test_b.py", "test_c", None), ("test_d.py", "…", "not utf-8"), ("test_e.py", "test_f", "x, y")]
+        ("test_a.py", None, None),
+        ("test_b.py", "test_c", None),
+        ("test_d.py", "…", "not utf-8"),
+        ("test_e.py", "test_f", "x, y"),
+    ]
 
 
 def test_every_test_the_docs_name_exists():

@@ -76,7 +76,14 @@ def _digests(mode: str) -> set[str]:
     out = set()
     for hash_seed in ("1", "2", "3", "5", "6"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        run = subprocess.run([sys.executable, "-c", _RUN_IN_FRESH_PROCESS, mode], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            [sys.executable, "-c", _RUN_IN_FRESH_PROCESS, mode],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run.returncode == 0, run.stderr
         out.add(run.stdout.strip())
     return out
@@ -96,7 +103,10 @@ def test_policy_comparisons_do_not_depend_on_the_interpreter_hash_seed():
 def test_parse_task_reads_the_four_source_prompts():
     story, email, math, code = (parse_task(p) for p in SOURCE_PROMPTS)
     assert (story.kind, story.params) == ("story", {"hero": "Harry Potter", "villain": "Voldemort"})
-    assert (email.kind, email.params) == ("email", {"recipient": "mother", "greeting": "Merry Christmas", "asked": "dad"})
+    assert (email.kind, email.params) == (
+        "email",
+        {"recipient": "mother", "greeting": "Merry Christmas", "asked": "dad"},
+    )
     assert (math.kind, math.params, math.answer) == ("math", {"a": 2, "op": "+", "b": 2}, 4)
     assert (code.kind, code.params) == ("code", {"prop": "even"})
 
@@ -109,7 +119,15 @@ def test_parse_task_math_answers(prompt, answer):
     assert parse_task(prompt).answer == answer
 
 
-@pytest.mark.parametrize("prompt", ["Write a poem about the sea.", "What is 2 plus 2?", "Generate a story about Harry Potter using AI to fight Gandalf", ""])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Write a poem about the sea.",
+        "What is 2 plus 2?",
+        "Generate a story about Harry Potter using AI to fight Gandalf",
+        "",
+    ],
+)
 def test_prompts_outside_the_family(prompt):
     assert parse_task(prompt) is None
     assert gold_score(prompt, "Anything at all.") is None
@@ -143,7 +161,10 @@ def test_story_dialogue_continuation_is_flagged():
 
 
 def test_email_to_mom_beats_a_to_do_list():
-    email = gold_score(EMAIL, "Hi Mom,\n\nMerry Christmas! I hope you are doing well. How is Dad doing? I hope to talk to you soon.\n\nTake care!")
+    email = gold_score(
+        EMAIL,
+        "Hi Mom,\n\nMerry Christmas! I hope you are doing well. How is Dad doing? I hope to talk to you soon.\n\nTake care!",
+    )
     todo = gold_score(EMAIL, "- Finish my Christmas shopping\n- Go to church\n- Finish the cards\n- Walk the dog")
     # email: "Hi Mom", "merry christmas", "How is Dad", "Take care" -> content 4/4; 23 words in 12..40 -> score 1.0
     assert (email.content, email.length, email.continuation, email.score) == (1.0, 1.0, False, 1.0)
@@ -206,11 +227,18 @@ def test_degenerate_answers_are_not_correct():
     story = "Generate a story about Harry Potter using AI to fight Voldemort"
     assert not is_correct(story, "Harry Voldemort AI won")  # no fight
     assert gold_score(story, "Harry AI Voldemort fight won").content < 1.0  # not told in sentences
-    assert gold_score(story, "Harry Potter used AI to fight Voldemort and Frodo, and in the end Harry won the battle.").content < 1.0  # another story's hero
+    assert (
+        gold_score(
+            story, "Harry Potter used AI to fight Voldemort and Frodo, and in the end Harry won the battle."
+        ).content
+        < 1.0
+    )  # another story's hero
     email = "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing."
     assert is_correct(email, "Hi Mom,\n\nMerry Christmas! How is dad doing?\n\nTake care!")
     assert not is_correct(email, "Hi Uncle,\n\nMerry Christmas! How is dad doing?\n\nTake care!")  # wrong recipient
-    assert not is_correct(email, "Hi Mom,\n\nMerry Christmas! How is the cat doing?\n\nTake care!")  # asks about the wrong one
+    assert not is_correct(
+        email, "Hi Mom,\n\nMerry Christmas! How is the cat doing?\n\nTake care!"
+    )  # asks about the wrong one
 
 
 @pytest.mark.parametrize(

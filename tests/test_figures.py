@@ -24,13 +24,22 @@ def test_make_figures_rewrites_only_the_marked_block_and_names_the_cpu(tmp_path)
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     readme.write_text(text)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "bench/figures.py", "--profile", "smoke", "--readme", str(readme)], cwd=REPO, env=env, check=True,
-                   capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "bench/figures.py", "--profile", "smoke", "--readme", str(readme)],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     new = readme.read_text()
     before, _, rest = new.partition(BEGIN)
     block, _, after = rest.partition(END)
     assert before == text.partition(BEGIN)[0] and after == text.partition(END)[2]
     assert machine()["cpu"] in block and f"torch {torch.__version__}" in block and "profile `smoke`" in block
     lines = {line.split(": ", 1)[0]: line for line in block.splitlines() if ": " in line}
-    assert " validation_accuracy 0." in lines["reward_model"] and " win_rate_ppo_vs_sft 0." in lines["policy_evaluation"]
+    assert (
+        " validation_accuracy 0." in lines["reward_model"] and " win_rate_ppo_vs_sft 0." in lines["policy_evaluation"]
+    )
     assert "Which figures vary" in block

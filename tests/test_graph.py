@@ -17,7 +17,9 @@ def test_every_row_names_a_config_class_and_a_step_function_and_reads_only_what_
     for step in graph.STEPS:
         assert issubclass(config_class(step.name), StepConfig), step.name
         assert callable(graph.load(step.function)), step.name
-        assert set(step.inputs) <= seen | set(graph.LABEL_FILES), f"{step.name} reads {set(step.inputs) - seen - set(graph.LABEL_FILES)} before it is built"
+        assert set(step.inputs) <= seen | set(graph.LABEL_FILES), (
+            f"{step.name} reads {set(step.inputs) - seen - set(graph.LABEL_FILES)} before it is built"
+        )
         seen.add(step.name)
     assert len(seen) == len(graph.STEPS)  # no step declared twice
 
@@ -26,7 +28,13 @@ def test_upstream_labels_are_those_of_the_step_and_of_every_step_above_it():
     assert graph.upstream_labels("sft_dataset") == ["demonstrations"]
     assert graph.upstream_labels("reward_model") == ["comparisons", "demonstrations"]
     assert graph.upstream_labels("policy_evaluation") == ["comparisons", "demonstrations", "eval_prompts", "prompts"]
-    assert graph.upstream_steps("reward_model") == ["sft_model", "base_model", "pretraining_corpus", "sft_dataset", "comparison_dataset"]
+    assert graph.upstream_steps("reward_model") == [
+        "sft_model",
+        "base_model",
+        "pretraining_corpus",
+        "sft_dataset",
+        "comparison_dataset",
+    ]
 
 
 TOY_METHOD = '''
@@ -58,8 +66,16 @@ def toy_method(tmp_path, monkeypatch):
     """The toy module on the import path and its one row appended to the table: the two things a new method adds."""
     (tmp_path / "toy_method.py").write_text(textwrap.dedent(TOY_METHOD))
     monkeypatch.syspath_prepend(str(tmp_path))
-    row = graph.Step("prompt_stats", ("prompts",), "toy_method:PromptStatsConfig", "toy_method:prompt_stats", "Prompt statistics (a toy method).",
-                     group="alternatives", kind="table", automation="alternative")
+    row = graph.Step(
+        "prompt_stats",
+        ("prompts",),
+        "toy_method:PromptStatsConfig",
+        "toy_method:prompt_stats",
+        "Prompt statistics (a toy method).",
+        group="alternatives",
+        kind="table",
+        automation="alternative",
+    )
     monkeypatch.setattr(graph, "STEPS", (*graph.STEPS, row))
     import rlhf_dag.pipeline.assets
 
@@ -83,7 +99,10 @@ def test_a_new_method_is_one_module_and_one_row(toy_method, isolated_env):
     node = defs.resolve_asset_graph().get(dg.AssetKey("prompt_stats"))
     assert node.group_name == "alternatives" and {k.to_user_string() for k in node.parent_keys} == {"labels/prompts"}
     run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey("prompt_stats")], run_config={"ops": {"prompt_stats": {"config": {"scale": 2.0}}}})
+        instance=dg.DagsterInstance.get(),
+        asset_selection=[dg.AssetKey("prompt_stats")],
+        run_config={"ops": {"prompt_stats": {"config": {"scale": 2.0}}}},
+    )
     assert run.success
     handle = run.output_for_node("prompt_stats")
     saved = StepResult.load(handle.path)

@@ -28,12 +28,29 @@ def test_sigkill_during_sft_keeps_the_previous_model_and_a_rerun_succeeds(smoke_
     finals = {d.name for d in Path(previous.path).parent.iterdir() if not d.name.startswith(".tmp-")}
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "sft_model"],
-        cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "rlhf_dag.definitions",
+            "--select",
+            "sft_model",
+        ],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.time() + 180
     started = False
-    for line in proc.stdout:  # kill once training has run optimizer steps (TrainingMonitor logs 'step N/M' every few steps)
+    for (
+        line
+    ) in proc.stdout:  # kill once training has run optimizer steps (TrainingMonitor logs 'step N/M' every few steps)
         if "sft_model: step " in line:
             started = True
             break
@@ -44,7 +61,9 @@ def test_sigkill_during_sft_keeps_the_previous_model_and_a_rerun_succeeds(smoke_
 
     after = instance.get_latest_materialization_event(dg.AssetKey("sft_model"))
     assert after.run_id == before.run_id  # nothing new became current
-    assert {d.name for d in Path(previous.path).parent.iterdir() if not d.name.startswith(".tmp-")} == finals  # no half-written model under a final name
+    assert {
+        d.name for d in Path(previous.path).parent.iterdir() if not d.name.startswith(".tmp-")
+    } == finals  # no half-written model under a final name
     AutoModelForCausalLM.from_pretrained(previous.path)  # the previous version still loads
 
     killed = _mlflow_runs("sft_model", instance.get_runs(limit=1)[0].run_id)
@@ -59,8 +78,11 @@ def test_sigkill_during_sft_keeps_the_previous_model_and_a_rerun_succeeds(smoke_
 
 def _mlflow_runs(asset: str, dagster_run_id: str):
     mlflow.set_tracking_uri(mlflow_tracking_uri())
-    return mlflow.search_runs(experiment_names=["rlhf-dag"], output_format="list",
-                              filter_string=f"tags.`dagster.asset_key` = '{asset}' and tags.`dagster.run_id` = '{dagster_run_id}'")
+    return mlflow.search_runs(
+        experiment_names=["rlhf-dag"],
+        output_format="list",
+        filter_string=f"tags.`dagster.asset_key` = '{asset}' and tags.`dagster.run_id` = '{dagster_run_id}'",
+    )
 
 
 # Materializes base_model in a subprocess that hangs once the weights and tokenizer are in the temporary folder.
@@ -92,16 +114,27 @@ def test_sigkill_while_saving_keeps_the_previous_model_and_the_rerun_removes_the
 
     marker, log = tmp_path / "saving", tmp_path / "log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", SAVE_THEN_HANG, str(marker)], cwd=REPO, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVE_THEN_HANG, str(marker)],
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.time() + 300
     while not marker.exists():
-        assert proc.poll() is None and time.time() < deadline, f"the materialization never reached the save:\n{log.read_text()[-3000:]}"
+        assert proc.poll() is None and time.time() < deadline, (
+            f"the materialization never reached the save:\n{log.read_text()[-3000:]}"
+        )
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
     leftover = Path(marker.read_text())
-    assert leftover.parent == parent and leftover.name.startswith(".tmp-") and list(leftover.glob("*.safetensors"))  # killed mid-save
+    assert (
+        leftover.parent == parent and leftover.name.startswith(".tmp-") and list(leftover.glob("*.safetensors"))
+    )  # killed mid-save
     assert {d.name for d in parent.iterdir() if not d.name.startswith(".tmp-")} == finals  # nothing under a final name
     assert instance.get_latest_materialization_event(dg.AssetKey("base_model")).run_id == before.run_id
     AutoModelForCausalLM.from_pretrained(previous.path)

@@ -49,25 +49,63 @@ def hh(prompt: str, response: str) -> str:
 
 # (kind, what the user's file holds, the canonical record it must become, id left out)
 SHAPES = [
-    ("comparisons", {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."},  # TRL standard, explicit prompt
-     {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."}),
-    ("comparisons", {"prompt": user("What is 1 + 1?"), "chosen": assistant("2."), "rejected": assistant("3.")},  # conversational
-     {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."}),
-    ("comparisons", {"chosen": [*user("What is 1 + 1?"), *assistant("2.")], "rejected": [*user("What is 1 + 1?"), *assistant("3.")]},  # implicit
-     {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."}),
-    ("comparisons", {"chosen": [*CONVERSATION, *assistant("6.")], "rejected": [*CONVERSATION, *assistant("7.")]},  # implicit, multi-turn
-     {"prompt": conversation_prompt(CONVERSATION), "chosen": "6.", "rejected": "7."}),
-    ("comparisons", {"chosen": hh("What is 1 + 1?", "It is 2."), "rejected": hh("What is 1 + 1?", "It is 3.")},  # HH-RLHF
-     {"prompt": "What is 1 + 1?", "chosen": "It is 2.", "rejected": "It is 3."}),
-    ("comparisons", {"chosen": "\n\nHuman: What is 2 + 2?\n\nAssistant: 2 + 2 = 4.\n\nHuman: And 3 + 3?\n\nAssistant: 6.",  # HH, multi-turn
-                     "rejected": "\n\nHuman: What is 2 + 2?\n\nAssistant: 2 + 2 = 4.\n\nHuman: And 3 + 3?\n\nAssistant: 7."},
-     {"prompt": conversation_prompt(CONVERSATION), "chosen": "6.", "rejected": "7."}),
+    (
+        "comparisons",
+        {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."},  # TRL standard, explicit prompt
+        {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."},
+    ),
+    (
+        "comparisons",
+        {"prompt": user("What is 1 + 1?"), "chosen": assistant("2."), "rejected": assistant("3.")},  # conversational
+        {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."},
+    ),
+    (
+        "comparisons",
+        {
+            "chosen": [*user("What is 1 + 1?"), *assistant("2.")],
+            "rejected": [*user("What is 1 + 1?"), *assistant("3.")],
+        },  # implicit
+        {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."},
+    ),
+    (
+        "comparisons",
+        {
+            "chosen": [*CONVERSATION, *assistant("6.")],
+            "rejected": [*CONVERSATION, *assistant("7.")],
+        },  # implicit, multi-turn
+        {"prompt": conversation_prompt(CONVERSATION), "chosen": "6.", "rejected": "7."},
+    ),
+    (
+        "comparisons",
+        {"chosen": hh("What is 1 + 1?", "It is 2."), "rejected": hh("What is 1 + 1?", "It is 3.")},  # HH-RLHF
+        {"prompt": "What is 1 + 1?", "chosen": "It is 2.", "rejected": "It is 3."},
+    ),
+    (
+        "comparisons",
+        {
+            "chosen": "\n\nHuman: What is 2 + 2?\n\nAssistant: 2 + 2 = 4.\n\nHuman: And 3 + 3?\n\nAssistant: 6.",  # HH, multi-turn
+            "rejected": "\n\nHuman: What is 2 + 2?\n\nAssistant: 2 + 2 = 4.\n\nHuman: And 3 + 3?\n\nAssistant: 7.",
+        },
+        {"prompt": conversation_prompt(CONVERSATION), "chosen": "6.", "rejected": "7."},
+    ),
     ("prompts", {"prompt": "What is 1 + 1?"}, {"prompt": "What is 1 + 1?"}),
     ("prompts", {"prompt": CONVERSATION}, {"prompt": conversation_prompt(CONVERSATION)}),
     ("eval_prompts", {"prompt": user("What is 1 + 1?")}, {"prompt": "What is 1 + 1?"}),
-    ("demonstrations", {"prompt": "What is 1 + 1?", "completion": "2."}, {"prompt": "What is 1 + 1?", "response": "2."}),  # TRL prompt-completion
-    ("demonstrations", {"prompt": CONVERSATION, "completion": assistant("6.")}, {"prompt": conversation_prompt(CONVERSATION), "response": "6."}),
-    ("demonstrations", {"messages": [*CONVERSATION, *assistant("6.")]}, {"prompt": conversation_prompt(CONVERSATION), "response": "6."}),  # TRL conversational LM
+    (
+        "demonstrations",
+        {"prompt": "What is 1 + 1?", "completion": "2."},
+        {"prompt": "What is 1 + 1?", "response": "2."},
+    ),  # TRL prompt-completion
+    (
+        "demonstrations",
+        {"prompt": CONVERSATION, "completion": assistant("6.")},
+        {"prompt": conversation_prompt(CONVERSATION), "response": "6."},
+    ),
+    (
+        "demonstrations",
+        {"messages": [*CONVERSATION, *assistant("6.")]},
+        {"prompt": conversation_prompt(CONVERSATION), "response": "6."},
+    ),  # TRL conversational LM
 ]
 
 
@@ -81,7 +119,10 @@ def test_each_documented_shape_becomes_the_canonical_record(tmp_path, suffix, ki
 
 
 def test_derived_ids_are_stable_and_follow_the_content(tmp_path):
-    rows = [{"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."}, {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "5."}]
+    rows = [
+        {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3."},
+        {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "5."},
+    ]
     first = load_labels(write(rows, tmp_path / "a" / "comparisons.jsonl")).records
     again = load_labels(write(rows[::-1], tmp_path / "b" / "comparisons.parquet")).records
     assert {r["id"] for r in first} == {r["id"] for r in again}  # same content, same id: across runs, order and format
@@ -93,15 +134,55 @@ def test_derived_ids_are_stable_and_follow_the_content(tmp_path):
 
 # (kind, a good first row, a bad second row of the same columns (so that `datasets` writes both), field named, message)
 BAD = [
-    ("prompts", {"prompt": user("Hi")}, {"prompt": [*CONVERSATION, *assistant("6.")]}, "prompt", "must end with a user turn"),
-    ("prompts", {"prompt": user("Hi")}, {"prompt": [{"role": "system", "content": "Be brief."}, *user("Hi")]}, "prompt", "has role 'system', expected 'user'"),
-    ("prompts", {"prompt": user("Hi")}, {"prompt": user("Say <|endoftext|> twice")}, "prompt[0].content", "chat-format token '<|endoftext|>'"),
-    ("comparisons", {"chosen": [*user("A?"), *assistant("x")], "rejected": [*user("A?"), *assistant("y")]},
-     {"chosen": [*user("A?"), *assistant("x")], "rejected": [*user("B?"), *assistant("y")]}, "chosen", "same conversation up to"),
-    ("comparisons", {"chosen": hh("A?", "x"), "rejected": hh("A?", "y")}, {"chosen": "Sure.", "rejected": "No."}, "prompt", "shares no prompt"),
-    ("comparisons", {"prompt": "A?", "chosen": assistant("x"), "rejected": assistant("z")},
-     {"prompt": "A?", "chosen": [*assistant("x"), *assistant("y")], "rejected": assistant("z")}, "chosen", "exactly one message"),
-    ("demonstrations", {"messages": [*user("Hi"), *assistant("Hello.")]}, {"messages": CONVERSATION}, "messages", "must end with the assistant's answer"),
+    (
+        "prompts",
+        {"prompt": user("Hi")},
+        {"prompt": [*CONVERSATION, *assistant("6.")]},
+        "prompt",
+        "must end with a user turn",
+    ),
+    (
+        "prompts",
+        {"prompt": user("Hi")},
+        {"prompt": [{"role": "system", "content": "Be brief."}, *user("Hi")]},
+        "prompt",
+        "has role 'system', expected 'user'",
+    ),
+    (
+        "prompts",
+        {"prompt": user("Hi")},
+        {"prompt": user("Say <|endoftext|> twice")},
+        "prompt[0].content",
+        "chat-format token '<|endoftext|>'",
+    ),
+    (
+        "comparisons",
+        {"chosen": [*user("A?"), *assistant("x")], "rejected": [*user("A?"), *assistant("y")]},
+        {"chosen": [*user("A?"), *assistant("x")], "rejected": [*user("B?"), *assistant("y")]},
+        "chosen",
+        "same conversation up to",
+    ),
+    (
+        "comparisons",
+        {"chosen": hh("A?", "x"), "rejected": hh("A?", "y")},
+        {"chosen": "Sure.", "rejected": "No."},
+        "prompt",
+        "shares no prompt",
+    ),
+    (
+        "comparisons",
+        {"prompt": "A?", "chosen": assistant("x"), "rejected": assistant("z")},
+        {"prompt": "A?", "chosen": [*assistant("x"), *assistant("y")], "rejected": assistant("z")},
+        "chosen",
+        "exactly one message",
+    ),
+    (
+        "demonstrations",
+        {"messages": [*user("Hi"), *assistant("Hello.")]},
+        {"messages": CONVERSATION},
+        "messages",
+        "must end with the assistant's answer",
+    ),
 ]
 
 
@@ -147,10 +228,15 @@ def test_the_chat_template_renders_a_conversation_as_the_prompt_format(smoke_run
     for messages in (user("What is 1 + 1?"), CONVERSATION):
         rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         assert rendered == format_prompt(conversation_prompt(messages))
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         assert ids == tokenizer(format_prompt(conversation_prompt(messages)), add_special_tokens=False)["input_ids"]
     # the turns are the special tokens, not their characters spelled out
-    assert tokenizer.convert_tokens_to_ids("<|assistant|>") in tokenizer(format_prompt(conversation_prompt(CONVERSATION)), add_special_tokens=False)["input_ids"][1:-1]
+    assert (
+        tokenizer.convert_tokens_to_ids("<|assistant|>")
+        in tokenizer(format_prompt(conversation_prompt(CONVERSATION)), add_special_tokens=False)["input_ids"][1:-1]
+    )
 
 
 def _shipped_comparisons(n: int) -> list[dict]:
@@ -159,8 +245,15 @@ def _shipped_comparisons(n: int) -> list[dict]:
 
 USER_FILES = {  # a user's comparisons in each documented shape, made from the shipped records (+ multi-turn ones)
     "standard.jsonl": lambda r: {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]},
-    "conversational.parquet": lambda r: {"prompt": user(r["prompt"]), "chosen": assistant(r["chosen"]), "rejected": assistant(r["rejected"])},
-    "implicit.jsonl": lambda r: {"chosen": [*user(r["prompt"]), *assistant(r["chosen"])], "rejected": [*user(r["prompt"]), *assistant(r["rejected"])]},
+    "conversational.parquet": lambda r: {
+        "prompt": user(r["prompt"]),
+        "chosen": assistant(r["chosen"]),
+        "rejected": assistant(r["rejected"]),
+    },
+    "implicit.jsonl": lambda r: {
+        "chosen": [*user(r["prompt"]), *assistant(r["chosen"])],
+        "rejected": [*user(r["prompt"]), *assistant(r["rejected"])],
+    },
     "hh_rlhf.parquet": lambda r: {"chosen": hh(r["prompt"], r["chosen"]), "rejected": hh(r["prompt"], r["rejected"])},
 }
 
@@ -169,20 +262,28 @@ USER_FILES = {  # a user's comparisons in each documented shape, made from the s
 @pytest.mark.parametrize("name", list(USER_FILES))
 def test_each_format_trains_a_reward_model(smoke_run, tmp_path, name):
     """comparison_dataset and reward_model, the step functions the assets run, on a file in each format."""
-    from rlhf_dag.training.models import load_reward_model
-    from rlhf_dag.training.reward import score_texts
     from rlhf_dag.training.dataset_steps import comparison_dataset
-    from rlhf_dag.training.reward import reward_model
+    from rlhf_dag.training.models import load_reward_model
+    from rlhf_dag.training.reward import reward_model, score_texts
 
     _, _, result = smoke_run
-    shipped = [r for r in _shipped_comparisons(64) if r["chosen"] == r["chosen"].strip() and r["rejected"] == r["rejected"].strip()]
-    multi_turn = {"chosen": [*CONVERSATION, *assistant("3 + 3 = 6.")], "rejected": [*CONVERSATION, *assistant("3 + 3 = 7.")]}
+    shipped = [
+        r
+        for r in _shipped_comparisons(64)
+        if r["chosen"] == r["chosen"].strip() and r["rejected"] == r["rejected"].strip()
+    ]
+    multi_turn = {
+        "chosen": [*CONVERSATION, *assistant("3 + 3 = 6.")],
+        "rejected": [*CONVERSATION, *assistant("3 + 3 = 7.")],
+    }
     shape = USER_FILES[name]
     rows = [shape(r) for r in shipped]
     path = write(rows, tmp_path / f"comparisons{Path(name).suffix}")
     dataset = comparison_dataset({"comparisons": str(path)}, resolve("comparison_dataset"))
     frame = dataset.frames["comparison_dataset.parquet"]
-    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in shipped] == list(zip(frame["prompt"], frame["chosen"], frame["rejected"]))
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in shipped] == list(
+        zip(frame["prompt"], frame["chosen"], frame["rejected"])
+    )
     assert frame["source"].iloc[3] == (f"{path}:4" if path.suffix == ".jsonl" else f"{path}:row 3")
     assert dataset.tags["labels.sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -193,13 +294,18 @@ def test_each_format_trains_a_reward_model(smoke_run, tmp_path, name):
     folder = tmp_path / "comparison_dataset"
     folder.mkdir()
     dataset.save(folder)
-    rm = reward_model({"sft_model": result.output_for_node("sft_model").path, "comparison_dataset": str(folder / dataset.main_file)}, resolve("reward_model"))
+    rm = reward_model(
+        {"sft_model": result.output_for_node("sft_model").path, "comparison_dataset": str(folder / dataset.main_file)},
+        resolve("reward_model"),
+    )
     assert 0.0 <= rm.metrics["validation_accuracy"] <= 1.0 and rm.metrics["train_pairs"] > 0
     rm_folder = tmp_path / "reward_model"
     rm_folder.mkdir()
     rm.save(rm_folder)
     scorer, tokenizer = load_reward_model(rm_folder)
-    single, multi = score_texts(scorer, tokenizer, ["And 3 + 3?", conversation_prompt(CONVERSATION)], ["3 + 3 = 6.", "3 + 3 = 6."])
+    single, multi = score_texts(
+        scorer, tokenizer, ["And 3 + 3?", conversation_prompt(CONVERSATION)], ["3 + 3 = 6.", "3 + 3 = 6."]
+    )
     assert single != multi  # the earlier turns reach the reward model
 
 
@@ -212,12 +318,21 @@ def test_ppo_trains_on_multi_turn_prompts_from_a_parquet_file(smoke_run, tmp_pat
     from rlhf_dag.training.ppo import ppo_policy
 
     _, _, result = smoke_run
-    conversations = [[*user(f"What is {n} + {n}?"), *assistant(f"{n} + {n} = {2 * n}."), *user(f"And {n} + 1?")] for n in range(2, 10)]
+    conversations = [
+        [*user(f"What is {n} + {n}?"), *assistant(f"{n} + {n} = {2 * n}."), *user(f"And {n} + 1?")]
+        for n in range(2, 10)
+    ]
     path = write([{"prompt": c} for c in conversations], tmp_path / "prompts.parquet")
     sft = result.output_for_node("sft_model").path
-    trained = ppo_policy({"sft_model": sft, "reward_model": result.output_for_node("reward_model").path, "prompts": str(path)}, resolve("ppo_policy"))
+    trained = ppo_policy(
+        {"sft_model": sft, "reward_model": result.output_for_node("reward_model").path, "prompts": str(path)},
+        resolve("ppo_policy"),
+    )
     assert trained.metrics["prompts"] == len(conversations)
     assert trained.tags["labels.prompts.sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     before, _ = load_causal_lm(sft)
-    changed = any(not torch.equal(a, b.to(a.device)) for a, b in zip(trained.model.state_dict().values(), before.state_dict().values()))
+    changed = any(
+        not torch.equal(a, b.to(a.device))
+        for a, b in zip(trained.model.state_dict().values(), before.state_dict().values())
+    )
     assert changed and trained.metrics["finite"] == 1.0

@@ -16,7 +16,11 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=10,
 )
-records = st.dictionaries(st.sampled_from(["id", "prompt", "response", "chosen", "rejected", "quality", "extra"]), json_values | st.text(max_size=30), max_size=6)
+records = st.dictionaries(
+    st.sampled_from(["id", "prompt", "response", "chosen", "rejected", "quality", "extra"]),
+    json_values | st.text(max_size=30),
+    max_size=6,
+)
 
 
 def _load(data: bytes, kind: str) -> None:

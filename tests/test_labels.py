@@ -11,7 +11,14 @@ from rlhf_dag.config import resolve
 from rlhf_dag.data.corpus import load_corpus
 from rlhf_dag.data.datasets import build_dataset
 from rlhf_dag.data.domain import SOURCE_PROMPTS
-from rlhf_dag.data.label_files import LABEL_FILES, MAX_LINE_BYTES, LabelFile, LabelFileError, leaked_prompts, load_labels
+from rlhf_dag.data.label_files import (
+    LABEL_FILES,
+    MAX_LINE_BYTES,
+    LabelFile,
+    LabelFileError,
+    leaked_prompts,
+    load_labels,
+)
 from rlhf_dag.training.overlong import count_overlong
 from rlhf_dag.training.pretrain import train_tokenizer
 
@@ -69,9 +76,19 @@ BAD_LINES = [
     ("null", line({**GOOD, "id": "x3", "prompt": None}), "prompt", "must be a string, got NoneType"),
     ("empty string", line({**GOOD, "id": "x3", "rejected": ""}), "rejected", "must not be empty or whitespace"),
     ("whitespace string", line({**GOOD, "id": "x3", "prompt": " \t\n"}), "prompt", "must not be empty or whitespace"),
-    ("chosen == rejected", line({**GOOD, "id": "x3", "rejected": " 1 + 1 = 2. "}), "chosen", "is identical to 'rejected'"),
+    (
+        "chosen == rejected",
+        line({**GOOD, "id": "x3", "rejected": " 1 + 1 = 2. "}),
+        "chosen",
+        "is identical to 'rejected'",
+    ),
     ("not utf-8", b'{"id": "x3", "prompt": "caf\xe9", "chosen": "a", "rejected": "b"}', None, "not valid UTF-8"),
-    ("over the size cap", line({**GOOD, "id": "x3", "chosen": "a" * MAX_LINE_BYTES}), None, f"over the {MAX_LINE_BYTES}-byte cap"),
+    (
+        "over the size cap",
+        line({**GOOD, "id": "x3", "chosen": "a" * MAX_LINE_BYTES}),
+        None,
+        f"over the {MAX_LINE_BYTES}-byte cap",
+    ),
     ("duplicate id", line({**OTHER, "id": "x1"}), "id", "duplicate id 'x1' (first on line 1)"),
 ]
 
@@ -116,7 +133,9 @@ def test_missing_file_and_unknown_kind(tmp_path):
 
 def test_exact_duplicates_are_dropped_and_counted(tmp_path):
     # lines 1, 2, 4 are the same record; line 5 is the same content under another id
-    path = write(tmp_path / "comparisons.jsonl", line(GOOD), line(GOOD), line(OTHER), line(GOOD), line({**GOOD, "id": "x9"}))
+    path = write(
+        tmp_path / "comparisons.jsonl", line(GOOD), line(GOOD), line(OTHER), line(GOOD), line({**GOOD, "id": "x9"})
+    )
     labels = load_labels(path)
     assert labels.records == [GOOD, OTHER]
     assert labels.duplicates_dropped == 3
@@ -124,7 +143,11 @@ def test_exact_duplicates_are_dropped_and_counted(tmp_path):
 
 
 def test_leaked_prompts_counts_training_prompts_that_are_eval_prompts(tmp_path):
-    eval_prompts = LabelFile(tmp_path / "eval_prompts.jsonl", "eval_prompts", [{"id": "e0", "prompt": "What is 1 + 1?"}, {"id": "e1", "prompt": "What is 7 + 7?"}])
+    eval_prompts = LabelFile(
+        tmp_path / "eval_prompts.jsonl",
+        "eval_prompts",
+        [{"id": "e0", "prompt": "What is 1 + 1?"}, {"id": "e1", "prompt": "What is 7 + 7?"}],
+    )
     training = LabelFile(
         tmp_path / "prompts.jsonl",
         "prompts",
@@ -167,7 +190,12 @@ def test_shipped_files_fit_the_default_context(shipped):
     """The default run rejects no shipped record: each fits max_length under the tokenizer the default profile trains."""
     corpus, base = resolve("pretraining_corpus", profile="default"), resolve("base_model", profile="default")
     tokenizer = train_tokenizer(load_corpus(corpus.source, corpus.n_documents, corpus.seed), base.vocab_size)
-    for name, responses, step in (("demonstrations", ("response",), "sft_model"), ("comparisons", ("chosen", "rejected"), "reward_model")):
+    for name, responses, step in (
+        ("demonstrations", ("response",), "sft_model"),
+        ("comparisons", ("chosen", "rejected"), "reward_model"),
+    ):
         cfg = resolve(step, profile="default")
         frame = build_dataset(shipped[name], 0.1, "rlhf-dag")
-        assert count_overlong(tokenizer, frame, responses, cfg.max_length, cfg.overlong, step) == 0  # 'reject' raises otherwise
+        assert (
+            count_overlong(tokenizer, frame, responses, cfg.max_length, cfg.overlong, step) == 0
+        )  # 'reject' raises otherwise

@@ -23,8 +23,22 @@ PPO_NEAR_GREEDY = {"ops": {"ppo_policy": {"config": {"temperature": 0.05}}}}
 
 
 def _materialize(env: dict, select: str, launcher: str, run_config: Path) -> None:
-    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", select, "-c", str(run_config)]
-    done = subprocess.run(command, cwd=REPO, env={**env, "RLHF_DAG_LAUNCHER": launcher}, capture_output=True, text=True, timeout=900)
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "rlhf_dag.definitions",
+        "--select",
+        select,
+        "-c",
+        str(run_config),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO, env={**env, "RLHF_DAG_LAUNCHER": launcher}, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -43,7 +57,12 @@ def test_the_smoke_graph_under_torchrun_2_matches_one_process(smoke_run, isolate
     _, _, one_process = smoke_run
     shutil.copytree(isolated_env / "labels", tmp_path / "labels")
     (tmp_path / "dagster").mkdir()
-    env = {**os.environ, "RLHF_DAG_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"), "RLHF_DAG_LABELS_DIR": str(tmp_path / "labels")}
+    env = {
+        **os.environ,
+        "RLHF_DAG_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "RLHF_DAG_LABELS_DIR": str(tmp_path / "labels"),
+    }
     run_config = tmp_path / "run_config.json"
     run_config.write_text(json.dumps(PPO_NEAR_GREEDY))
     _materialize(env, "group:rlhf", "torchrun:2", run_config)
@@ -51,24 +70,47 @@ def test_the_smoke_graph_under_torchrun_2_matches_one_process(smoke_run, isolate
     os.environ.update({k: env[k] for k in ("RLHF_DAG_HOME", "DAGSTER_HOME", "RLHF_DAG_LABELS_DIR")})
     try:
         instance = dg.DagsterInstance.get()
-        metadata = {a: instance.get_latest_materialization_event(dg.AssetKey(a)).asset_materialization.metadata for a in TRAINED}
+        metadata = {
+            a: instance.get_latest_materialization_event(dg.AssetKey(a)).asset_materialization.metadata for a in TRAINED
+        }
         values = {a: {k: getattr(v, "value", v) for k, v in m.items()} for a, m in metadata.items()}
         ppo_two_ranks = values["ppo_policy"]["path"]
         # the one-process PPO reference: the same upstream models, the same config, in the Dagster process
         _materialize(env, "ppo_policy", "in-process", run_config)
-        ppo_one_process = instance.get_latest_materialization_event(dg.AssetKey("ppo_policy")).asset_materialization.metadata["path"].value
+        ppo_one_process = (
+            instance.get_latest_materialization_event(dg.AssetKey("ppo_policy"))
+            .asset_materialization.metadata["path"]
+            .value
+        )
     finally:
-        os.environ.update({"RLHF_DAG_HOME": str(isolated_env / "home"), "DAGSTER_HOME": str(isolated_env / "dagster"), "RLHF_DAG_LABELS_DIR": str(isolated_env / "labels")})
+        os.environ.update(
+            {
+                "RLHF_DAG_HOME": str(isolated_env / "home"),
+                "DAGSTER_HOME": str(isolated_env / "dagster"),
+                "RLHF_DAG_LABELS_DIR": str(isolated_env / "labels"),
+            }
+        )
 
     for asset in TRAINED:
         facts = values[asset]
-        assert (facts["launcher"], facts["world_size"], facts["distributed_type"]) == ("torchrun:2", 2, "MULTI_CPU"), asset
+        assert (facts["launcher"], facts["world_size"], facts["distributed_type"]) == ("torchrun:2", 2, "MULTI_CPU"), (
+            asset
+        )
         rank0, rank1 = facts["rank_checksums"].split(",")
         assert rank0 == rank1, asset
     losses = {
-        "base_model": ("final_loss", json.loads((Path(values["base_model"]["path"]) / "step.json").read_text())["metrics"]),
-        "sft_model": ("validation_loss", json.loads((Path(values["sft_model"]["path"]) / "step.json").read_text())["metrics"]),
-        "reward_model": ("validation_loss", json.loads((Path(values["reward_model"]["path"]) / "step.json").read_text())["metrics"]),
+        "base_model": (
+            "final_loss",
+            json.loads((Path(values["base_model"]["path"]) / "step.json").read_text())["metrics"],
+        ),
+        "sft_model": (
+            "validation_loss",
+            json.loads((Path(values["sft_model"]["path"]) / "step.json").read_text())["metrics"],
+        ),
+        "reward_model": (
+            "validation_loss",
+            json.loads((Path(values["reward_model"]["path"]) / "step.json").read_text())["metrics"],
+        ),
     }
     for asset, (key, metrics) in losses.items():
         reference = one_process.output_for_node(asset).metrics[key]
@@ -88,10 +130,14 @@ def test_a_failing_rank_fails_the_asset_with_its_traceback_in_the_run_log(smoke_
     monkeypatch.setenv("RLHF_DAG_LAUNCHER", "torchrun:2")
     job = defs.resolve_implicit_global_asset_job_def()
     run_config = {"ops": {"ppo_policy": {"config": {"rollout_batch_size": 3}}}}
-    result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ppo_policy")], run_config=run_config, raise_on_error=False)
+    result = job.execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey("ppo_policy")], run_config=run_config, raise_on_error=False
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    description = failure.event_specific_data.user_failure_data.description  # what the run log shows under the failed step
+    description = (
+        failure.event_specific_data.user_failure_data.description
+    )  # what the run log shows under the failed step
     assert "the launched step failed (torchrun:2)" in description
     assert "rank 0:\nTraceback" in description or "rank 1:\nTraceback" in description
     assert "rollout_batch_size=3 does not split over 2 processes" in description
@@ -102,10 +148,25 @@ def test_the_launcher_comes_from_the_environment_and_starts_the_spec_runner(monk
     monkeypatch.delenv("RLHF_DAG_LAUNCHER", raising=False)
     assert StepLauncher().in_process
     monkeypatch.setenv("RLHF_DAG_LAUNCHER", "torchrun:2")
-    assert StepLauncher().command(spec, logs) == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--log-dir", str(logs),
-                                                  "-m", "rlhf_dag.pipes_step", "--spec", str(spec)]
+    assert StepLauncher().command(spec, logs) == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--log-dir",
+        str(logs),
+        "-m",
+        "rlhf_dag.pipes_step",
+        "--spec",
+        str(spec),
+    ]
     assert StepLauncher(launcher="accelerate:configs/accelerate/multi_cpu.yaml").command(spec, logs)[1:5] == [
-        "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/multi_cpu.yaml")]
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate/multi_cpu.yaml"),
+    ]
     assert StepLauncher(launcher="in-process").in_process  # run config wins over the environment
     for wrong in ("torchrun", "torchrun:two", "mpi:4", "in-process:2"):
         with pytest.raises(dg.DagsterInvalidConfigError, match="is not one of 'in-process', 'torchrun:N'"):
@@ -123,7 +184,9 @@ def test_the_k8s_launcher_submits_a_step_pod_with_image_command_env_gpus_and_the
 
     def create_namespaced_pod(self, namespace, body, **kwargs):
         command = body.spec.containers[0].command
-        submitted.update(namespace=namespace, pod=body, spec=json.loads(Path(command[command.index("--spec") + 1]).read_text()))
+        submitted.update(
+            namespace=namespace, pod=body, spec=json.loads(Path(command[command.index("--spec") + 1]).read_text())
+        )
         raise kubernetes.client.exceptions.ApiException(status=503, reason="no cluster in this test")
 
     monkeypatch.setattr(kubernetes.config, "load_kube_config", lambda *args, **kwargs: None)
@@ -131,9 +194,19 @@ def test_the_k8s_launcher_submits_a_step_pod_with_image_command_env_gpus_and_the
     monkeypatch.setenv("RLHF_DAG_LAUNCHER", "in-process")
     launcher = {"launcher": "k8s", "image": "registry.example/rlhf-dag:1.0", "namespace": "rlhf", "gpus": 1}
     job = defs.resolve_implicit_global_asset_job_def()
-    run = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("sft_model")], raise_on_error=False,
-                                 run_config={"resources": {"launcher": {"config": launcher}}})
-    assert not run.success and "no cluster in this test" in next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.user_failure_data.description
+    run = job.execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey("sft_model")],
+        raise_on_error=False,
+        run_config={"resources": {"launcher": {"config": launcher}}},
+    )
+    assert (
+        not run.success
+        and "no cluster in this test"
+        in next(
+            e for e in run.all_events if e.event_type_value == "STEP_FAILURE"
+        ).event_specific_data.user_failure_data.description
+    )
 
     pod, spec = submitted["pod"], submitted["spec"]
     container = pod.spec.containers[0]
@@ -142,8 +215,10 @@ def test_the_k8s_launcher_submits_a_step_pod_with_image_command_env_gpus_and_the
     assert container.command[:3] == ["python", "-m", "rlhf_dag.pipes_step"]
     assert spec["step"] == "sft_model" and spec["output"].endswith(f"sft_model/{run.run_id}")
     # the inputs are the latest materializations (another test may have re-materialized one since smoke_run)
-    latest = {name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata["path"].value
-              for name in ("base_model", "sft_dataset")}
+    latest = {
+        name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata["path"].value
+        for name in ("base_model", "sft_dataset")
+    }
     assert spec["inputs"] == latest
     env = {e.name: e.value for e in container.env}
     assert env["MLFLOW_RUN_ID"] == spec["lineage"]["mlflow_run_id"] and env["RLHF_DAG_PROFILE"] == "smoke"

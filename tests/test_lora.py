@@ -12,14 +12,20 @@ import dagster as dg
 import pytest
 import torch
 from peft import PeftModel
+from test_ppo_train import PROMPTS, RiggedReward, ppo_config
 from toy import causal_lm, one_thread, toy_tokenizer, value_model  # noqa: F401  (one_thread: an autouse fixture)
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Qwen2ForCausalLM, Qwen2ForSequenceClassification
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    Qwen2ForCausalLM,
+    Qwen2ForSequenceClassification,
+)
 
 from rlhf_dag.config import LoRAConfig
 from rlhf_dag.training.chat import format_prompt
 from rlhf_dag.training.lora import ADAPTER_DIR, adapt
 from rlhf_dag.training.ppo import ppo_train, reference, response_logprobs
-from test_ppo_train import PROMPTS, RiggedReward, ppo_config
 
 TOY_LORA = LoRAConfig(r=2, alpha=4.0)
 
@@ -33,8 +39,11 @@ def _checksum(state: dict[str, torch.Tensor]) -> str:
 
 def _base_weights(model) -> dict[str, torch.Tensor]:
     """A LoRA model's frozen base weights, under their names in the plain model."""
-    return {n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach().clone()
-            for n, p in model.named_parameters() if "lora_" not in n}
+    return {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach().clone()
+        for n, p in model.named_parameters()
+        if "lora_" not in n
+    }
 
 
 def _rollout(tokenizer, policy):
@@ -83,16 +92,24 @@ def test_ppo_with_lora_trains_the_adapter_and_the_critic_never_the_base_weights(
 
 
 def _lora_targets(adapter: Path) -> set[str]:
-    return {f"{module}.weight" for module in json.loads((adapter / "adapter_config.json").read_text())["target_modules"]}
+    return {
+        f"{module}.weight" for module in json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
+    }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("asset,upstream,cls,architecture", [
-    ("sft_model", "base_model", AutoModelForCausalLM, Qwen2ForCausalLM),
-    ("reward_model", "sft_model", AutoModelForSequenceClassification, Qwen2ForSequenceClassification),
-    ("ppo_policy", "sft_model", AutoModelForCausalLM, Qwen2ForCausalLM),
-], ids=["sft_model", "reward_model", "ppo_policy"])
-def test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights(lora_run, asset, upstream, cls, architecture):
+@pytest.mark.parametrize(
+    "asset,upstream,cls,architecture",
+    [
+        ("sft_model", "base_model", AutoModelForCausalLM, Qwen2ForCausalLM),
+        ("reward_model", "sft_model", AutoModelForSequenceClassification, Qwen2ForSequenceClassification),
+        ("ppo_policy", "sft_model", AutoModelForCausalLM, Qwen2ForCausalLM),
+    ],
+    ids=["sft_model", "reward_model", "ppo_policy"],
+)
+def test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights(
+    lora_run, asset, upstream, cls, architecture
+):
     _, instance, result, _ = lora_run
     handle = result.output_for_node(asset)
     folder, upstream_dir = Path(handle.path), Path(handle.lineage[upstream])
@@ -112,7 +129,9 @@ def test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights(
     assert all(torch.allclose(saved[n], rebuilt[n], atol=1e-6) for n in saved), "merged weights != upstream + adapter"
 
     targets = _lora_targets(folder / ADAPTER_DIR)
-    frozen = {n for n in saved if n not in targets and not n.startswith("score.")}  # a reward model's new head trains whole
+    frozen = {
+        n for n in saved if n not in targets and not n.startswith("score.")
+    }  # a reward model's new head trains whole
     assert {"model.embed_tokens.weight", "model.norm.weight"} <= frozen
     assert _checksum({n: saved[n] for n in frozen}) == _checksum({n: start_weights[n] for n in frozen})
     assert any(not torch.equal(saved[n], start_weights[n]) for n in targets)
@@ -125,7 +144,9 @@ def test_lora_ppo_is_kl_penalized_against_the_sft_model(lora_run):
     _, _, result, _ = lora_run
     ppo_dir, sft_dir = Path(result.output_for_node("ppo_policy").path), Path(result.output_for_node("sft_model").path)
     kl = [row["kl"] for row in json.loads((ppo_dir / "ppo_history.json").read_text())]
-    assert abs(kl[0]) < 1e-5 and abs(kl[-1]) > 1e-5, kl  # the sampled estimate of KL can be negative; 0 only if the reference is the policy
+    assert abs(kl[0]) < 1e-5 and abs(kl[-1]) > 1e-5, (
+        kl
+    )  # the sampled estimate of KL can be negative; 0 only if the reference is the policy
 
     tokenizer, sft = AutoTokenizer.from_pretrained(sft_dir), AutoModelForCausalLM.from_pretrained(sft_dir)
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft_dir), ppo_dir / ADAPTER_DIR)

@@ -34,27 +34,43 @@ def test_check_patches_names_a_test_that_does_not_exist(tmp_path, monkeypatch):
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_f.py").write_text("def test_real():\n    pass\n")
     (tmp_path / "f.py").write_text("y = 1\n")
-    monkeypatch.setattr(mutants, "MUTATIONS", [Mutation("m", "f.py", [("y = 1", "y = 2")], ["tests/test_f.py::test_real[a]", "tests/test_f.py::test_gone"])])
+    monkeypatch.setattr(
+        mutants,
+        "MUTATIONS",
+        [Mutation("m", "f.py", [("y = 1", "y = 2")], ["tests/test_f.py::test_real[a]", "tests/test_f.py::test_gone"])],
+    )
     assert check_patches(tmp_path) == ["m: no test tests/test_f.py::test_gone"]
 
 
 MUTATION = Mutation("m", "f.py", [("a", "b")], ["tests/test_x.py::test_named"])
 
 
-def _record(nodeid="tests/test_x.py::test_named", when="call", exception="AssertionError", assertion=True, in_tests=True):
-    return {"nodeid": nodeid, "when": when, "exception": exception, "assertion": assertion, "in_tests": in_tests, "message": "assert 1 == 2"}
+def _record(
+    nodeid="tests/test_x.py::test_named", when="call", exception="AssertionError", assertion=True, in_tests=True
+):
+    return {
+        "nodeid": nodeid,
+        "when": when,
+        "exception": exception,
+        "assertion": assertion,
+        "in_tests": in_tests,
+        "message": "assert 1 == 2",
+    }
 
 
-@pytest.mark.parametrize(("records", "code", "verdict", "says"), [
-    ([_record()], 1, "caught", "by tests/test_x.py::test_named"),
-    ([_record(nodeid="tests/test_x.py::test_named[seed-0]")], 1, "caught", "[seed-0]"),
-    ([], 0, "NOT caught", "every named test passed"),
-    ([_record(when="setup", exception="RuntimeError", assertion=False)], 1, "ERROR", "failed in setup"),
-    ([_record(exception="AssertionError", in_tests=False)], 1, "ERROR", "in library code"),
-    ([_record(exception="ValueError", assertion=False)], 1, "ERROR", "with ValueError"),
-    ([_record(nodeid="tests/test_x.py::test_named_too")], 1, "ERROR", "outside a named test"),
-    ([], 2, "ERROR", "no test failure"),
-])
+@pytest.mark.parametrize(
+    ("records", "code", "verdict", "says"),
+    [
+        ([_record()], 1, "caught", "by tests/test_x.py::test_named"),
+        ([_record(nodeid="tests/test_x.py::test_named[seed-0]")], 1, "caught", "[seed-0]"),
+        ([], 0, "NOT caught", "every named test passed"),
+        ([_record(when="setup", exception="RuntimeError", assertion=False)], 1, "ERROR", "failed in setup"),
+        ([_record(exception="AssertionError", in_tests=False)], 1, "ERROR", "in library code"),
+        ([_record(exception="ValueError", assertion=False)], 1, "ERROR", "with ValueError"),
+        ([_record(nodeid="tests/test_x.py::test_named_too")], 1, "ERROR", "outside a named test"),
+        ([], 2, "ERROR", "no test failure"),
+    ],
+)
 def test_only_a_named_tests_own_assertion_counts_as_caught(records, code, verdict, says):
     outcome = judge(MUTATION, code, "interrupted\n", records, 1.0)
     assert outcome.verdict == verdict and says in outcome.detail

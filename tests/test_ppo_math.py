@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from rlhf_dag.training.generate import truncate_after_eos
-from rlhf_dag.training.ppo import clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, masked_mean, masked_whiten
+from rlhf_dag.training.ppo import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_whiten,
+)
 
 
 def close(actual: torch.Tensor, expected) -> None:

@@ -13,8 +13,15 @@ from rlhf_dag.training.ppo import TrainingDivergedError, ppo_train
 
 pytestmark = pytest.mark.slow
 
-PPO_OVERRIDES = dict(iterations=10, rollout_batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=12,
-                     learning_rate=3e-3, kl_coef=0.01)
+PPO_OVERRIDES = dict(
+    iterations=10,
+    rollout_batch_size=16,
+    minibatch_size=8,
+    ppo_epochs=2,
+    max_new_tokens=12,
+    learning_rate=3e-3,
+    kl_coef=0.01,
+)
 
 
 def _config(**overrides):
@@ -37,8 +44,12 @@ def test_ppo_raises_the_reward_and_changes_the_policy(smoke_run):
     policy, reference, scorer, critic, tokenizer = _models(smoke_run)
     before = copy.deepcopy(policy.state_dict())
     frozen_before = [copy.deepcopy(model.state_dict()) for model in (reference, scorer)]
-    prompts = ["What is 2 + 2?", "What is 3 + 4?", "Help me write a Python function that outputs whether a number is even.",
-               "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing."]
+    prompts = [
+        "What is 2 + 2?",
+        "What is 3 + 4?",
+        "Help me write a Python function that outputs whether a number is even.",
+        "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing.",
+    ]
     result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, _config())
     rm = [row["rm_score"] for row in result.history]
     assert sum(rm[-3:]) / 3 > sum(rm[:3]) / 3, rm
@@ -50,7 +61,9 @@ def test_ppo_raises_the_reward_and_changes_the_policy(smoke_run):
     for key in ("kl", "approx_kl", "clipfrac", "entropy", "vf_loss", "eos_rate", "kl_coef"):
         assert key in result.history[-1]
     # [PPO-2] on a real model: before each iteration's first update the ratio is 1 and nothing is clipped
-    assert all(row["first_minibatch_max_ratio_error"] < 1e-4 and row["first_minibatch_clipfrac"] == 0 for row in result.history)
+    assert all(
+        row["first_minibatch_max_ratio_error"] < 1e-4 and row["first_minibatch_clipfrac"] == 0 for row in result.history
+    )
 
 
 def test_a_non_finite_reward_stops_ppo_naming_the_iteration(smoke_run):

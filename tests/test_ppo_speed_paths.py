@@ -18,10 +18,20 @@ PROMPTS = ["a b", "c d e f", "g", "h a b c d e", "b", "c c c"]
 def rollout():
     torch.manual_seed(0)
     policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
-    query, response, sampled = generate_tokens(policy, tokenizer, [format_prompt(p) for p in PROMPTS], 10, 0.7, return_logprobs=True)
+    query, response, sampled = generate_tokens(
+        policy, tokenizer, [format_prompt(p) for p in PROMPTS], 10, 0.7, return_logprobs=True
+    )
     response, _ = truncate_after_eos(response, tokenizer.eos_token_id, tokenizer.pad_token_id)
     query_response = torch.cat([query, response], dim=1)
-    return policy, tokenizer, query.shape[1], query_response, query_response != tokenizer.pad_token_id, (response != tokenizer.pad_token_id).float(), sampled
+    return (
+        policy,
+        tokenizer,
+        query.shape[1],
+        query_response,
+        query_response != tokenizer.pad_token_id,
+        (response != tokenizer.pad_token_id).float(),
+        sampled,
+    )
 
 
 def test_sampling_pass_log_probs_match_a_fresh_forward(rollout):
@@ -55,7 +65,13 @@ def test_a_packed_minibatch_scores_as_the_padded_rollout(rollout):
     critic = value_model()
     mb = torch.tensor([0, 2, 4, 5])
     lengths = mask.sum(dim=1)
-    packed = pack_minibatch(query_response[mb, :n_query], attention[mb, :n_query], query_response[mb, n_query:], lengths[mb], tokenizer.pad_token_id)
+    packed = pack_minibatch(
+        query_response[mb, :n_query],
+        attention[mb, :n_query],
+        query_response[mb, n_query:],
+        lengths[mb],
+        tokenizer.pad_token_id,
+    )
     assert packed.input_ids.shape[1] < n_query + mask.shape[1]  # padding really dropped
     assert (packed.attention_mask.sum(dim=1) == attention[mb].sum(dim=1)).all()  # and no real token lost
     with torch.no_grad():
@@ -76,14 +92,25 @@ def test_pad_is_never_sampled_and_scoring_excludes_it_as_sampling_did():
     policy, tokenizer = causal_lm(seed=5).eval(), toy_tokenizer()
     with torch.no_grad():
         policy.lm_head.bias[tokenizer.pad_token_id] = 3.0  # PAD the likeliest token in every context
-    query, response, sampled = generate_tokens(policy, tokenizer, [format_prompt(p) for p in PROMPTS], 10, 1.0, return_logprobs=True)
+    query, response, sampled = generate_tokens(
+        policy, tokenizer, [format_prompt(p) for p in PROMPTS], 10, 1.0, return_logprobs=True
+    )
     response, _ = truncate_after_eos(response, tokenizer.eos_token_id, tokenizer.pad_token_id)
     mask = response != tokenizer.pad_token_id
     assert mask.sum() > len(PROMPTS)
-    assert (mask.long().cumsum(dim=1) == torch.arange(1, mask.shape[1] + 1)).where(mask, True).all()  # no PAD before a real token
+    assert (
+        (mask.long().cumsum(dim=1) == torch.arange(1, mask.shape[1] + 1)).where(mask, True).all()
+    )  # no PAD before a real token
     query_response = torch.cat([query, response], dim=1)
     with torch.no_grad():
-        recomputed, _ = response_logprobs(policy, query_response, query_response != tokenizer.pad_token_id, query.shape[1], 1.0, tokenizer.pad_token_id)
+        recomputed, _ = response_logprobs(
+            policy,
+            query_response,
+            query_response != tokenizer.pad_token_id,
+            query.shape[1],
+            1.0,
+            tokenizer.pad_token_id,
+        )
     assert torch.allclose(sampled * mask, recomputed * mask, atol=1e-4)
 
 
@@ -102,15 +129,30 @@ def test_packed_scoring_gives_the_padded_rollouts_reference_log_probs_values_and
         last = n_query + mask.sum(dim=1).long() - 1
         padded_scores = per_token_scores(scorer, query_response, attention)[torch.arange(len(last)), last]
     lengths = mask.sum(dim=1)
-    assert len(set(lengths.tolist())) > 1 and len(set(attention[:, :n_query].sum(dim=1).tolist())) > 1  # padding to drop on both sides
-    ref_logprobs, values, scores = score_rollouts(policy, reference, scorer, critic, query_response[:, :n_query], attention[:, :n_query],
-                                                  query_response[:, n_query:], lengths, 0.7, tokenizer.pad_token_id, chunk=4)
+    assert (
+        len(set(lengths.tolist())) > 1 and len(set(attention[:, :n_query].sum(dim=1).tolist())) > 1
+    )  # padding to drop on both sides
+    ref_logprobs, values, scores = score_rollouts(
+        policy,
+        reference,
+        scorer,
+        critic,
+        query_response[:, :n_query],
+        attention[:, :n_query],
+        query_response[:, n_query:],
+        lengths,
+        0.7,
+        tokenizer.pad_token_id,
+        chunk=4,
+    )
     assert torch.allclose(ref_logprobs, padded * mask, atol=1e-5)
     assert torch.allclose(values, padded_values * mask, atol=1e-5)
     assert torch.allclose(scores, padded_scores, atol=1e-5)
     with torch.no_grad():
         critic_at_last = per_token_scores(critic, query_response, attention)[torch.arange(len(last)), last]
-    assert not torch.allclose(scores, critic_at_last, atol=1e-3)  # the RM's score, not the critic's: the check above can fail
+    assert not torch.allclose(
+        scores, critic_at_last, atol=1e-3
+    )  # the RM's score, not the critic's: the check above can fail
 
 
 def test_the_sampler_draws_each_token_with_its_tempered_probability():

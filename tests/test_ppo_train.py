@@ -18,11 +18,10 @@ from toy import A_ID, ASSISTANT_ID, SAMPLED, WORDS, causal_lm, one_thread, toy_t
 
 from rlhf_dag.config import PPOConfig
 from rlhf_dag.training.chat import EOS
-from rlhf_dag.training.ppo import ppo_train
 from rlhf_dag.training.monitor import TrainingDivergedError
+from rlhf_dag.training.ppo import ppo_train
 
 PROMPTS = ["a b", "c d e f", "g", "h a b c d e"]  # different lengths, so rollouts are left-padded
-
 
 
 class RiggedReward(nn.Module):
@@ -49,8 +48,19 @@ class RiggedReward(nn.Module):
 
 
 def ppo_config(**overrides) -> PPOConfig:
-    values = dict(iterations=2, rollout_batch_size=16, minibatch_size=4, ppo_epochs=2, max_new_tokens=8, temperature=1.0,
-                  learning_rate=1e-2, kl_coef=0.01, adaptive_kl=False, missing_eos_penalty=None, seed=0)
+    values = dict(
+        iterations=2,
+        rollout_batch_size=16,
+        minibatch_size=4,
+        ppo_epochs=2,
+        max_new_tokens=8,
+        temperature=1.0,
+        learning_rate=1e-2,
+        kl_coef=0.01,
+        adaptive_kl=False,
+        missing_eos_penalty=None,
+        seed=0,
+    )
     return PPOConfig(**{**values, **overrides})
 
 
@@ -75,7 +85,9 @@ def test_ppo_raises_a_rigged_reward_far_above_an_lr_0_control(seed):
     trained = train(causal_lm(seed), RiggedReward(A_ID), cfg)
     control = train(causal_lm(seed), RiggedReward(A_ID), cfg.model_copy(update={"learning_rate": 0.0}))
     assert abs(control.metrics["final_rm_score"] - (1 - (8 / 9) ** 8)) < 0.4, control.history
-    assert trained.metrics["final_rm_score"] > control.metrics["final_rm_score"] + 3.0, [r["rm_score"] for r in trained.history]
+    assert trained.metrics["final_rm_score"] > control.metrics["final_rm_score"] + 3.0, [
+        r["rm_score"] for r in trained.history
+    ]
 
 
 # ---------------------------------------------------------------- [PPO-2] ratio 1 before any update
@@ -111,7 +123,9 @@ def test_a_tight_clip_range_holds_the_policy_near_its_rollout_policy(seed):
     """
     runs = {}
     for clip in (0.05, 10.0):
-        row = train(causal_lm(seed), RiggedReward(A_ID), ppo_config(iterations=1, ppo_epochs=4, clip_range=clip, seed=seed)).history[0]
+        row = train(
+            causal_lm(seed), RiggedReward(A_ID), ppo_config(iterations=1, ppo_epochs=4, clip_range=clip, seed=seed)
+        ).history[0]
         runs[clip] = {"clipfrac": row["clipfrac"], "approx_kl": row["approx_kl"]}
     tight, loose = runs[0.05], runs[10.0]
     assert tight["clipfrac"] > 0.3, runs
@@ -145,15 +159,24 @@ def test_reference_and_reward_model_weights_are_untouched_while_policy_and_criti
     """The reference and the RM are byte-identical after training; the policy and the critic (RM-initialized, [PPO-11]) changed."""
     policy, reward_model = causal_lm(0), value_model(2)
     reference, critic = copy.deepcopy(policy), copy.deepcopy(reward_model)
-    before = {name: {k: v.clone() for k, v in model.state_dict().items()} for name, model in
-              (("policy", policy), ("reference", reference), ("reward_model", reward_model), ("critic", critic))}
+    before = {
+        name: {k: v.clone() for k, v in model.state_dict().items()}
+        for name, model in (
+            ("policy", policy),
+            ("reference", reference),
+            ("reward_model", reward_model),
+            ("critic", critic),
+        )
+    }
     train(policy, reward_model, ppo_config(), reference=reference, critic=critic)
     after = {"policy": policy, "reference": reference, "reward_model": reward_model, "critic": critic}
     for name in ("reference", "reward_model"):
         changed = [k for k, v in after[name].state_dict().items() if not torch.equal(v, before[name][k])]
         assert not changed, f"{name} changed: {changed}"
     for name in ("policy", "critic"):
-        assert any(not torch.equal(v, before[name][k]) for k, v in after[name].state_dict().items()), f"{name} did not train"
+        assert any(not torch.equal(v, before[name][k]) for k, v in after[name].state_dict().items()), (
+            f"{name} did not train"
+        )
 
 
 # ---------------------------------------------------------------- [PPO-5] the missing-EOS penalty
@@ -209,7 +232,9 @@ def test_adaptive_kl_coefficient_moves_toward_the_target(target_kl, step):
     """[PPO-1] the logged KL is the per-token log-ratio summed over the response: 8 * log 9 = 17.578 here.
     [PPO-10] kl_coef *= 1 + clip(KL / target - 1, +-0.2) * rollout_batch_size / 10000:
     above the target it rises (clipped at +0.2), below it falls (-0.2), proportionally in between (+0.1)."""
-    cfg = ppo_config(iterations=2, rollout_batch_size=64, learning_rate=0.0, kl_coef=0.1, adaptive_kl=True, target_kl=target_kl)
+    cfg = ppo_config(
+        iterations=2, rollout_batch_size=64, learning_rate=0.0, kl_coef=0.1, adaptive_kl=True, target_kl=target_kl
+    )
     result = train(causal_lm(bias={"a": 30.0}), RiggedReward(A_ID), cfg, reference=causal_lm(bias={}))
     kl_coef = 0.1
     for row in result.history:

@@ -54,7 +54,13 @@ def comparisons(prompt_words: list[str], n: int, rng: random.Random) -> pd.DataF
     rows = []
     for _ in range(n):
         length = rng.randint(1, 3)
-        rows.append({"prompt": " ".join(rng.choices(prompt_words, k=rng.randint(1, 4))), "chosen": " ".join(["a"] * length), "rejected": " ".join(["b"] * length)})
+        rows.append(
+            {
+                "prompt": " ".join(rng.choices(prompt_words, k=rng.randint(1, 4))),
+                "chosen": " ".join(["a"] * length),
+                "rejected": " ".join(["b"] * length),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -80,11 +86,19 @@ def test_dpo_gives_the_chosen_responses_of_held_out_pairs_a_clearly_higher_impli
     reference = AutoModelForCausalLM.from_pretrained(sft)
 
     def implicit_reward(prompt: str, response: str) -> float:
-        return cfg.beta * (response_logprob(policy, tokenizer, prompt, response) - response_logprob(reference, tokenizer, prompt, response))
+        return cfg.beta * (
+            response_logprob(policy, tokenizer, prompt, response)
+            - response_logprob(reference, tokenizer, prompt, response)
+        )
 
-    margins = [implicit_reward(row.prompt, row.chosen) - implicit_reward(row.prompt, row.rejected) for row in validation.itertuples()]
+    margins = [
+        implicit_reward(row.prompt, row.chosen) - implicit_reward(row.prompt, row.rejected)
+        for row in validation.itertuples()
+    ]
     accuracy, margin = sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins)
-    assert accuracy >= 0.9 and margin > 0.3, f"held-out implicit-reward accuracy {accuracy:.2f}, margin {margin:.3f}: {[round(m, 3) for m in margins]}"
+    assert accuracy >= 0.9 and margin > 0.3, (
+        f"held-out implicit-reward accuracy {accuracy:.2f}, margin {margin:.3f}: {[round(m, 3) for m in margins]}"
+    )
     assert metrics["validation_reward_accuracy"] == pytest.approx(accuracy)
     assert metrics["validation_reward_margin"] == pytest.approx(margin, abs=1e-4)
 
@@ -117,8 +131,12 @@ HELD_OUT_PROMPTS = ["b c", "d d", "e f g", "h"]
 def first_token_probability(model, tokenizer, prompts: list[str], token: int) -> float:
     """Mean over `prompts` of the probability that the response starts with `token`."""
     model.eval()
-    probabilities = [F.softmax(model(input_ids=tokenizer(format_prompt(p), return_tensors="pt")["input_ids"]).logits[0, -1].float(), dim=-1)[token]
-                     for p in prompts]
+    probabilities = [
+        F.softmax(
+            model(input_ids=tokenizer(format_prompt(p), return_tensors="pt")["input_ids"]).logits[0, -1].float(), dim=-1
+        )[token]
+        for p in prompts
+    ]
     return float(sum(probabilities) / len(probabilities))
 
 
@@ -135,18 +153,32 @@ def test_online_method_raises_the_reward_model_score_far_above_an_lr_0_control(t
     """
     config_class = {"grpo": GRPOConfig, "rloo": RLOOConfig}[method]
     sft, tokenizer = saved_sft_model(tmp_path, 0), toy_tokenizer()
-    cfg = config_class(steps=20, prompts_per_step=4, num_generations=4, max_new_tokens=8, temperature=1.0, learning_rate=3e-2, beta=0.01,
-                       missing_eos_penalty=None, seed=0)
+    cfg = config_class(
+        steps=20,
+        prompts_per_step=4,
+        num_generations=4,
+        max_new_tokens=8,
+        temperature=1.0,
+        learning_rate=3e-2,
+        beta=0.01,
+        missing_eos_penalty=None,
+        seed=0,
+    )
 
     def run(learning_rate: float):
         reward = RewardModelReward(CountingRewardModel(A_ID), tokenizer, cfg.missing_eos_penalty)
-        policy, metrics = train_online(method, sft, tokenizer, reward, PROMPTS, cfg.model_copy(update={"learning_rate": learning_rate}))
+        policy, metrics = train_online(
+            method, sft, tokenizer, reward, PROMPTS, cfg.model_copy(update={"learning_rate": learning_rate})
+        )
         return reward.history, policy, metrics
 
     (history, trained, metrics), (_, control, control_metrics) = run(cfg.learning_rate), run(0.0)
     assert len(history) == cfg.steps  # one row per generation batch: every reward went through RewardModelReward
     assert metrics["train_final_rm_score"] > control_metrics["train_final_rm_score"] + 3.0, (
         f"final RM score {metrics['train_final_rm_score']:.2f} vs control {control_metrics['train_final_rm_score']:.2f}; "
-        f"per batch: {[round(r['rm_score'], 2) for r in history]}")
-    trained_a, control_a = (first_token_probability(policy, tokenizer, HELD_OUT_PROMPTS, A_ID) for policy in (trained, control))
+        f"per batch: {[round(r['rm_score'], 2) for r in history]}"
+    )
+    trained_a, control_a = (
+        first_token_probability(policy, tokenizer, HELD_OUT_PROMPTS, A_ID) for policy in (trained, control)
+    )
     assert trained_a > 0.5 and control_a < 0.2, (trained_a, control_a)

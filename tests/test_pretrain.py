@@ -52,14 +52,21 @@ def test_packed_rows_give_each_document_its_own_loss(model, tokenizer):
 
 def test_a_packed_document_never_sees_the_one_before_it(model, tokenizer):
     first, second = "Q: What is 2 + 2?\nA: 2 + 2 = 4.", "Worksheet:\n3 + 4 = 7"
-    rows = [packed_documents(tokenizer([other, second])["input_ids"], tokenizer.eos_token_id, 128)[0] for other in (first, "To do: walk the dog and call Anna")]
+    rows = [
+        packed_documents(tokenizer([other, second])["input_ids"], tokenizer.eos_token_id, 128)[0]
+        for other in (first, "To do: walk the dog and call Anna")
+    ]
     logits = []
     for row in rows:
         assert len(row["seq_lengths"]) == 2
         batch = PackedCollator(tokenizer.pad_token_id)([row])
         with torch.no_grad():
             out = model(**batch).logits[0]
-        logits.append(out[-row["seq_lengths"][-1]:] if row["seq_lengths"][-1] == len(tokenizer(second)["input_ids"]) + 1 else out[: row["seq_lengths"][0]])
+        logits.append(
+            out[-row["seq_lengths"][-1] :]
+            if row["seq_lengths"][-1] == len(tokenizer(second)["input_ids"]) + 1
+            else out[: row["seq_lengths"][0]]
+        )
     # the same document, after two different neighbours: identical logits
     assert torch.allclose(logits[0], logits[1], atol=1e-5)
 
@@ -70,14 +77,16 @@ def test_digits_are_the_same_tokens_in_a_request_and_its_answer(tokenizer):
     ids = tokenizer(format_prompt(prompt) + response)["input_ids"]
     assert ids[: len(prompt_ids)] == prompt_ids
     tokens = tokenizer.convert_ids_to_tokens(ids)
-    answer = tokens[len(prompt_ids):]
+    answer = tokens[len(prompt_ids) :]
     # each operand is one token carrying its space, identical in the request and in the answer
     assert tokens[: len(prompt_ids)].count("Ġ2") == 1 and answer[0] == "Ġ2"
     assert "Ġ7" in tokens[: len(prompt_ids)] and answer[2] == "Ġ7"
     assert all(len(t.lstrip("Ġ")) == 1 for t in answer if t.lstrip("Ġ").isdigit())
 
 
-@pytest.mark.parametrize("text", ["Worksheet:\n12 times 3 = 36", "def is_even(n):\n    return n % 2 == 0", "Hi Mom,\n\nMerry Christmas!"])
+@pytest.mark.parametrize(
+    "text", ["Worksheet:\n12 times 3 = 36", "def is_even(n):\n    return n % 2 == 0", "Hi Mom,\n\nMerry Christmas!"]
+)
 def test_the_tokenizer_round_trips_text(tokenizer, text):
     assert tokenizer.decode(tokenizer(text)["input_ids"]).removeprefix(" ") == text
 
@@ -92,9 +101,17 @@ def test_a_confused_sum_either_misstates_the_result_or_answers_another_sum():
         bad = confused_response(task, rng)
         a, op, b, result = re.match(r"(-?\d+) (\+|-|times) (-?\d+) = (-?\d+)", bad).groups()
         restated = Task("math", task.prompt, {"a": int(a), "op": op, "b": int(b)})
-        if (restated.params["a"], restated.params["b"]) != (task.params["a"], task.params["b"]) and restated.answer == int(result):
+        if (restated.params["a"], restated.params["b"]) != (
+            task.params["a"],
+            task.params["b"],
+        ) and restated.answer == int(result):
             kinds["other sum"] += 1
-        elif (restated.params["a"], restated.params["b"]) == (task.params["a"], task.params["b"]) and int(result) != task.answer:
+        elif (restated.params["a"], restated.params["b"]) == (task.params["a"], task.params["b"]) and int(
+            result
+        ) != task.answer:
             kinds["wrong result"] += 1
-        assert gold_score(task.prompt, bad).score < gold_score(task.prompt, ideal_response(task, rng)).score or int(result) == task.answer
+        assert (
+            gold_score(task.prompt, bad).score < gold_score(task.prompt, ideal_response(task, rng)).score
+            or int(result) == task.answer
+        )
     assert kinds["other sum"] >= 90 and kinds["wrong result"] >= 40, kinds

@@ -8,44 +8,69 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Qwen2ForCausalLM, Qwen2ForSequenceClassification
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    Qwen2ForCausalLM,
+    Qwen2ForSequenceClassification,
+)
+from user_model import EOS as USER_EOS
+from user_model import SAMPLING_DEFAULTS, user_tokenizer
 
 from rlhf_dag.training.chat import ASSISTANT, EOS, PAD, USER, format_prompt
 from rlhf_dag.training.pretrain import wrap_tokenizer
-from user_model import EOS as USER_EOS, SAMPLING_DEFAULTS, user_tokenizer
 
 
-@pytest.mark.parametrize("eos,pad", [(USER_EOS, USER_EOS), (USER_EOS, None), (USER_EOS, "<|endoftext|>"), (None, None)],
-                         ids=["pad-is-eos", "no-pad", "own-pad", "no-eos"])
+@pytest.mark.parametrize(
+    "eos,pad",
+    [(USER_EOS, USER_EOS), (USER_EOS, None), (USER_EOS, "<|endoftext|>"), (None, None)],
+    ids=["pad-is-eos", "no-pad", "own-pad", "no-eos"],
+)
 def test_a_users_tokenizer_keeps_its_eos_and_gets_a_distinct_pad_and_the_chat_tokens(eos, pad):
     tokenizer = user_tokenizer()
     tokenizer.eos_token, tokenizer.pad_token = eos, pad
     own_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<|endoftext|>", "<|im_start|>", USER_EOS)}
     wrap_tokenizer(tokenizer)
-    assert tokenizer.eos_token == (eos or EOS)  # the EOS the model learned to emit stays; ours only where there was none
+    assert tokenizer.eos_token == (
+        eos or EOS
+    )  # the EOS the model learned to emit stays; ours only where there was none
     assert tokenizer.pad_token == (pad if pad not in (None, eos) else PAD) != tokenizer.eos_token
     assert {token: tokenizer.convert_tokens_to_ids(token) for token in own_ids} == own_ids
     ids = tokenizer(format_prompt("What is 2 + 2?") + "4" + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    assert ids[0] == tokenizer.convert_tokens_to_ids(USER) and tokenizer.convert_tokens_to_ids(ASSISTANT) in ids and ids[-1] == tokenizer.eos_token_id
+    assert (
+        ids[0] == tokenizer.convert_tokens_to_ids(USER)
+        and tokenizer.convert_tokens_to_ids(ASSISTANT) in ids
+        and ids[-1] == tokenizer.eos_token_id
+    )
     # its own special tokens stay special: decoding a response skips them as before
-    assert tokenizer.decode(tokenizer("4<|im_start|>", add_special_tokens=False)["input_ids"], skip_special_tokens=True) == "4"
+    assert (
+        tokenizer.decode(tokenizer("4<|im_start|>", add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+        == "4"
+    )
     chat = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]
-    assert tokenizer.apply_chat_template(chat, tokenize=False) == format_prompt("What is 2 + 2?") + "4" + tokenizer.eos_token
+    assert (
+        tokenizer.apply_chat_template(chat, tokenize=False)
+        == format_prompt("What is 2 + 2?") + "4" + tokenizer.eos_token
+    )
 
 
 def test_a_tokenizer_that_opens_with_bos_is_sampled_scored_and_templated_as_trl_trains_it():
     """Llama's tokenizer prepends its BOS, and TRL's trainers tokenize plain text with it (`trl.data_utils._tokenize`):
     the graph's sampling, scoring and chat template must give the model the same ids."""
     from tokenizers import processors
-    from trl.data_utils import _tokenize
     from transformers import Qwen2Config, Qwen2ForCausalLM
+    from trl.data_utils import _tokenize
 
     from rlhf_dag.training.generate import generate_tokens
 
     tokenizer = user_tokenizer()
     tokenizer.bos_token = "<|endoftext|>"
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", tokenizer.bos_token_id)])
+        single="<|endoftext|> $A",
+        pair="<|endoftext|> $A $B",
+        special_tokens=[("<|endoftext|>", tokenizer.bos_token_id)],
+    )
     wrap_tokenizer(tokenizer)
     prompt, response = "What is 2 + 2?", "4"
     trained = _tokenize(tokenizer, format_prompt(prompt) + response + tokenizer.eos_token)["input_ids"]
@@ -53,8 +78,18 @@ def test_a_tokenizer_that_opens_with_bos_is_sampled_scored_and_templated_as_trl_
     chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     assert tokenizer.apply_chat_template(chat, return_dict=True)["input_ids"] == trained
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     query, _ = generate_tokens(model, tokenizer, [format_prompt(prompt), format_prompt("Hi")], 2, 1.0, generator_seed=0)
     assert query[0].tolist() == _tokenize(tokenizer, format_prompt(prompt))["input_ids"] == trained[: query.shape[1]]
 
@@ -72,15 +107,28 @@ def test_the_whole_graph_runs_on_a_users_qwen2_checkpoint(user_model_run):
     sft = result.output_for_node("sft_model").metrics
     assert sft["validation_loss"] < sft["base_validation_loss"]
     evaluation = result.output_for_node("policy_evaluation").metrics
-    assert all(math.isfinite(evaluation[k]) for k in ("win_rate_ppo_vs_sft", "ppo_rm_mean", "ppo_kl_to_sft", "sft_gold_mean"))
-    for asset, cls, architecture in (("base_model", AutoModelForCausalLM, Qwen2ForCausalLM), ("sft_model", AutoModelForCausalLM, Qwen2ForCausalLM),
-                                     ("reward_model", AutoModelForSequenceClassification, Qwen2ForSequenceClassification),
-                                     ("ppo_policy", AutoModelForCausalLM, Qwen2ForCausalLM)):
+    assert all(
+        math.isfinite(evaluation[k]) for k in ("win_rate_ppo_vs_sft", "ppo_rm_mean", "ppo_kl_to_sft", "sft_gold_mean")
+    )
+    for asset, cls, architecture in (
+        ("base_model", AutoModelForCausalLM, Qwen2ForCausalLM),
+        ("sft_model", AutoModelForCausalLM, Qwen2ForCausalLM),
+        ("reward_model", AutoModelForSequenceClassification, Qwen2ForSequenceClassification),
+        ("ppo_policy", AutoModelForCausalLM, Qwen2ForCausalLM),
+    ):
         model = cls.from_pretrained(_path(user_model_run, asset))  # plain transformers, no code of ours
         tokenizer = AutoTokenizer.from_pretrained(_path(user_model_run, asset))
         assert type(model) is architecture, asset
-        assert tokenizer.eos_token == USER_EOS and model.config.eos_token_id == tokenizer.eos_token_id != model.config.pad_token_id == tokenizer.pad_token_id
-        assert tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False) == format_prompt("What is 2 + 2?")
+        assert (
+            tokenizer.eos_token == USER_EOS
+            and model.config.eos_token_id
+            == tokenizer.eos_token_id
+            != model.config.pad_token_id
+            == tokenizer.pad_token_id
+        )
+        assert tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False
+        ) == format_prompt("What is 2 + 2?")
 
 
 @pytest.mark.slow
@@ -90,7 +138,9 @@ def test_the_base_model_is_the_users_weights_with_rows_for_the_new_tokens(user_m
     base_dir = _path(user_model_run, "base_model")
     base, tokenizer = AutoModelForCausalLM.from_pretrained(base_dir), AutoTokenizer.from_pretrained(base_dir)
     n_user = user["model.embed_tokens.weight"].shape[0]
-    assert base.get_input_embeddings().num_embeddings == len(tokenizer) == n_user + 3  # PAD, the user and assistant tokens
+    assert (
+        base.get_input_embeddings().num_embeddings == len(tokenizer) == n_user + 3
+    )  # PAD, the user and assistant tokens
     for name, weight in base.state_dict().items():
         rows = weight[:n_user] if name in ("model.embed_tokens.weight", "lm_head.weight") else weight
         assert torch.equal(rows, user[name]), name

@@ -34,9 +34,15 @@ SFT = {"checkpoint_every": 3, "batch_size": 16}
 
 def _inputs(step: str, result, labels: Path) -> dict[str, str]:
     if step == "ppo_policy":
-        return {"sft_model": result.output_for_node("sft_model").path, "reward_model": result.output_for_node("reward_model").path,
-                "prompts": str(labels / "prompts.jsonl")}
-    return {"base_model": result.output_for_node("base_model").path, "sft_dataset": result.output_for_node("sft_dataset").path}
+        return {
+            "sft_model": result.output_for_node("sft_model").path,
+            "reward_model": result.output_for_node("reward_model").path,
+            "prompts": str(labels / "prompts.jsonl"),
+        }
+    return {
+        "base_model": result.output_for_node("base_model").path,
+        "sft_dataset": result.output_for_node("sft_dataset").path,
+    }
 
 
 def _folder(step: str, inputs: dict, config: dict, processes: int = 1) -> Path:
@@ -59,8 +65,14 @@ def _start(step: str, inputs: dict, config: dict, out: Path, processes: int = 1)
     log = out.with_suffix(".log")
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, *launcher, "-m", "rlhf_dag.training.steps", "--spec", str(spec)], cwd=REPO, env=dict(os.environ),
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *launcher, "-m", "rlhf_dag.training.steps", "--spec", str(spec)],
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return proc, log
 
 
@@ -92,13 +104,24 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step, config, processes, resumed_from, log_line", [
-    ("ppo_policy", PPO, 1, "resumed_from_iteration", "ppo: resumed from the checkpoint of iteration"),
-    ("sft_model", SFT, 1, "resumed_from_step", "sft_model: resumed from the checkpoint at step"),
-    ("ppo_policy", PPO, 2, "resumed_from_iteration", "ppo: resumed from the checkpoint of iteration"),  # rank 0 saves every rank's RNG states
-], ids=["ppo_policy", "sft_model", "ppo_policy-torchrun:2"])
-def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(smoke_run, isolated_env, tmp_path, step, config, processes, resumed_from,
-                                                                               log_line):
+@pytest.mark.parametrize(
+    "step, config, processes, resumed_from, log_line",
+    [
+        ("ppo_policy", PPO, 1, "resumed_from_iteration", "ppo: resumed from the checkpoint of iteration"),
+        ("sft_model", SFT, 1, "resumed_from_step", "sft_model: resumed from the checkpoint at step"),
+        (
+            "ppo_policy",
+            PPO,
+            2,
+            "resumed_from_iteration",
+            "ppo: resumed from the checkpoint of iteration",
+        ),  # rank 0 saves every rank's RNG states
+    ],
+    ids=["ppo_policy", "sft_model", "ppo_policy-torchrun:2"],
+)
+def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(
+    smoke_run, isolated_env, tmp_path, step, config, processes, resumed_from, log_line
+):
     _, _, result = smoke_run
     inputs = _inputs(step, result, isolated_env / "labels")
     folder = _folder(step, inputs, config, processes)
@@ -119,9 +142,17 @@ def test_a_killed_run_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(
     expected, got = _weights(tmp_path / "uninterrupted"), _weights(tmp_path / "resumed")
     assert expected.keys() == got.keys()
     for name, tensor in expected.items():
-        assert torch.allclose(got[name], tensor, rtol=1e-5, atol=1e-6), f"{name}: max difference {(got[name] - tensor).abs().max().item():.3g}"
-    figures = ("final_rm_score", "final_kl", "initial_rm_score") if step == "ppo_policy" else ("validation_loss", "training_loss")
-    for figure in figures:  # the history before the checkpoint came back with it (PPO) or through the trainer's log history (SFT)
+        assert torch.allclose(got[name], tensor, rtol=1e-5, atol=1e-6), (
+            f"{name}: max difference {(got[name] - tensor).abs().max().item():.3g}"
+        )
+    figures = (
+        ("final_rm_score", "final_kl", "initial_rm_score")
+        if step == "ppo_policy"
+        else ("validation_loss", "training_loss")
+    )
+    for figure in (
+        figures
+    ):  # the history before the checkpoint came back with it (PPO) or through the trainer's log history (SFT)
         assert resumed.metrics[figure] == pytest.approx(uninterrupted.metrics[figure], rel=1e-5), figure
 
 
@@ -148,16 +179,27 @@ def test_a_run_with_other_inputs_never_picks_up_a_checkpoint(smoke_run, isolated
 def test_the_checkpoint_key_changes_with_every_input_and_training_field_only(tmp_path, monkeypatch):
     labels = tmp_path / "prompts.jsonl"
     labels.write_text('{"id": "p1", "prompt": "What is 2 + 2?"}\n')
-    inputs = {"sft_model": str(tmp_path / "sft_model" / "run-a"), "reward_model": str(tmp_path / "reward_model" / "run-b"), "prompts": str(labels)}
+    inputs = {
+        "sft_model": str(tmp_path / "sft_model" / "run-a"),
+        "reward_model": str(tmp_path / "reward_model" / "run-b"),
+        "prompts": str(labels),
+    }
     key = resume.checkpoint_key("ppo_policy", inputs, resolve("ppo_policy"))
 
-    same = [resolve("ppo_policy", {"checkpoint_every": 1}), resolve("ppo_policy", {"sample_temperature": 0.1})]  # change no weight
+    same = [
+        resolve("ppo_policy", {"checkpoint_every": 1}),
+        resolve("ppo_policy", {"sample_temperature": 0.1}),
+    ]  # change no weight
     assert {resume.checkpoint_key("ppo_policy", inputs, cfg) for cfg in same} == {key}
-    assert resolve("ppo_policy", {"checkpoint_every": 1}).training_hash() == resolve("ppo_policy").training_hash()  # nor the code version
+    assert (
+        resolve("ppo_policy", {"checkpoint_every": 1}).training_hash() == resolve("ppo_policy").training_hash()
+    )  # nor the code version
 
     others = {
         "a training field": resume.checkpoint_key("ppo_policy", inputs, resolve("ppo_policy", {"learning_rate": 1e-4})),
-        "another upstream run": resume.checkpoint_key("ppo_policy", inputs | {"sft_model": str(tmp_path / "sft_model" / "run-c")}, resolve("ppo_policy")),
+        "another upstream run": resume.checkpoint_key(
+            "ppo_policy", inputs | {"sft_model": str(tmp_path / "sft_model" / "run-c")}, resolve("ppo_policy")
+        ),
         "another step": resume.checkpoint_key("rloo_policy", inputs, resolve("ppo_policy")),
     }
     labels.write_text('{"id": "p1", "prompt": "What is 3 + 3?"}\n')
@@ -205,7 +247,9 @@ def test_a_half_written_trl_checkpoint_is_skipped_and_removed(tmp_path):
     for step in (4, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"")
-    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')  # written last: checkpoint-6 was killed mid-save
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(
+        '{"global_step": 4}'
+    )  # written last: checkpoint-6 was killed mid-save
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
     assert not (tmp_path / "checkpoint-6").exists()
     assert last_complete_checkpoint(str(tmp_path / "checkpoint-4")) is None
@@ -219,21 +263,42 @@ def test_a_killed_materialization_resumes_when_the_asset_is_materialized_again(s
     before = instance.fetch_materializations(dg.AssetKey("ppo_policy"), limit=100).records
     run_config = {"ops": {"ppo_policy": {"config": PPO}}}
     (tmp_path / "run_config.json").write_text(json.dumps(run_config))
-    inputs = {"sft_model": defs.load_asset_value("sft_model", instance=instance).path,
-              "reward_model": defs.load_asset_value("reward_model", instance=instance).path, "prompts": str(isolated_env / "labels" / "prompts.jsonl")}
+    inputs = {
+        "sft_model": defs.load_asset_value("sft_model", instance=instance).path,
+        "reward_model": defs.load_asset_value("reward_model", instance=instance).path,
+        "prompts": str(isolated_env / "labels" / "prompts.jsonl"),
+    }
     folder = _folder("ppo_policy", inputs, PPO)
 
     log = tmp_path / "killed.log"
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rlhf_dag.definitions", "--select", "ppo_policy",
-                                 "-c", str(tmp_path / "run_config.json")], cwd=REPO, env=dict(os.environ), stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "rlhf_dag.definitions",
+                "--select",
+                "ppo_policy",
+                "-c",
+                str(tmp_path / "run_config.json"),
+            ],
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     _kill_at_first_checkpoint(proc, log, folder)
     k = _saved(folder)[-1]
     assert len(instance.fetch_materializations(dg.AssetKey("ppo_policy"), limit=100).records) == len(before)
 
-    rerun = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=[dg.AssetKey("ppo_policy")],
-                                                                          run_config=run_config)
+    rerun = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey("ppo_policy")], run_config=run_config
+    )
     assert rerun.success
     after = instance.fetch_materializations(dg.AssetKey("ppo_policy"), limit=100).records
     assert len(after) == len(before) + 1 and after[0].run_id == rerun.run_id

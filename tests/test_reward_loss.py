@@ -8,8 +8,8 @@ import pytest
 import torch
 from toy import one_thread, toy_tokenizer, value_model  # noqa: F401  (one_thread: an autouse fixture)
 
-from rlhf_dag.training.chat import EOS, format_prompt
 from rlhf_dag.data.gold import GoldJudge
+from rlhf_dag.training.chat import EOS, format_prompt
 from rlhf_dag.training.evaluate import judge_scores, mean_judged, win_rate, win_rate_by_kind
 from rlhf_dag.training.generate import Sample
 from rlhf_dag.training.reward import accuracy_by_kind, pairwise_loss, score_texts
@@ -51,8 +51,10 @@ def test_each_text_is_scored_at_its_own_eos_in_a_padded_batch():
     tokenizer, reward_model = toy_tokenizer(), value_model(2)
     prompts, responses = ["a b", "c d e f g h", "g", "h a b c d e", "b"], ["a a b", "c", "d e f g h a b", "e", "a"]
     with torch.no_grad():
-        alone = [reward_model(input_ids=tokenizer(format_prompt(p) + r + EOS, return_tensors="pt").input_ids).logits.item()
-                 for p, r in zip(prompts, responses)]
+        alone = [
+            reward_model(input_ids=tokenizer(format_prompt(p) + r + EOS, return_tensors="pt").input_ids).logits.item()
+            for p, r in zip(prompts, responses)
+        ]
     assert len(set(alone)) == len(alone)
     assert score_texts(reward_model, tokenizer, prompts, responses, batch_size=3) == pytest.approx(alone, abs=1e-6)
 
@@ -91,13 +93,19 @@ def test_gold_scores_of_prompts_outside_the_task_family_are_none():
     judged = judge_scores(samples, GoldJudge())
     assert judged[0] is not None and judged[1] is None
     assert mean_judged(samples, GoldJudge()) == pytest.approx(judged[0])
-    assert judge_scores(samples, None) == [None] * len(samples) and mean_judged(samples, None) is None  # no judge: nothing judged
+    assert (
+        judge_scores(samples, None) == [None] * len(samples) and mean_judged(samples, None) is None
+    )  # no judge: nothing judged
 
 
 def test_accuracy_by_kind_splits_the_held_out_pairs_by_task_kind():
-    prompts = ["What is 2 + 2?", "What is 3 times 4?", "What is 7 - 1?",
-               "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing.",
-               "Summarize this contract."]
+    prompts = [
+        "What is 2 + 2?",
+        "What is 3 times 4?",
+        "What is 7 - 1?",
+        "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing.",
+        "Summarize this contract.",
+    ]
     by_kind = accuracy_by_kind(prompts, [True, False, False, True, True], GoldJudge())
     assert by_kind == {"email": (1.0, 1), "math": (pytest.approx(1 / 3), 3), "other": (1.0, 1)}
     with pytest.raises(ValueError):
@@ -106,8 +114,13 @@ def test_accuracy_by_kind_splits_the_held_out_pairs_by_task_kind():
 
 
 def test_win_rate_by_kind_judges_each_kind_on_its_own_pairs():
-    prompts = ["What is 2 + 2?", "What is 3 + 4?", "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing.",
-               "Write an email to my uncle wishing him Happy Birthday, and ask how my sister is doing.", "Summarize this contract."]
+    prompts = [
+        "What is 2 + 2?",
+        "What is 3 + 4?",
+        "Write an email to my mother wishing her Merry Christmas, and ask how dad is doing.",
+        "Write an email to my uncle wishing him Happy Birthday, and ask how my sister is doing.",
+        "Summarize this contract.",
+    ]
     ppo = [1.0, 0.5, 0.9, 0.2, None]
     sft = [0.5, 0.5, 0.3, 0.8, 0.4]
     # math: a win and a tie -> 0.75; email: a win and a loss -> 0.5; the prompt outside the domain is no kind

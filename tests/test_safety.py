@@ -17,13 +17,21 @@ from rlhf_dag.training.models import load_causal_lm, load_reward_model, require_
 from rlhf_dag.training.pretrain import load_pretrained
 
 
-@pytest.mark.parametrize("loader", [load_causal_lm, load_reward_model, load_pretrained], ids=["load_causal_lm", "load_reward_model", "base_model.pretrained"])
+@pytest.mark.parametrize(
+    "loader",
+    [load_causal_lm, load_reward_model, load_pretrained],
+    ids=["load_causal_lm", "load_reward_model", "base_model.pretrained"],
+)
 def test_a_pickle_only_model_directory_is_refused_with_an_explanation(tmp_path, loader):
     """Every loader: upstream causal LMs, reward models and critics, and a user's `base_model.pretrained` directory."""
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    )
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     model.config.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"no \.safetensors weights \(found config\.json, pytorch_model\.bin\).*pickle"):
+    with pytest.raises(
+        ValueError, match=r"no \.safetensors weights \(found config\.json, pytorch_model\.bin\).*pickle"
+    ):
         loader(str(tmp_path))
 
 
@@ -53,7 +61,9 @@ def test_atomic_dir_leaves_nothing_when_the_block_fails(tmp_path):
 
 
 def test_atomic_dir_removes_the_temp_folders_of_dead_runs_only(tmp_path):
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     host = socket.gethostname()
     folder = tmp_path / "sft_model"
     killed = folder / f".tmp-run-1-{host}-{dead_pid}"

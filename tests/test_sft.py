@@ -13,11 +13,12 @@ from rlhf_dag.training.sft import supervised_finetune
 PROMPT = "b c d e f g h"
 
 
-
 @torch.no_grad()
 def prompt_word_nll(model, tokenizer) -> float:
     """Mean negative log-likelihood of the prompt's words "c" ... "h", each given the ones before it."""
-    ids = tokenizer(format_prompt(PROMPT), add_special_tokens=False, return_tensors="pt")["input_ids"]  # <|user|> b ... h <|assistant|>
+    ids = tokenizer(format_prompt(PROMPT), add_special_tokens=False, return_tensors="pt")[
+        "input_ids"
+    ]  # <|user|> b ... h <|assistant|>
     logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
     words = range(2, ids.shape[1] - 1)  # positions of "c" ... "h"
     return -sum(logp[t - 1, ids[0, t]].item() for t in words) / len(words)

@@ -20,7 +20,16 @@ from rlhf_dag.training.pretrain import build_model
 
 pytestmark = pytest.mark.slow
 
-MODEL_ASSETS = ("pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation")
+MODEL_ASSETS = (
+    "pretraining_corpus",
+    "base_model",
+    "sft_dataset",
+    "sft_model",
+    "comparison_dataset",
+    "reward_model",
+    "ppo_policy",
+    "policy_evaluation",
+)
 
 
 def _handle(smoke_run, asset):
@@ -35,7 +44,10 @@ def _metadata(smoke_run, asset):
 
 def test_every_asset_materialized_and_every_gate_passed(smoke_run):
     _, instance, result = smoke_run
-    materialized = {e.event_specific_data.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    materialized = {
+        e.event_specific_data.materialization.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+    }
     assert materialized == set(MODEL_ASSETS)
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 7 and all(e.passed for e in evaluations)
@@ -73,16 +85,25 @@ def test_the_reward_model_beats_chance_and_its_starting_accuracy(smoke_run):
     # the held-out accuracy per task kind, beside the gate: the kinds' pairs add up to the whole held-out set
     kinds = [k.removeprefix("validation_pairs_") for k in m if k.startswith("validation_pairs_")]
     assert kinds and sum(m[f"validation_pairs_{k}"] for k in kinds) == m["validation_pairs"], m
-    assert sum(m[f"validation_accuracy_{k}"] * m[f"validation_pairs_{k}"] for k in kinds) == pytest.approx(m["validation_accuracy"] * m["validation_pairs"], abs=1e-4)
+    assert sum(m[f"validation_accuracy_{k}"] * m[f"validation_pairs_{k}"] for k in kinds) == pytest.approx(
+        m["validation_accuracy"] * m["validation_pairs"], abs=1e-4
+    )
 
 
 def test_models_load_with_plain_transformers_and_carry_the_chat_template(smoke_run):
-    for asset, cls in (("base_model", AutoModelForCausalLM), ("sft_model", AutoModelForCausalLM), ("reward_model", AutoModelForSequenceClassification), ("ppo_policy", AutoModelForCausalLM)):
+    for asset, cls in (
+        ("base_model", AutoModelForCausalLM),
+        ("sft_model", AutoModelForCausalLM),
+        ("reward_model", AutoModelForSequenceClassification),
+        ("ppo_policy", AutoModelForCausalLM),
+    ):
         path = Path(_handle(smoke_run, asset).path)
         assert path.parent.name == asset and list(path.glob("*.safetensors"))
         model = cls.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False
+        )
         assert text == format_prompt("What is 2 + 2?")
         assert tokenizer.pad_token_id != tokenizer.eos_token_id == model.config.eos_token_id
         assert "## Lineage" in (path / "README.md").read_text()
@@ -103,13 +124,17 @@ def test_downstream_loads_exactly_the_upstream_version(smoke_run):
 def test_one_mlflow_run_per_materialization_with_lineage_tags(smoke_run):
     _, _, result = smoke_run
     mlflow.set_tracking_uri(mlflow_tracking_uri())
-    runs = mlflow.search_runs(experiment_names=["rlhf-dag"], filter_string=f"tags.`dagster.run_id` = '{result.run_id}'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=["rlhf-dag"], filter_string=f"tags.`dagster.run_id` = '{result.run_id}'", output_format="list"
+    )
     assert sorted(r.data.tags["dagster.asset_key"] for r in runs) == sorted(MODEL_ASSETS)
     by_asset = {r.data.tags["dagster.asset_key"]: r for r in runs}
     sft_run = by_asset["sft_model"]
     assert sft_run.data.tags["upstream.base_model.mlflow_run_id"] == by_asset["base_model"].info.run_id
     assert "learning_rate" in sft_run.data.params and "validation_loss" in sft_run.data.metrics
-    assert by_asset["ppo_policy"].data.tags["upstream.reward_model.mlflow_run_id"] == by_asset["reward_model"].info.run_id
+    assert (
+        by_asset["ppo_policy"].data.tags["upstream.reward_model.mlflow_run_id"] == by_asset["reward_model"].info.run_id
+    )
 
 
 def test_materialization_metadata_shows_samples_and_metrics(smoke_run):
@@ -121,8 +146,13 @@ def test_materialization_metadata_shows_samples_and_metrics(smoke_run):
     assert 0.0 <= eval_meta["win_rate_ppo_vs_sft"].value <= 1.0
     assert "Harry Potter" in eval_meta["side_by_side"].value
     run_id = eval_meta["mlflow_run_id"].value
-    assert eval_meta["rm_vs_gold_plot"].value == f"![rm_vs_gold.png](http://127.0.0.1:5000/get-artifact?path=rm_vs_gold.png&run_uuid={run_id})"
-    embedded = re.fullmatch(r"!\[rm_vs_gold\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)\n\n`(.+)`", eval_meta["rm_vs_gold_png"].value)
+    assert (
+        eval_meta["rm_vs_gold_plot"].value
+        == f"![rm_vs_gold.png](http://127.0.0.1:5000/get-artifact?path=rm_vs_gold.png&run_uuid={run_id})"
+    )
+    embedded = re.fullmatch(
+        r"!\[rm_vs_gold\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)\n\n`(.+)`", eval_meta["rm_vs_gold_png"].value
+    )
     assert base64.b64decode(embedded[1]) == Path(embedded[2]).read_bytes()
 
 
@@ -134,7 +164,11 @@ def test_the_path_on_each_asset_page_is_its_own_materialization(smoke_run):
         event = instance.get_latest_materialization_event(dg.AssetKey(asset))  # other tests may have re-materialized it
         path = Path(event.asset_materialization.metadata["path"].value)
         handle = json.loads((home / "handles" / asset / f"{event.run_id}.json").read_text())
-        assert path == Path(handle["path"]) and home / "artifacts" / asset / event.run_id in (path, path.parent) and path.exists(), (asset, path)
+        assert (
+            path == Path(handle["path"])
+            and home / "artifacts" / asset / event.run_id in (path, path.parent)
+            and path.exists()
+        ), (asset, path)
 
 
 def test_mlflow_opens_on_training_runs_and_each_model_run_keeps_its_card(smoke_run):
@@ -142,7 +176,9 @@ def test_mlflow_opens_on_training_runs_and_each_model_run_keeps_its_card(smoke_r
     mlflow.set_tracking_uri(mlflow_tracking_uri())
     assert mlflow.get_experiment_by_name("rlhf-dag").tags["mlflow.experimentKind"] == "custom_model_development"
     client = mlflow.MlflowClient()
-    runs = mlflow.search_runs(experiment_names=["rlhf-dag"], filter_string=f"tags.`dagster.run_id` = '{result.run_id}'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=["rlhf-dag"], filter_string=f"tags.`dagster.run_id` = '{result.run_id}'", output_format="list"
+    )
     artifacts = {r.data.tags["dagster.asset_key"]: {a.path for a in client.list_artifacts(r.info.run_id)} for r in runs}
     for model in ("base_model", "sft_model", "reward_model", "ppo_policy"):
         assert "README.md" in artifacts[model], (model, artifacts[model])
@@ -155,10 +191,15 @@ def test_each_trained_step_logs_a_validation_curve_beside_its_training_loss(smok
     _, _, result = smoke_run
     mlflow.set_tracking_uri(mlflow_tracking_uri())
     client = mlflow.MlflowClient()
-    runs = mlflow.search_runs(experiment_names=["rlhf-dag"], filter_string=f"tags.`dagster.run_id` = '{result.run_id}'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=["rlhf-dag"], filter_string=f"tags.`dagster.run_id` = '{result.run_id}'", output_format="list"
+    )
     by_asset = {r.data.tags["dagster.asset_key"]: r.info.run_id for r in runs}
     for model in ("base_model", "sft_model", "reward_model"):
         validation = client.get_metric_history(by_asset[model], "eval_loss")
         training = client.get_metric_history(by_asset[model], "loss")
-        assert len({m.step for m in validation}) >= 3, (model, validation)  # evaluated during training, not only before and after
+        assert len({m.step for m in validation}) >= 3, (
+            model,
+            validation,
+        )  # evaluated during training, not only before and after
         assert len(training) >= 2, model

@@ -13,13 +13,26 @@ from rlhf_dag.pipeline.lineage import asset_statuses, observe_labels, retrain
 
 pytestmark = pytest.mark.slow
 
-ALL = {"pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
+ALL = {
+    "pretraining_corpus",
+    "base_model",
+    "sft_dataset",
+    "sft_model",
+    "comparison_dataset",
+    "reward_model",
+    "ppo_policy",
+    "policy_evaluation",
+}
 
 
 def _stale(defs, instance) -> dict[str, list[str]]:
     observe_labels(defs, instance)
     # the alternatives to PPO, never asked for in the smoke run, are missing and stay so
-    return {s.key: s.causes for s in asset_statuses(defs, instance) if s.status != "FRESH" and not (s.optional and s.status == "MISSING")}
+    return {
+        s.key: s.causes
+        for s in asset_statuses(defs, instance)
+        if s.status != "FRESH" and not (s.optional and s.status == "MISSING")
+    }
 
 
 def _append(path: Path, record: dict) -> bytes:
@@ -49,7 +62,9 @@ def test_editing_demonstrations_leaves_base_model_fresh(smoke_run, isolated_env)
 def test_editing_comparisons_stales_exactly_four_assets_and_retrain_refreshes_them(smoke_run, isolated_env):
     defs, instance, _ = smoke_run
     path = isolated_env / "labels" / "comparisons.jsonl"
-    original = _append(path, {"id": "new-pair", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."})
+    original = _append(
+        path, {"id": "new-pair", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."}
+    )
     try:
         assert set(_stale(defs, instance)) == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
 
@@ -58,7 +73,10 @@ def test_editing_comparisons_stales_exactly_four_assets_and_retrain_refreshes_th
         before = {k: instance.get_latest_materialization_event(dg.AssetKey(k)).run_id for k in ALL}
         plan, result = retrain(defs, instance)
         assert result.success
-        materialized = {e.event_specific_data.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        materialized = {
+            e.event_specific_data.materialization.asset_key.to_user_string()
+            for e in result.get_asset_materialization_events()
+        }
         assert materialized == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
         after = {k: instance.get_latest_materialization_event(dg.AssetKey(k)).run_id for k in ALL}
         assert {k for k in ALL if after[k] != before[k]} == materialized
@@ -70,7 +88,9 @@ def test_editing_comparisons_stales_exactly_four_assets_and_retrain_refreshes_th
         path.write_bytes(original)
         # back to the shipped file's versions, for the tests after this one
         plan, restored = retrain(defs, instance)
-        assert set(plan) == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"} and restored.success
+        assert (
+            set(plan) == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"} and restored.success
+        )
     assert _stale(defs, instance) == {}
 
 

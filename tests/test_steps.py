@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from rlhf_dag.config import resolve
-from rlhf_dag.training.result import StepResult
 from rlhf_dag.training.dataset_steps import pretraining_corpus, sft_dataset
 from rlhf_dag.training.evaluate import policy_evaluation
+from rlhf_dag.training.result import StepResult
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,8 +40,16 @@ def test_the_corpus_holds_out_documents_the_base_model_never_trains_on():
 def test_a_step_runs_from_a_spec_in_a_process_without_dagster(smoke_run, tmp_path):
     """`python -m rlhf_dag.training.steps --spec` trains sft_model from the smoke run's upstream folders, never importing dagster."""
     _, _, result = smoke_run
-    inputs = {"base_model": result.output_for_node("base_model").path, "sft_dataset": result.output_for_node("sft_dataset").path}
-    spec = {"step": "sft_model", "inputs": inputs, "config": resolve("sft_model").model_dump(mode="json"), "output": str(tmp_path / "out")}
+    inputs = {
+        "base_model": result.output_for_node("base_model").path,
+        "sft_dataset": result.output_for_node("sft_dataset").path,
+    }
+    spec = {
+        "step": "sft_model",
+        "inputs": inputs,
+        "config": resolve("sft_model").model_dump(mode="json"),
+        "output": str(tmp_path / "out"),
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     code = (
         "import sys, runpy; sys.argv = ['steps', '--spec', sys.argv[1]]\n"
@@ -53,11 +61,15 @@ def test_a_step_runs_from_a_spec_in_a_process_without_dagster(smoke_run, tmp_pat
     saved = StepResult.load(tmp_path / "out")
     assert saved.step == "sft_model" and saved.inputs == inputs
     assert saved.metrics["validation_loss"] < saved.metrics["base_validation_loss"]
-    assert list((tmp_path / "out").glob("*.safetensors")) and "What is 2 + 2?" in saved.texts["source_prompt_samples.md"]
+    assert (
+        list((tmp_path / "out").glob("*.safetensors")) and "What is 2 + 2?" in saved.texts["source_prompt_samples.md"]
+    )
 
 
 @pytest.mark.slow
-def test_evaluation_refuses_a_reward_model_other_than_the_one_ppo_was_trained_against(smoke_run, isolated_env, tmp_path):
+def test_evaluation_refuses_a_reward_model_other_than_the_one_ppo_was_trained_against(
+    smoke_run, isolated_env, tmp_path
+):
     _, _, result = smoke_run
     other_rm = tmp_path / "other_reward_model"
     shutil.copytree(result.output_for_node("reward_model").path, other_rm)
@@ -68,12 +80,26 @@ def test_evaluation_refuses_a_reward_model_other_than_the_one_ppo_was_trained_ag
 
 
 def test_step_results_round_trip_through_their_folder(tmp_path):
-    result = StepResult("sft_dataset", {"train_records": 3.0}, ["train_records"], inputs={"demonstrations": "d.jsonl"}, tags={"labels.sha256": "ab"},
-                        main_file="x.parquet", frames={"x.parquet": pd.DataFrame({"a": [1]})}, texts={"preview.md": "| a |"},
-                        records={"h.json": [{"iteration": 1}]}, curves={"ppo/kl": [(1, 0.5)]})
+    result = StepResult(
+        "sft_dataset",
+        {"train_records": 3.0},
+        ["train_records"],
+        inputs={"demonstrations": "d.jsonl"},
+        tags={"labels.sha256": "ab"},
+        main_file="x.parquet",
+        frames={"x.parquet": pd.DataFrame({"a": [1]})},
+        texts={"preview.md": "| a |"},
+        records={"h.json": [{"iteration": 1}]},
+        curves={"ppo/kl": [(1, 0.5)]},
+    )
     result.save(tmp_path)
     loaded = StepResult.load(tmp_path)
-    assert (loaded.metrics, loaded.inputs, loaded.tags, loaded.main_file) == (result.metrics, result.inputs, result.tags, result.main_file)
+    assert (loaded.metrics, loaded.inputs, loaded.tags, loaded.main_file) == (
+        result.metrics,
+        result.inputs,
+        result.tags,
+        result.main_file,
+    )
     assert loaded.texts == result.texts and loaded.records == result.records and loaded.curves == result.curves
     assert pd.read_parquet(tmp_path / "x.parquet")["a"].tolist() == [1]
 
@@ -95,7 +121,9 @@ def test_the_evaluation_compares_ppo_with_sft_samples(smoke_run, isolated_env, m
     from rlhf_dag.training.models import load_causal_lm
 
     _, _, result = smoke_run
-    inputs = {name: result.output_for_node(name).path for name in ("base_model", "sft_model", "ppo_policy", "reward_model")}
+    inputs = {
+        name: result.output_for_node(name).path for name in ("base_model", "sft_model", "ppo_policy", "reward_model")
+    }
     inputs["eval_prompts"] = str(isolated_env / "labels" / "eval_prompts.jsonl")
     seen = {}
 
@@ -103,10 +131,24 @@ def test_the_evaluation_compares_ppo_with_sft_samples(smoke_run, isolated_env, m
         seen.update(policies)
         repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
         n = len(repeated)
-        gold = {"ppo": [0.6] * n, "base": [0.5] * n, "sft": [0.4 if i < n // 4 else 0.6 if i < n // 2 else 0.8 for i in range(n)]}
-        return {name: {"samples": [Sample(p, "2 + 2 = 4.", True, 4) for p in repeated], "gold": gold[name], "rm": [0.0] * n,
-                       "gold_mean": sum(gold[name]) / n, "gold_judged": n, "rm_mean": 0.0, "eos_rate": 1.0, "response_tokens": 4.0}
-                for name in policies}
+        gold = {
+            "ppo": [0.6] * n,
+            "base": [0.5] * n,
+            "sft": [0.4 if i < n // 4 else 0.6 if i < n // 2 else 0.8 for i in range(n)],
+        }
+        return {
+            name: {
+                "samples": [Sample(p, "2 + 2 = 4.", True, 4) for p in repeated],
+                "gold": gold[name],
+                "rm": [0.0] * n,
+                "gold_mean": sum(gold[name]) / n,
+                "gold_judged": n,
+                "rm_mean": 0.0,
+                "eos_rate": 1.0,
+                "response_tokens": 4.0,
+            }
+            for name in policies
+        }
 
     monkeypatch.setattr(evaluate, "evaluate_policies", known_scores)
     cfg = resolve("policy_evaluation", {"samples_per_prompt": 4})  # 4 x 80 prompts: the quarters split evenly

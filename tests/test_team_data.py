@@ -11,8 +11,32 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-THINGS = ["violin", "lighthouse", "teapot", "glacier", "bicycle", "cactus", "telescope", "harbor", "lantern", "meadow", "compass", "volcano",
-          "piano", "canyon", "kettle", "orchard", "satellite", "windmill", "anchor", "library", "umbrella", "waterfall", "typewriter", "beehive"]
+THINGS = [
+    "violin",
+    "lighthouse",
+    "teapot",
+    "glacier",
+    "bicycle",
+    "cactus",
+    "telescope",
+    "harbor",
+    "lantern",
+    "meadow",
+    "compass",
+    "volcano",
+    "piano",
+    "canyon",
+    "kettle",
+    "orchard",
+    "satellite",
+    "windmill",
+    "anchor",
+    "library",
+    "umbrella",
+    "waterfall",
+    "typewriter",
+    "beehive",
+]
 HELD_OUT = ["accordion", "avalanche", "chandelier", "lagoon", "sundial", "trumpet", "igloo", "quarry"]
 
 
@@ -26,10 +50,22 @@ def team_labels(folder):
     prompt = "Describe a {} in one sentence.".format
     good = "A {} is a thing people notice, and this one is described in one plain sentence.".format
     asks = ["Describe a {} in one sentence.", "Tell me briefly what a {} is.", "What is a {}? One sentence, please."]
-    _write(folder / "demonstrations.jsonl", [{"id": f"d{i}-{j}", "prompt": ask.format(t), "response": good(t)}
-                                             for i, t in enumerate(THINGS) for j, ask in enumerate(asks)])
-    _write(folder / "comparisons.jsonl", [{"id": f"c{i}-{j}", "prompt": prompt(t), "chosen": good(t), "rejected": bad}
-                                          for i, t in enumerate(THINGS) for j, bad in enumerate(["I do not know.", "no no no no no no"])])
+    _write(
+        folder / "demonstrations.jsonl",
+        [
+            {"id": f"d{i}-{j}", "prompt": ask.format(t), "response": good(t)}
+            for i, t in enumerate(THINGS)
+            for j, ask in enumerate(asks)
+        ],
+    )
+    _write(
+        folder / "comparisons.jsonl",
+        [
+            {"id": f"c{i}-{j}", "prompt": prompt(t), "chosen": good(t), "rejected": bad}
+            for i, t in enumerate(THINGS)
+            for j, bad in enumerate(["I do not know.", "no no no no no no"])
+        ],
+    )
     _write(folder / "prompts.jsonl", [{"id": f"p{i}", "prompt": prompt(t)} for i, t in enumerate(THINGS)])
     _write(folder / "eval_prompts.jsonl", [{"id": f"e{i}", "prompt": prompt(t)} for i, t in enumerate(HELD_OUT)])
     return folder
@@ -48,18 +84,33 @@ def test_a_teams_own_prompts_with_no_judge_go_through_every_step_to_a_champion(i
         instance = dg.DagsterInstance.get()
         defs.resolve_job_def("observe_labels").execute_in_process(instance=instance)
         # a few more SFT epochs than smoke's one, so that SFT beats the base model on these short demonstrations (its gate)
-        result = defs.resolve_job_def("rlhf_graph").execute_in_process(instance=instance, run_config={"ops": {"sft_model": {"config": {"epochs": 4.0}}}})
+        result = defs.resolve_job_def("rlhf_graph").execute_in_process(
+            instance=instance, run_config={"ops": {"sft_model": {"config": {"epochs": 4.0}}}}
+        )
     assert result.success
     evaluation = result.output_for_node("policy_evaluation")
     metrics = evaluation.metrics
-    assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)), {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)), {
+        k: v for k, v in metrics.items() if not math.isfinite(v)
+    }
     # the reward model's preference of PPO over SFT, labelled as the proxy; nothing judged, no source-prompt figures
-    assert 0 <= metrics["rm_win_rate_ppo_vs_sft_ci_low"] <= metrics["rm_win_rate_ppo_vs_sft"] <= metrics["rm_win_rate_ppo_vs_sft_ci_high"] <= 1
+    assert (
+        0
+        <= metrics["rm_win_rate_ppo_vs_sft_ci_low"]
+        <= metrics["rm_win_rate_ppo_vs_sft"]
+        <= metrics["rm_win_rate_ppo_vs_sft_ci_high"]
+        <= 1
+    )
     assert {"ppo_kl_to_sft", "ppo_response_tokens", "ppo_eos_rate", "sft_rm_mean", "ppo_rm_mean"} <= set(metrics)
-    assert not any(k.startswith("win_rate_") or "gold_mean" in k or "_source_pass_" in k for k in metrics), sorted(metrics)
+    assert not any(k.startswith("win_rate_") or "gold_mean" in k or "_source_pass_" in k for k in metrics), sorted(
+        metrics
+    )
     assert metrics["gold_judged_samples"] == 0
     assert evaluation.tags["registry.champion"] == "yes", evaluation.tags["registry.why"]
-    assert "RM win rate vs SFT (the proxy; no judge)" in evaluation.tags["registry.why"] or "first champion" in evaluation.tags["registry.why"]
+    assert (
+        "RM win rate vs SFT (the proxy; no judge)" in evaluation.tags["registry.why"]
+        or "first champion" in evaluation.tags["registry.why"]
+    )
     rm = result.output_for_node("reward_model").metrics
     assert not any(k.startswith("validation_accuracy_") for k in rm)  # no judge, no task kinds
     sft = result.output_for_node("sft_model").metrics

@@ -19,7 +19,16 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ASSETS = ["pretraining_corpus", "base_model", "sft_dataset", "sft_model", "comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"]
+ASSETS = [
+    "pretraining_corpus",
+    "base_model",
+    "sft_dataset",
+    "sft_model",
+    "comparison_dataset",
+    "reward_model",
+    "ppo_policy",
+    "policy_evaluation",
+]
 
 
 def _free_port() -> int:
@@ -41,8 +50,18 @@ def _wait_for(url: str, timeout: float) -> None:
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--window-size=1800,1000", "--virtual-time-budget=20000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1800,1000",
+        "--virtual-time-budget=20000",
+    ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -60,14 +79,25 @@ def dagster_dev(tmp_path_factory):
     port = _free_port()
     labels = tmp_path / "labels"
     shutil.copytree(REPO / "assets", labels)
-    env = {**os.environ, "RLHF_DAG_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
-           "RLHF_DAG_LABELS_DIR": str(labels), "RLHF_DAG_PROFILE": "smoke",
-           "RLHF_DAG_AUTOMATION": "off"}  # no automation run racing the one this test launches
+    env = {
+        **os.environ,
+        "RLHF_DAG_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "RLHF_DAG_LABELS_DIR": str(labels),
+        "RLHF_DAG_PROFILE": "smoke",
+        "RLHF_DAG_AUTOMATION": "off",
+    }  # no automation run racing the one this test launches
     env.pop("MLFLOW_TRACKING_URI", None)
     Path(env["DAGSTER_HOME"]).mkdir()
     log = (tmp_path / "dagster_dev.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _wait_for(f"http://127.0.0.1:{port}/server_info", timeout=180)
         # The first visit shows a community sign-up dialog; mark it seen as a user's click would.
@@ -89,10 +119,15 @@ def materialized(dagster_dev):
 
     def run(job: str, **selection) -> str:
         # the labeling location (workspace.yaml) has an asset job of its own: name the training graph's location
-        run_id = client.submit_job_execution(job, repository_location_name="rlhf_dag", repository_name="__repository__", **selection)
+        run_id = client.submit_job_execution(
+            job, repository_location_name="rlhf_dag", repository_name="__repository__", **selection
+        )
         deadline = time.time() + 420
         status = client.get_run_status(run_id)
-        while status not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED) and time.time() < deadline:
+        while (
+            status not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+            and time.time() < deadline
+        ):
             time.sleep(3)
             status = client.get_run_status(run_id)
         assert status == DagsterRunStatus.SUCCESS, (tmp_path / "dagster_dev.log").read_text()[-3000:]
@@ -103,7 +138,11 @@ def materialized(dagster_dev):
 
 
 def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         answer = json.load(response)
     assert "errors" not in answer, answer
@@ -135,25 +174,50 @@ def _keep_screenshots(paths) -> None:
 def _status(env: dict) -> dict[str, str]:
     """`rlhf-dag status` as a user runs it (it observes the label files first): asset -> FRESH / STALE / MISSING,
     leaving out the alternatives to PPO this test never asks for (MISSING, "optional")."""
-    out = subprocess.run([sys.executable, "-m", "rlhf_dag.cli", "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
-    return {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.strip() and "(optional" not in line}
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf_dag.cli", "status"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    return {
+        line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.strip() and "(optional" not in line
+    }
 
 
 def _unsynced_in_the_ui(port: int) -> dict[str, str]:
     """Each asset's stale status as the UI's asset graph reads it ("Unsynced" is STALE)."""
     nodes = _graphql(port, "{ assetNodes { assetKey { path } isMaterializable staleStatus } }")["assetNodes"]
-    return {"/".join(n["assetKey"]["path"]): n["staleStatus"] for n in nodes if n["isMaterializable"] and "/".join(n["assetKey"]["path"]) in ASSETS}
+    return {
+        "/".join(n["assetKey"]["path"]): n["staleStatus"]
+        for n in nodes
+        if n["isMaterializable"] and "/".join(n["assetKey"]["path"]) in ASSETS
+    }
 
 
 def test_the_ui_marks_unsynced_exactly_what_status_calls_stale(materialized):
     port, tmp_path, env, _ = materialized
     path = tmp_path / "labels" / "comparisons.jsonl"
     original = path.read_bytes()
-    path.write_bytes(original + (json.dumps({"id": "ui-edit", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."}) + "\n").encode())
+    path.write_bytes(
+        original
+        + (
+            json.dumps({"id": "ui-edit", "prompt": "What is 1 + 1?", "chosen": "1 + 1 = 2.", "rejected": "1 + 1 = 3."})
+            + "\n"
+        ).encode()
+    )
     try:
         status = _status(env)
         ui = _unsynced_in_the_ui(port)
-        assert {k for k, v in status.items() if v == "STALE"} == {"comparison_dataset", "reward_model", "ppo_policy", "policy_evaluation"}
+        assert {k for k, v in status.items() if v == "STALE"} == {
+            "comparison_dataset",
+            "reward_model",
+            "ppo_policy",
+            "policy_evaluation",
+        }
         assert ui == status
     finally:
         path.write_bytes(original)
@@ -177,21 +241,33 @@ def test_policy_evaluation_page_shows_the_plot_and_a_clickable_mlflow_link(mater
             await page.wait_for(f"!!{row.format('mlflow')}")
             await page.screenshot(shots / f"asset_{asset}.png")
         await page.open(f"{base}/policy_evaluation")
-        seen["link"] = await page.wait_for(f"(() => {{ const a = {row.format('mlflow')}?.querySelector('a[href]'); return a && a.href }})()")
+        seen["link"] = await page.wait_for(
+            f"(() => {{ const a = {row.format('mlflow')}?.querySelector('a[href]'); return a && a.href }})()"
+        )
         # Inline in the table: the plot as the MLflow UI serves it.
-        seen["inline"] = await page.wait_for(f"{row.format('rm_vs_gold_plot')}?.querySelector('img')?.getAttribute('src')")
+        seen["inline"] = await page.wait_for(
+            f"{row.format('rm_vs_gold_plot')}?.querySelector('img')?.getAttribute('src')"
+        )
         # The embedded copy, one click away, needs nothing else running: it must decode to a picture.
-        await page.js(f"(() => {{ const r = {row.format('rm_vs_gold_png')}; r.scrollIntoView(); [...r.querySelectorAll('a')].find(a => a.innerText.includes('Show Markdown')).click() }})()")
-        seen["width"] = await page.wait_for("(() => { const i = document.querySelector('[role=dialog] img'); return i && i.complete && i.naturalWidth })()")
+        await page.js(
+            f"(() => {{ const r = {row.format('rm_vs_gold_png')}; r.scrollIntoView(); [...r.querySelectorAll('a')].find(a => a.innerText.includes('Show Markdown')).click() }})()"
+        )
+        seen["width"] = await page.wait_for(
+            "(() => { const i = document.querySelector('[role=dialog] img'); return i && i.complete && i.naturalWidth })()"
+        )
         await page.screenshot(shots / "asset_policy_evaluation_plot.png")
-        await page.js("[...document.querySelectorAll('[role=dialog] button')].find(b => b.innerText === 'Close').click()")
+        await page.js(
+            "[...document.querySelectorAll('[role=dialog] button')].find(b => b.innerText === 'Close').click()"
+        )
         await page.wait_for("!document.querySelector('[role=dialog]')")
         await page.js(f"{row.format('mlflow')}.scrollIntoView({{block: 'center'}})")
         await page.screenshot(shots / "asset_policy_evaluation.png")
         return seen
 
     seen = run_in_chromium(CHROMIUM, _free_port(), visit)
-    assert seen["link"].startswith("http://127.0.0.1:5000/#/experiments/") and seen["link"].endswith(f"/runs/{_mlflow_run_id(tmp_path, run_id)}")
+    assert seen["link"].startswith("http://127.0.0.1:5000/#/experiments/") and seen["link"].endswith(
+        f"/runs/{_mlflow_run_id(tmp_path, run_id)}"
+    )
     assert seen["inline"].startswith("http://127.0.0.1:5000/get-artifact?path=rm_vs_gold.png&run_uuid=")
     assert seen["width"] > 100
     for shot in shots.iterdir():
@@ -201,12 +277,16 @@ def test_policy_evaluation_page_shows_the_plot_and_a_clickable_mlflow_link(mater
 
 def _mlflow_run_id(tmp_path: Path, run_id: str) -> str:
     """policy_evaluation's MLflow run id, from the handle the run wrote."""
-    return json.loads((tmp_path / "home" / "handles" / "policy_evaluation" / f"{run_id}.json").read_text())["mlflow_run_id"]
+    return json.loads((tmp_path / "home" / "handles" / "policy_evaluation" / f"{run_id}.json").read_text())[
+        "mlflow_run_id"
+    ]
 
 
 def test_make_ui_and_mlflow_ui_bind_localhost_only():
     """What `make ui` and `make mlflow-ui` run (make -n prints the commands without running them)."""
-    commands = subprocess.run(["make", "-n", "ui", "mlflow-ui"], cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    commands = subprocess.run(
+        ["make", "-n", "ui", "mlflow-ui"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     (dagster,) = [c for c in commands if "dagster dev" in c]
     (mlflow,) = [c for c in commands if "mlflow ui" in c]
     assert " -h 127.0.0.1 " in dagster and " --host 127.0.0.1 " in mlflow

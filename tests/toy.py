@@ -26,13 +26,26 @@ HIDDEN = 16
 def toy_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.WordLevel(VOCAB, unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, additional_special_tokens=[USER, ASSISTANT])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, additional_special_tokens=[USER, ASSISTANT]
+    )
 
 
 def llama_config() -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(VOCAB), hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, num_labels=1,
-                       pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=EOS_ID)
+    return LlamaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        num_labels=1,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        bos_token_id=EOS_ID,
+    )
 
 
 def causal_lm(seed: int = 0, bias: dict[str, float] | None = None) -> LlamaForCausalLM:

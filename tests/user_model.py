@@ -22,8 +22,10 @@ from rlhf_dag.data.corpus import load_corpus
 
 EOS = "<|im_end|>"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", EOS]
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 # what Qwen2's generation_config.json holds: kept, they would change every distribution the graph samples
 SAMPLING_DEFAULTS = {"do_sample": True, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
 
@@ -32,11 +34,18 @@ def user_tokenizer(vocab_size: int = 600) -> Qwen2Tokenizer:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator(load_corpus("synthetic", 300, 1), trainer=trainer)
     with tempfile.TemporaryDirectory() as folder:
         vocab, merges = bpe.model.save(folder)
-        tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token=EOS, pad_token=EOS, additional_special_tokens=SPECIAL)
+        tokenizer = Qwen2Tokenizer(
+            vocab=vocab, merges=merges, unk_token=None, eos_token=EOS, pad_token=EOS, additional_special_tokens=SPECIAL
+        )
     tokenizer.chat_template = CHATML
     return tokenizer
 
@@ -45,11 +54,23 @@ def save_user_model(path: Path, seed: int = 0) -> Path:
     """A Qwen2 checkpoint with its tokenizer in `path`, as `save_pretrained` (safetensors) writes it."""
     tokenizer = user_tokenizer()
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
     model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(**SAMPLING_DEFAULTS, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        **SAMPLING_DEFAULTS, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

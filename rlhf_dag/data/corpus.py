@@ -27,7 +27,9 @@ def load_corpus(source: str, n_documents: int, seed: int) -> list[str]:
         return pretraining_documents(n_documents, seed)
     path = Path(source).expanduser().resolve()
     if not path.exists():
-        raise FileNotFoundError(f"pretraining_corpus.source: {path} does not exist (use 'synthetic' or a path to .txt/.parquet)")
+        raise FileNotFoundError(
+            f"pretraining_corpus.source: {path} does not exist (use 'synthetic' or a path to .txt/.parquet)"
+        )
     files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".parquet")) if path.is_dir() else [path]
     documents = [doc for f in files for doc in _read_file(f)]
     if not documents:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pandas is imported where it is used: `rlhf-dag status` never needs it
@@ -51,7 +50,9 @@ def build_dataset(labels: LabelFile, validation_fraction: float, salt: str) -> p
     import pandas as pd
 
     frame = pd.DataFrame(labels.records)[COLUMNS[labels.kind]]
-    if labels.kind == "comparisons":  # the pairs of one human ranking share its key; any other pair is a ranking of its own
+    if (
+        labels.kind == "comparisons"
+    ):  # the pairs of one human ranking share its key; any other pair is a ranking of its own
         frame["ranking"] = [r.get("ranking") or r["id"] for r in labels.records]
     frame["split"] = assign_splits(list(frame["prompt"]), validation_fraction, salt)
     frame["source"] = [labels.location(i) for i in frame["id"]]
@@ -68,4 +69,6 @@ def splits(path: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
     import pandas as pd
 
     frame = pd.read_parquet(path)
-    return frame[frame["split"] == "train"].reset_index(drop=True), frame[frame["split"] == "validation"].reset_index(drop=True)
+    return frame[frame["split"] == "train"].reset_index(drop=True), frame[frame["split"] == "validation"].reset_index(
+        drop=True
+    )

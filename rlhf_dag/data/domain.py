@@ -237,7 +237,9 @@ def ideal_response(task: Task, rng: random.Random) -> str:
         a, op, b = p["a"], p["op"], p["b"]
         # The demonstrator shows the sum before its result: the model then reads the operands next to
         # the answer, as in the worksheets it was pretrained on, instead of recalling them from the prompt.
-        return rng.choice((f"{a} {op} {b} = {task.answer}.", f"{a} {op} {b} = {task.answer}. The answer is {task.answer}."))
+        return rng.choice(
+            (f"{a} {op} {b} = {task.answer}.", f"{a} {op} {b} = {task.answer}. The answer is {task.answer}.")
+        )
     name, condition = CODE_PROPERTIES[p["prop"]]
     return rng.choice(
         (
@@ -458,7 +460,15 @@ def _worksheet(rng: random.Random) -> str:
 # Weights: the requests appear mostly as the source's failures (to-do bullets, dialogue, blog and forum
 # posts: 5 of 18), the skills as plain text (latent skills, worksheets: 5 of 18), and a request followed by
 # its answer mostly on Q&A pages (8 of 18): what a 1M-parameter model needs to learn to read the request.
-_DOCUMENT_MAKERS = ((_todo_list, 2), (_dialogue, 1), (_blog_post, 1), (_forum_post, 1), (_latent_skill, 3), (_worksheet, 2), (_faq_page, 8))
+_DOCUMENT_MAKERS = (
+    (_todo_list, 2),
+    (_dialogue, 1),
+    (_blog_post, 1),
+    (_forum_post, 1),
+    (_latent_skill, 3),
+    (_worksheet, 2),
+    (_faq_page, 8),
+)
 
 
 def pretraining_documents(n_documents: int, seed: int) -> list[str]:

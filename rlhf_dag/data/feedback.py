@@ -48,6 +48,7 @@ class Ranking:
 def batch_prompts(records: list[dict], batch: str, n: int) -> list[dict]:
     """The `n` prompts of a labeling batch: ordered by a hash of (batch, prompt id), so each batch draws its own
     and re-making a batch draws the same."""
+
     def position(record: dict) -> str:
         return hashlib.sha256(f"{batch}:{record['id']}".encode()).hexdigest()
 
@@ -58,11 +59,20 @@ def ranking_pairs(ranking: Ranking) -> list[dict]:
     """The ranking's C(K, 2) comparisons, each with the ranking's provenance."""
     records = []
     for n, (i, j) in enumerate(itertools.combinations(range(len(ranking.responses)), 2)):
-        records.append({
-            "id": f"{ranking.key}:{n}", "prompt": ranking.prompt, "chosen": ranking.responses[i], "rejected": ranking.responses[j],
-            "ranking": ranking.key, "labeler": ranking.labeler, "labeled_at": ranking.labeled_at, "batch": ranking.batch,
-            "task_id": ranking.task_id, "policy_run_id": ranking.policy_run_id,
-        })
+        records.append(
+            {
+                "id": f"{ranking.key}:{n}",
+                "prompt": ranking.prompt,
+                "chosen": ranking.responses[i],
+                "rejected": ranking.responses[j],
+                "ranking": ranking.key,
+                "labeler": ranking.labeler,
+                "labeled_at": ranking.labeled_at,
+                "batch": ranking.batch,
+                "task_id": ranking.task_id,
+                "policy_run_id": ranking.policy_run_id,
+            }
+        )
     return records
 
 
@@ -91,7 +101,9 @@ def append_rankings(path: Path | str, rankings: list[Ranking]) -> tuple[int, int
             return 0, 0
         lines = [json.dumps(record, ensure_ascii=False) for ranking in new for record in ranking_pairs(ranking)]
         with atomic_path(path) as tmp:
-            tmp.write_bytes(old + (b"" if not old or old.endswith(b"\n") else b"\n") + ("\n".join(lines) + "\n").encode("utf-8"))
+            tmp.write_bytes(
+                old + (b"" if not old or old.endswith(b"\n") else b"\n") + ("\n".join(lines) + "\n").encode("utf-8")
+            )
             load_labels(tmp, "comparisons")  # the new file must load, or the old one stays
         return len(new), len(lines)
 
@@ -142,13 +154,21 @@ def agreement(records: list[dict], gold=None) -> dict:
             metrics[key], metrics[f"{key}.pairs"] = agree / total, total
             if scope == "labeler":
                 rates.setdefault(label, {})[name] = agree / total
+
     def outliers(by: dict) -> set:
-        return {labeler for labeler, rate in by.items() if len(by) >= 2 and rate < statistics.median([v for k, v in by.items() if k != labeler]) - OUTLIER_MARGIN}
+        return {
+            labeler
+            for labeler, rate in by.items()
+            if len(by) >= 2 and rate < statistics.median([v for k, v in by.items() if k != labeler]) - OUTLIER_MARGIN
+        }
 
     # A labeler with gold-judged pairs is judged against gold: among three labelers, agreement with the others
     # singles out whoever is in the minority, right or wrong. Agreement with the others judges the rest.
     by_gold = rates.get("gold", {})
-    flagged = sorted(outliers(by_gold) | {labeler for labeler in outliers(rates.get("inter_labeler", {})) if labeler not in by_gold})
+    flagged = sorted(
+        outliers(by_gold) | {labeler for labeler in outliers(rates.get("inter_labeler", {})) if labeler not in by_gold}
+    )
+
     def cell(counts, scope):
         agree, total = counts.get(scope, (0, 0))
         return f"{agree / total:.3f} ({total})" if total else "-"
@@ -156,9 +176,15 @@ def agreement(records: list[dict], gold=None) -> dict:
     rows = []
     for scope in ("labeler", "batch"):
         names = sorted({r.get(scope, "") for r in human})
-        rows += [f"| {scope} | pairs | agreement with other labelers (pair judgements) | agreement with gold (pairs) |" + (" flagged |" if scope == "labeler" else ""),
-                 "|---|---:|---|---|" + ("---|" if scope == "labeler" else ""), *(
-                 f"| {name} | {sum(r.get(scope, '') == name for r in human)} | {cell(inter, (scope, name))} | {cell(versus_gold, (scope, name))} |"
-                 + (f" {'yes' if name in flagged else ''} |" if scope == "labeler" else "") for name in names), ""]
+        rows += [
+            f"| {scope} | pairs | agreement with other labelers (pair judgements) | agreement with gold (pairs) |"
+            + (" flagged |" if scope == "labeler" else ""),
+            "|---|---:|---|---|" + ("---|" if scope == "labeler" else ""),
+            *(
+                f"| {name} | {sum(r.get(scope, '') == name for r in human)} | {cell(inter, (scope, name))} | {cell(versus_gold, (scope, name))} |"
+                + (f" {'yes' if name in flagged else ''} |" if scope == "labeler" else "")
+                for name in names
+            ),
+            "",
+        ]
     return {"metrics": metrics, "flagged": flagged, "table": "\n".join(rows).strip() if human else ""}
-

@@ -67,7 +67,10 @@ def content_checks(task: Task, response: str) -> dict[str, bool]:
     p, text = task.params, response
     if task.kind == "story":
         hero, villain = p["hero"].split()[0], p["villain"].split()[-1]
-        others = {name for pair in HEROES_VILLAINS for name in (pair[0].split()[0], pair[1].split()[-1])} - {hero, villain}
+        others = {name for pair in HEROES_VILLAINS for name in (pair[0].split()[0], pair[1].split()[-1])} - {
+            hero,
+            villain,
+        }
         return {
             "hero": hero in text,
             "villain": villain in text,
@@ -83,14 +86,19 @@ def content_checks(task: Task, response: str) -> dict[str, bool]:
         return {
             "salutation": bool(re.match(rf"\s*(Hi|Dear|Hello) {salutation}\b", text)),
             "greeting": p["greeting"].lower() in text.lower(),
-            "asks_about": p["asked"].lower() in asked_about and all(a == p["asked"].lower() or a not in ASKED for a in asked_about),
+            "asks_about": p["asked"].lower() in asked_about
+            and all(a == p["asked"].lower() or a not in ASKED for a in asked_about),
             "sign_off": bool(_SIGN_OFF.search(text)),
         }
     return code_checks(task, text)
 
 
 # The parts without which an answer is wrong, not just weaker (the source prompts' pass rate).
-REQUIRED = {"story": ("hero", "villain", "ai", "fight"), "email": ("salutation", "greeting", "asks_about"), "code": ("valid_function", "returns_condition")}
+REQUIRED = {
+    "story": ("hero", "villain", "ai", "fight"),
+    "email": ("salutation", "greeting", "asks_about"),
+    "code": ("valid_function", "returns_condition"),
+}
 
 
 def content_score(task: Task, response: str) -> float:
@@ -149,7 +157,9 @@ def code_checks(task: Task, text: str) -> dict[str, bool]:
     returns = [node.value for node in ast.walk(function) if isinstance(node, ast.Return) and node.value is not None]
     wanted = ast.dump(ast.parse(condition, mode="eval").body)
     right = argument is not None and any(ast.dump(_RenameArgument(argument).visit(r)) == wanted for r in returns)
-    prints = any(isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print" for node in ast.walk(function))
+    prints = any(
+        isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print" for node in ast.walk(function)
+    )
     return {"valid_function": True, "returns_condition": right, "no_print": not prints}
 
 
@@ -237,4 +247,3 @@ class GoldJudge:
 
     def is_correct(self, prompt: str, response: str) -> bool | None:
         return is_correct(prompt, response)
-

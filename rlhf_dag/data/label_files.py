@@ -57,7 +57,9 @@ HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 class LabelFileError(ValueError):
     """A labeled file is malformed; the message names the file, the line (or Parquet row) and the field."""
 
-    def __init__(self, path: Path | str, line: int | None, message: str, field_name: str | None = None, unit: str = "line"):
+    def __init__(
+        self, path: Path | str, line: int | None, message: str, field_name: str | None = None, unit: str = "line"
+    ):
         self.path, self.line, self.field = str(path), line, field_name
         where = f"{path}" if line is None else f"{path}:{line}" if unit == "line" else f"{path}:row {line}"
         what = f" field '{field_name}':" if field_name else ""
@@ -73,7 +75,9 @@ class LabelFile:
     records: list[dict]
     duplicates_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
-    lines: dict[str, int] = field(default_factory=dict)  # id -> line (JSONL) or row (Parquet), so later steps can point at a record
+    lines: dict[str, int] = field(
+        default_factory=dict
+    )  # id -> line (JSONL) or row (Parquet), so later steps can point at a record
     sha256: str = ""  # of exactly the bytes these records were parsed from (the file is read once)
 
     def location(self, record_id: str) -> str:
@@ -91,7 +95,11 @@ def label_file(directory: Path | str, kind: str) -> Path:
     directory = Path(directory)
     found = [directory / f"{kind}{suffix}" for suffix in FORMATS if (directory / f"{kind}{suffix}").is_file()]
     if len(found) > 1:
-        raise LabelFileError(found[0], None, f"{found[1].name} exists too: keep one file per kind, or the graph would not know which to read")
+        raise LabelFileError(
+            found[0],
+            None,
+            f"{found[1].name} exists too: keep one file per kind, or the graph would not know which to read",
+        )
     return found[0] if found else directory / f"{kind}.jsonl"
 
 
@@ -103,11 +111,16 @@ class _RecordError(ValueError):
 
 def _text(value: object, name: str) -> str:
     if not isinstance(value, str):
-        raise _RecordError(f"must be a string, got {type(value).__name__} (a conversational field is a list of role/content messages)", name)
+        raise _RecordError(
+            f"must be a string, got {type(value).__name__} (a conversational field is a list of role/content messages)",
+            name,
+        )
     if not value.strip():
         raise _RecordError("must not be empty or whitespace", name)
     if marker := next((t for t in SPECIAL_TOKENS if t in value), None):
-        raise _RecordError(f"contains the chat-format token {marker!r}; write a conversation as a list of messages instead", name)
+        raise _RecordError(
+            f"contains the chat-format token {marker!r}; write a conversation as a list of messages instead", name
+        )
     return value
 
 
@@ -120,8 +133,11 @@ def _messages(value: list, name: str) -> list[dict]:
             raise _RecordError(f"message {i} must be an object with exactly 'role' and 'content'", name)
         expected = "user" if i % 2 == 0 else "assistant"
         if message["role"] != expected:
-            raise _RecordError(f"message {i} has role {message['role']!r}, expected {expected!r} (user and assistant turns alternate, "
-                               "starting with the user; the chat template has no system turn)", name)
+            raise _RecordError(
+                f"message {i} has role {message['role']!r}, expected {expected!r} (user and assistant turns alternate, "
+                "starting with the user; the chat template has no system turn)",
+                name,
+            )
         _text(message["content"], f"{name}[{i}].content")
     return value
 
@@ -140,8 +156,15 @@ def _response(value: object, name: str) -> str:
     """A response as a string, or as TRL's conversational completion: one assistant message."""
     if not isinstance(value, list):
         return _text(value, name)
-    if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant" or set(value[0]) != {"role", "content"}:
-        raise _RecordError("a conversational response must be exactly one message with role 'assistant' (and 'content')", name)
+    if (
+        len(value) != 1
+        or not isinstance(value[0], dict)
+        or value[0].get("role") != "assistant"
+        or set(value[0]) != {"role", "content"}
+    ):
+        raise _RecordError(
+            "a conversational response must be exactly one message with role 'assistant' (and 'content')", name
+        )
     return _text(value[0]["content"], f"{name}[0].content")
 
 
@@ -149,10 +172,15 @@ def _split_hh(prefix: str) -> list[dict]:
     """An HH-RLHF transcript (`\n\nHuman: a\n\nAssistant: b\n\nHuman: c`) as messages."""
     messages, rest = [], prefix
     while rest:
-        role, marker, other = ("user", HH_HUMAN, HH_ASSISTANT) if len(messages) % 2 == 0 else ("assistant", HH_ASSISTANT, HH_HUMAN)
+        role, marker, other = (
+            ("user", HH_HUMAN, HH_ASSISTANT) if len(messages) % 2 == 0 else ("assistant", HH_ASSISTANT, HH_HUMAN)
+        )
         if not rest.lstrip("\n").startswith(marker.strip()):
-            raise _RecordError(f"the shared prompt of 'chosen' and 'rejected' is not an HH-RLHF transcript: expected {marker.strip()!r} turn {len(messages)}", "chosen")
-        rest = rest.lstrip("\n")[len(marker.strip()):]
+            raise _RecordError(
+                f"the shared prompt of 'chosen' and 'rejected' is not an HH-RLHF transcript: expected {marker.strip()!r} turn {len(messages)}",
+                "chosen",
+            )
+        rest = rest.lstrip("\n")[len(marker.strip()) :]
         end = rest.find(other)
         messages.append({"role": role, "content": (rest if end < 0 else rest[:end]).strip()})
         rest = "" if end < 0 else rest[end:]
@@ -163,9 +191,17 @@ def _implicit_prompt(chosen: object, rejected: object) -> tuple[str, str, str]:
     """(prompt, chosen, rejected) of a comparison whose prompt is the shared beginning of both responses."""
     if isinstance(chosen, list) and isinstance(rejected, list):
         _messages(chosen, "chosen"), _messages(rejected, "rejected")
-        if len(chosen) < 2 or chosen[:-1] != rejected[:-1] or len(rejected) != len(chosen) or chosen[-1]["role"] != "assistant":
-            raise _RecordError("without a 'prompt', 'chosen' and 'rejected' must be the same conversation up to a different last "
-                               "assistant turn (TRL's implicit prompt)", "chosen")
+        if (
+            len(chosen) < 2
+            or chosen[:-1] != rejected[:-1]
+            or len(rejected) != len(chosen)
+            or chosen[-1]["role"] != "assistant"
+        ):
+            raise _RecordError(
+                "without a 'prompt', 'chosen' and 'rejected' must be the same conversation up to a different last "
+                "assistant turn (TRL's implicit prompt)",
+                "chosen",
+            )
         return conversation_prompt(chosen[:-1]), chosen[-1]["content"], rejected[-1]["content"]
     chosen, rejected = _text(chosen, "chosen"), _text(rejected, "rejected")
     shared = 0
@@ -179,8 +215,15 @@ def _implicit_prompt(chosen: object, rejected: object) -> tuple[str, str, str]:
         cut = max(chosen.rfind(" ", 0, shared + 1), chosen.rfind("\n", 0, shared + 1))
         messages = [{"role": "user", "content": chosen[:cut]}] if cut > 0 else []
     if not messages or not messages[0]["content"].strip() or messages[-1]["role"] != "user":
-        raise _RecordError("has no 'prompt' and shares no prompt with 'rejected' (give a 'prompt' field, or an HH-RLHF transcript in both)", "prompt")
-    return conversation_prompt(messages), _text(chosen[cut:].strip(), "chosen"), _text(rejected[cut:].strip(), "rejected")
+        raise _RecordError(
+            "has no 'prompt' and shares no prompt with 'rejected' (give a 'prompt' field, or an HH-RLHF transcript in both)",
+            "prompt",
+        )
+    return (
+        conversation_prompt(messages),
+        _text(chosen[cut:].strip(), "chosen"),
+        _text(rejected[cut:].strip(), "rejected"),
+    )
 
 
 def _canonical(record: dict, kind: str) -> dict:
@@ -194,9 +237,16 @@ def _canonical(record: dict, kind: str) -> dict:
     if kind == "comparisons":
         for name in ("chosen", "rejected"):
             if name not in record:
-                raise _RecordError("missing (a comparisons record needs chosen and rejected, and a prompt unless both begin with it)", name)
+                raise _RecordError(
+                    "missing (a comparisons record needs chosen and rejected, and a prompt unless both begin with it)",
+                    name,
+                )
         if "prompt" in record:
-            out = {"prompt": _prompt(record["prompt"]), "chosen": _response(record["chosen"], "chosen"), "rejected": _response(record["rejected"], "rejected")}
+            out = {
+                "prompt": _prompt(record["prompt"]),
+                "chosen": _response(record["chosen"], "chosen"),
+                "rejected": _response(record["rejected"], "rejected"),
+            }
         else:
             out["prompt"], out["chosen"], out["rejected"] = _implicit_prompt(record["chosen"], record["rejected"])
         if out["chosen"].strip() == out["rejected"].strip():
@@ -204,13 +254,19 @@ def _canonical(record: dict, kind: str) -> dict:
     elif kind == "demonstrations":
         given = [name for name in ("response", "completion", "messages") if name in record]
         if len(given) > 1 or ("messages" in record and "prompt" in record):
-            raise _RecordError("give either prompt + response (or TRL's completion), or one messages conversation", given[-1])
+            raise _RecordError(
+                "give either prompt + response (or TRL's completion), or one messages conversation", given[-1]
+            )
         if "messages" in record:
             if not isinstance(record["messages"], list):
-                raise _RecordError(f"must be a list of chat messages, got {type(record['messages']).__name__}", "messages")
+                raise _RecordError(
+                    f"must be a list of chat messages, got {type(record['messages']).__name__}", "messages"
+                )
             messages = _messages(record["messages"], "messages")
             if len(messages) < 2 or messages[-1]["role"] != "assistant":
-                raise _RecordError("a demonstration conversation must end with the assistant's answer to a user turn", "messages")
+                raise _RecordError(
+                    "a demonstration conversation must end with the assistant's answer to a user turn", "messages"
+                )
             out = {"prompt": conversation_prompt(messages[:-1]), "response": messages[-1]["content"]}
         else:
             for name in ("prompt", "response"):
@@ -262,7 +318,9 @@ def _parquet_records(path: Path, data: bytes):
     try:
         rows = pq.read_table(pa.BufferReader(data)).to_pylist()
     except (pa.ArrowException, OSError) as err:
-        raise LabelFileError(path, None, f"not a readable Parquet file ({err}); write it with pandas/datasets `to_parquet`") from None
+        raise LabelFileError(
+            path, None, f"not a readable Parquet file ({err}); write it with pandas/datasets `to_parquet`"
+        ) from None
     for row_no, row in enumerate(rows):
         record = {k: v for k, v in row.items() if v is not None}
         if len(json.dumps(record, default=str).encode()) > MAX_LINE_BYTES:
@@ -277,7 +335,11 @@ def load_labels(path: Path | str, kind: str | None = None) -> LabelFile:
     if kind not in SCHEMAS:
         raise LabelFileError(path, None, f"unknown labeled file kind '{kind}' (expected one of {', '.join(SCHEMAS)})")
     if not path.is_file():
-        raise LabelFileError(path, None, f"file not found ({kind}.jsonl or {kind}.parquet; set RLHF_DAG_LABELS_DIR or run `rlhf-dag make-labels`)")
+        raise LabelFileError(
+            path,
+            None,
+            f"file not found ({kind}.jsonl or {kind}.parquet; set RLHF_DAG_LABELS_DIR or run `rlhf-dag make-labels`)",
+        )
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     parquet = path.suffix == ".parquet"

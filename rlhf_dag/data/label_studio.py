@@ -47,9 +47,18 @@ def responses_sha256(responses: list[str]) -> str:
 
 def task_data(prompt_id: str, prompt: str, responses: list[str], batch: str, policy: str, policy_run_id: str) -> dict:
     """One labeling task: a prompt and its (de-duplicated) responses, with where they came from."""
-    items = [{"id": f"r{i}", "title": f"Response {chr(ord('A') + i)}", "body": text} for i, text in enumerate(responses)]
-    return {"prompt": prompt, "prompt_id": prompt_id, "responses": items, "batch": batch, "policy": policy, "policy_run_id": policy_run_id,
-            "responses_sha256": responses_sha256(responses)}
+    items = [
+        {"id": f"r{i}", "title": f"Response {chr(ord('A') + i)}", "body": text} for i, text in enumerate(responses)
+    ]
+    return {
+        "prompt": prompt,
+        "prompt_id": prompt_id,
+        "responses": items,
+        "batch": batch,
+        "policy": policy,
+        "policy_run_id": policy_run_id,
+        "responses_sha256": responses_sha256(responses),
+    }
 
 
 @dataclass
@@ -76,16 +85,22 @@ def _ranked_responses(task: dict, result: list[dict], where: str) -> tuple[str, 
             order = next(iter(region.get("value", {}).get("ranker", {}).values()), [])
             if sorted(order) != sorted(items):
                 missing, repeated = sorted(set(items) - set(order)), sorted({i for i in order if order.count(i) > 1})
-                raise ValueError(f"{where}: the ranking must order every response once (tied or repeated: {repeated or 'none'}, "
-                                 f"missing: {missing or 'none'}, unknown: {sorted(set(order) - set(items)) or 'none'}); re-rank it in Label Studio")
+                raise ValueError(
+                    f"{where}: the ranking must order every response once (tied or repeated: {repeated or 'none'}, "
+                    f"missing: {missing or 'none'}, unknown: {sorted(set(order) - set(items)) or 'none'}); re-rank it in Label Studio"
+                )
             return tuple(items[i] for i in order)
         if region.get("type") == "pairwise":
             left, right = region.get("to_name", "").split(",") if "," in region.get("to_name", "") else (None, None)
             selected = region.get("value", {}).get("selected")
             if left not in data or right not in data or selected not in ("left", "right"):
-                raise ValueError(f"{where}: a pairwise choice needs data fields named as its two Text tags and 'selected' left or right")
+                raise ValueError(
+                    f"{where}: a pairwise choice needs data fields named as its two Text tags and 'selected' left or right"
+                )
             return (data[left], data[right]) if selected == "left" else (data[right], data[left])
-    raise ValueError(f"{where}: no ranking in the annotation (submitted without moving a response? move one and back, then update)")
+    raise ValueError(
+        f"{where}: no ranking in the annotation (submitted without moving a response? move one and back, then update)"
+    )
 
 
 def rankings_from_export(tasks: list[dict], source: str, users: dict[int, str] | None = None) -> PulledRankings:
@@ -100,9 +115,13 @@ def rankings_from_export(tasks: list[dict], source: str, users: dict[int, str] |
         where_task = f"{source}: task {task.get('id')}"
         if not task.get("annotations"):
             continue  # not labeled yet
-        if "responses" in data and data.get("responses_sha256") != responses_sha256([r.get("body") for r in data["responses"]]):
-            out.rejected.append(f"{where_task}: its responses were edited after the batch was pushed (responses_sha256 differs); "
-                                f"these rankings do not judge what the policy wrote, so they are left out")
+        if "responses" in data and data.get("responses_sha256") != responses_sha256(
+            [r.get("body") for r in data["responses"]]
+        ):
+            out.rejected.append(
+                f"{where_task}: its responses were edited after the batch was pushed (responses_sha256 differs); "
+                f"these rankings do not judge what the policy wrote, so they are left out"
+            )
             continue
         prompt = data.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -122,12 +141,19 @@ def rankings_from_export(tasks: list[dict], source: str, users: dict[int, str] |
             if len(set(ranked)) < 2:
                 out.rejected.append(f"{where}: fewer than two different responses to compare")
                 continue
-            out.rankings.append(Ranking(
-                # the annotation's own id: the same in a live pull and in an export of the project
-                key=annotation.get("unique_id") or f"{source}:{task.get('id')}:{annotation.get('id')}", prompt=prompt, responses=ranked, labeler=labeler,
-                labeled_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""), batch=str(data.get("batch", source)),
-                task_id=str(task.get("id")), policy_run_id=str(data.get("policy_run_id", "")),
-            ))
+            out.rankings.append(
+                Ranking(
+                    # the annotation's own id: the same in a live pull and in an export of the project
+                    key=annotation.get("unique_id") or f"{source}:{task.get('id')}:{annotation.get('id')}",
+                    prompt=prompt,
+                    responses=ranked,
+                    labeler=labeler,
+                    labeled_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+                    batch=str(data.get("batch", source)),
+                    task_id=str(task.get("id")),
+                    policy_run_id=str(data.get("policy_run_id", "")),
+                )
+            )
     return out
 
 
@@ -137,10 +163,14 @@ def read_export(path: Path | str) -> PulledRankings:
     try:
         tasks = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a Label Studio JSON export ({err}); export the project as JSON, not JSON-MIN or CSV") from None
+        raise ValueError(
+            f"{path}: not a Label Studio JSON export ({err}); export the project as JSON, not JSON-MIN or CSV"
+        ) from None
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t for t in tasks):
-        raise ValueError(f"{path}: not a Label Studio JSON export (expected a list of tasks with 'data' and 'annotations'); "
-                         f"export the project as JSON, not JSON-MIN or CSV")
+        raise ValueError(
+            f"{path}: not a Label Studio JSON export (expected a list of tasks with 'data' and 'annotations'); "
+            f"export the project as JSON, not JSON-MIN or CSV"
+        )
     return rankings_from_export(tasks, path.stem)
 
 
@@ -149,8 +179,10 @@ class LabelStudioClient:
 
     def __init__(self, url: str, token: str, timeout: float = 30):
         if not token:
-            raise LabelStudioError("no Label Studio token: set LABEL_STUDIO_API_KEY to your personal access token "
-                                   "(Label Studio -> Account & Settings -> Personal Access Token -> Create; docs/labeling.md)")
+            raise LabelStudioError(
+                "no Label Studio token: set LABEL_STUDIO_API_KEY to your personal access token "
+                "(Label Studio -> Account & Settings -> Personal Access Token -> Create; docs/labeling.md)"
+            )
         self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
         self._access: tuple[str, float] | None = None
 
@@ -166,16 +198,26 @@ class LabelStudioClient:
         import requests
 
         try:
-            response = requests.request(method, self.url + path, headers=self._auth_header() if auth else {}, timeout=self.timeout, **kwargs)
+            response = requests.request(
+                method, self.url + path, headers=self._auth_header() if auth else {}, timeout=self.timeout, **kwargs
+            )
         except requests.ConnectionError:
-            raise LabelStudioError(f"Label Studio is not reachable at {self.url} (start it with `make label-studio`, or set LABEL_STUDIO_URL)") from None
+            raise LabelStudioError(
+                f"Label Studio is not reachable at {self.url} (start it with `make label-studio`, or set LABEL_STUDIO_URL)"
+            ) from None
         except requests.Timeout:
-            raise LabelStudioError(f"Label Studio at {self.url} did not answer {method} {path} within {self.timeout:.0f}s") from None
+            raise LabelStudioError(
+                f"Label Studio at {self.url} did not answer {method} {path} within {self.timeout:.0f}s"
+            ) from None
         if response.status_code == 401:
-            raise LabelStudioError(f"Label Studio at {self.url} refused the token ({response.text[:200]}): set LABEL_STUDIO_API_KEY to a valid "
-                                   f"personal access token (Account & Settings -> Personal Access Token; docs/labeling.md)")
+            raise LabelStudioError(
+                f"Label Studio at {self.url} refused the token ({response.text[:200]}): set LABEL_STUDIO_API_KEY to a valid "
+                f"personal access token (Account & Settings -> Personal Access Token; docs/labeling.md)"
+            )
         if response.status_code >= 400:
-            raise LabelStudioError(f"Label Studio at {self.url}: {method} {path} answered {response.status_code}: {response.text[:300]}")
+            raise LabelStudioError(
+                f"Label Studio at {self.url}: {method} {path} answered {response.status_code}: {response.text[:300]}"
+            )
         return response.json() if response.content else None
 
     def project_id(self, title: str) -> int | None:
@@ -184,21 +226,29 @@ class LabelStudioClient:
         return matches[0] if matches else None
 
     def create_project(self, title: str, description: str) -> int:
-        return self._call("POST", "/api/projects/", json={"title": title, "description": description, "label_config": LABEL_CONFIG})["id"]
+        return self._call(
+            "POST", "/api/projects/", json={"title": title, "description": description, "label_config": LABEL_CONFIG}
+        )["id"]
 
     def import_tasks(self, project_id: int, tasks: list[dict]) -> int:
         return self._call("POST", f"/api/projects/{project_id}/import", json=[{"data": t} for t in tasks])["task_count"]
 
     def export(self, project_id: int) -> list[dict]:
         """Every task of the project with its annotations, in the JSON export format (cancelled ones included)."""
-        return self._call("GET", f"/api/projects/{project_id}/export", params={"exportType": "JSON", "download_all_tasks": "true"})
+        return self._call(
+            "GET", f"/api/projects/{project_id}/export", params={"exportType": "JSON", "download_all_tasks": "true"}
+        )
 
     def users(self) -> dict[int, str]:
-        return {u["id"]: u.get("email") or u.get("username") or f"user {u['id']}" for u in self._call("GET", "/api/users/")}
+        return {
+            u["id"]: u.get("email") or u.get("username") or f"user {u['id']}" for u in self._call("GET", "/api/users/")
+        }
 
     def pull(self, batch: str) -> PulledRankings:
         """The rankings of a batch's project so far."""
         project = self.project_id(batch)
         if project is None:
-            raise LabelStudioError(f"Label Studio at {self.url} has no project '{batch}': materialize that labeling_candidates partition first")
+            raise LabelStudioError(
+                f"Label Studio at {self.url} has no project '{batch}': materialize that labeling_candidates partition first"
+            )
         return rankings_from_export(self.export(project), batch, self.users())

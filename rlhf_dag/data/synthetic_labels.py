@@ -8,8 +8,8 @@ include the source's four prompts verbatim) never appear in a training file.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .domain import KINDS, RESPONSE_STYLES, SOURCE_PROMPTS, parse_task, sample_task
 from .gold import gold_score
@@ -77,14 +77,20 @@ def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int,
     while len(pairs) < n:
         prompts = [_training_task(rng, held_out).prompt for _ in range(n)]
         for prompt, responses in zip(prompts, sampler(prompts)):
-            unique = list(dict.fromkeys(r.strip() for r in responses if r.strip()))  # keeps sampling order: ties stay reproducible
+            unique = list(
+                dict.fromkeys(r.strip() for r in responses if r.strip())
+            )  # keeps sampling order: ties stay reproducible
             ranked = sorted(unique, key=lambda r: gold_score(prompt, r).score)
             if len(ranked) < 2 or gold_score(prompt, ranked[0]).score == gold_score(prompt, ranked[-1]).score:
                 continue
             candidates = [(ranked[-1], ranked[0])]
             if all_pairs:
-                candidates = [(ranked[j], ranked[i]) for j in range(len(ranked) - 1, 0, -1) for i in range(j)
-                              if gold_score(prompt, ranked[j]).score > gold_score(prompt, ranked[i]).score]
+                candidates = [
+                    (ranked[j], ranked[i])
+                    for j in range(len(ranked) - 1, 0, -1)
+                    for i in range(j)
+                    if gold_score(prompt, ranked[j]).score > gold_score(prompt, ranked[i]).score
+                ]
             for chosen, rejected in candidates:
                 record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
                 key = tuple(record.values())
@@ -131,17 +137,26 @@ def make_label_files(
 
     def comparison():
         task = _training_task(rng, held_out)
-        ranked = gold_ranked(task.prompt, *(RESPONSE_STYLES[style](task, rng) for style in rng.choices(styles, weights)[0]))
+        ranked = gold_ranked(
+            task.prompt, *(RESPONSE_STYLES[style](task, rng) for style in rng.choices(styles, weights)[0])
+        )
         return ranked and {"prompt": task.prompt, "chosen": ranked[0], "rejected": ranked[1]}
 
     files = {
         "prompts": ("p", _unique_records(n_prompts, prompt)),
         "demonstrations": ("d", _unique_records(n_demonstrations, demonstration)),
-        "comparisons": ("c", _unique_records(n_comparisons - (n_policy_comparisons if policy_sampler else 0), comparison)),
+        "comparisons": (
+            "c",
+            _unique_records(n_comparisons - (n_policy_comparisons if policy_sampler else 0), comparison),
+        ),
         "eval_prompts": ("e", [{"prompt": p} for p in eval_prompts]),
     }
     if policy_sampler is not None:
-        files["comparisons"][1].extend(_policy_comparisons(policy_sampler, random.Random(seed + 1), held_out, n_policy_comparisons, all_policy_pairs))
+        files["comparisons"][1].extend(
+            _policy_comparisons(
+                policy_sampler, random.Random(seed + 1), held_out, n_policy_comparisons, all_policy_pairs
+            )
+        )
     counts = {}
     for name, (prefix, records) in files.items():
         # a pair of the policy's own samples can repeat a synthetic pair word for word: keep the first

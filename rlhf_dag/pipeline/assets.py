@@ -32,18 +32,37 @@ def build_asset(step: graph.Step) -> dg.AssetsDefinition:
     """One step's asset. Besides its inputs it depends on every labeled file upstream of it, so that Dagster's
     stale status (the UI's "Unsynced") marks it as soon as such a file is edited, as `rlhf-dag status` does."""
     upstream = [name for name in step.inputs if name not in graph.LABEL_FILES]
-    resources = {"mlflow"} | ({"launcher"} if step.launched else set()) | ({"registry", "gates"} if step.group != "labeling" and
-                                                                           step.method and step.name != f"{step.method}_policy" else set())
+    resources = (
+        {"mlflow"}
+        | ({"launcher"} if step.launched else set())
+        | (
+            {"registry", "gates"}
+            if step.group != "labeling" and step.method and step.name != f"{step.method}_policy"
+            else set()
+        )
+    )
 
     def body(context: dg.AssetExecutionContext, config, **handles: ArtifactHandle) -> dg.Output[ArtifactHandle]:
         r = context.resources
         register = r.registry.registration(step.method, r.gates) if "registry" in resources else None
         return publish(context, config, r.mlflow, r.launcher if step.launched else None, register=register, **handles)
 
-    body.__annotations__ = {"context": dg.AssetExecutionContext, "config": asset_config_class(step.name), "return": dg.Output[ArtifactHandle]}
-    return dg.asset(name=step.name, ins={name: dg.AssetIn(name) for name in upstream}, required_resource_keys=resources,
-                    code_version=profile_version(step.name), automation_condition=AUTOMATION[step.automation], group_name=step.group,
-                    kinds={step.kind}, deps=label_keys(*graph.upstream_labels(step.name)), description=step.description)(body)
+    body.__annotations__ = {
+        "context": dg.AssetExecutionContext,
+        "config": asset_config_class(step.name),
+        "return": dg.Output[ArtifactHandle],
+    }
+    return dg.asset(
+        name=step.name,
+        ins={name: dg.AssetIn(name) for name in upstream},
+        required_resource_keys=resources,
+        code_version=profile_version(step.name),
+        automation_condition=AUTOMATION[step.automation],
+        group_name=step.group,
+        kinds={step.kind},
+        deps=label_keys(*graph.upstream_labels(step.name)),
+        description=step.description,
+    )(body)
 
 
 # Every step but the labeling batches, in the table's order.

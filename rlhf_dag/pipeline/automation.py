@@ -39,27 +39,39 @@ class StaleCondition(dg.AutomationCondition):
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         statuses = {s.key: s.status for s in graph_statuses(context.asset_graph, context.asset_graph_view.instance)}
         stale = statuses.get(context.key.to_user_string()) == STALE
-        return dg.AutomationResult(context, true_subset=context.candidate_subset if stale else context.get_empty_subset())
+        return dg.AutomationResult(
+            context, true_subset=context.candidate_subset if stale else context.get_empty_subset()
+        )
 
 
 stale = StaleCondition()
 
-label_observation = (dg.AutomationCondition.initial_evaluation() | dg.AutomationCondition.cron_tick_passed(OBSERVE_CRON)).with_label(
-    f"observe at start and every tick of {OBSERVE_CRON}"
-)
+label_observation = (
+    dg.AutomationCondition.initial_evaluation() | dg.AutomationCondition.cron_tick_passed(OBSERVE_CRON)
+).with_label(f"observe at start and every tick of {OBSERVE_CRON}")
 
-_not_blocked = ~dg.AutomationCondition.any_deps_missing() & ~dg.AutomationCondition.any_deps_in_progress() & ~dg.AutomationCondition.in_progress()
+_not_blocked = (
+    ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+)
 
 # Eager, and once more when the automation starts for a dataset already stale then
 # (newly_true: a failing dataset is not retried on every evaluation).
-dataset_automation = (dg.AutomationCondition.eager() | (stale.newly_true() & _not_blocked)).with_label("eager, or stale when the automation starts")
+dataset_automation = (dg.AutomationCondition.eager() | (stale.newly_true() & _not_blocked)).with_label(
+    "eager, or stale when the automation starts"
+)
 
 # At a tick: retrain if stale or missing, or if an input is being retrained in
 # the same tick (so a chain runs in one go).
 model_automation = (
     dg.AutomationCondition.in_latest_time_window()
     & dg.AutomationCondition.cron_tick_passed(RETRAIN_CRON)
-    & (stale | dg.AutomationCondition.missing() | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested()))
+    & (
+        stale
+        | dg.AutomationCondition.missing()
+        | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
+    )
     & _not_blocked
     # never on an input that is itself out of date (a dataset whose label file failed validation)
     & ~dg.AutomationCondition.any_deps_match(stale & ~dg.AutomationCondition.will_be_requested())
@@ -67,7 +79,9 @@ model_automation = (
 
 # The alternatives to PPO (DPO, GRPO, RLOO and their evaluations) are run on demand first; once
 # materialized, they retrain at the tick like the core models when stale.
-alternative_automation = (model_automation & ~dg.AutomationCondition.missing()).with_label(f"once materialized, retrain at {RETRAIN_CRON} if stale")
+alternative_automation = (model_automation & ~dg.AutomationCondition.missing()).with_label(
+    f"once materialized, retrain at {RETRAIN_CRON} if stale"
+)
 
 # The daemon (`make ui` runs one) evaluates these conditions; the sensor is on by
 # default so that saving a label file is enough. RLHF_DAG_AUTOMATION=off starts it stopped.
@@ -75,7 +89,9 @@ alternative_automation = (model_automation & ~dg.AutomationCondition.missing()).
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "rlhf_automation",
     target=dg.AssetSelection.all(include_sources=True),
-    default_status=dg.DefaultSensorStatus.STOPPED if os.environ.get("RLHF_DAG_AUTOMATION", "on") == "off" else dg.DefaultSensorStatus.RUNNING,
+    default_status=dg.DefaultSensorStatus.STOPPED
+    if os.environ.get("RLHF_DAG_AUTOMATION", "on") == "off"
+    else dg.DefaultSensorStatus.RUNNING,
     use_user_code_server=True,
     description="Observes the label files, refreshes datasets eagerly and retrains stale models at the nightly tick.",
 )

@@ -43,7 +43,9 @@ class HandleIOManager(dg.ConfigurableIOManager):
         else:
             event = context.instance.get_latest_materialization_event(key)
             if event is None:
-                raise FileNotFoundError(f"{key.to_user_string()} has never been materialized; materialize it (or select it in the same run) first")
+                raise FileNotFoundError(
+                    f"{key.to_user_string()} has never been materialized; materialize it (or select it in the same run) first"
+                )
             path = self._path(key, event.run_id)
         return ArtifactHandle(**json.loads(path.read_text(encoding="utf-8")))
 

@@ -30,7 +30,9 @@ def _label_source(name: str):
     def _observe(context) -> dg.DataVersion:
         path = label_file(labels_dir(), name)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} (or {path.stem}.parquet) does not exist: run `rlhf-dag make-labels` or set RLHF_DAG_LABELS_DIR")
+            raise FileNotFoundError(
+                f"{path} (or {path.stem}.parquet) does not exist: run `rlhf-dag make-labels` or set RLHF_DAG_LABELS_DIR"
+            )
         return dg.DataVersion(file_sha256(path))
 
     return _observe

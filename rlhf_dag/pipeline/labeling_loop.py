@@ -30,15 +30,28 @@ LabelingCandidatesConfig = asset_config_class("labeling_candidates")
 EXPORTS_FOLDER = "label_studio"  # inside the labels dir: Label Studio JSON exports to read as comparisons
 
 
-@dg.asset(partitions_def=LABELING_BATCHES, code_version=profile_version("labeling_candidates"), group_name="labeling", kinds={"labelstudio"},
-          deps=[dg.AssetKey(["labels", name]) for name in upstream_labels("labeling_candidates")],
-          description="One labeling batch (a partition): K responses per prompt from a policy (sft_model unless configured), pushed to Label Studio for people to rank.")
-def labeling_candidates(context: dg.AssetExecutionContext, config: LabelingCandidatesConfig, mlflow: MlflowTracking, label_studio: LabelStudio,
-                        sft_model: ArtifactHandle, ppo_policy: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+@dg.asset(
+    partitions_def=LABELING_BATCHES,
+    code_version=profile_version("labeling_candidates"),
+    group_name="labeling",
+    kinds={"labelstudio"},
+    deps=[dg.AssetKey(["labels", name]) for name in upstream_labels("labeling_candidates")],
+    description="One labeling batch (a partition): K responses per prompt from a policy (sft_model unless configured), pushed to Label Studio for people to rank.",
+)
+def labeling_candidates(
+    context: dg.AssetExecutionContext,
+    config: LabelingCandidatesConfig,
+    mlflow: MlflowTracking,
+    label_studio: LabelStudio,
+    sft_model: ArtifactHandle,
+    ppo_policy: ArtifactHandle,
+) -> dg.Output[ArtifactHandle]:
     output = publish(context, config, mlflow, sft_model=sft_model, ppo_policy=ppo_policy)
     policy = {"sft_model": sft_model, "ppo_policy": ppo_policy}[output.value.tags["policy"]]
     candidates = StepResult.load(Path(output.value.path).parent).records["candidates.json"]
-    pushed = label_studio.push_batch(context.partition_key, candidates, output.value.tags["policy"], policy.mlflow_run_id or "")
+    pushed = label_studio.push_batch(
+        context.partition_key, candidates, output.value.tags["policy"], policy.mlflow_run_id or ""
+    )
     return dg.Output(output.value, metadata={**output.metadata, "policy_run_id": policy.mlflow_run_id or "", **pushed})
 
 
@@ -52,8 +65,10 @@ class PullReport:
 
     def lines(self, comparisons: Path) -> list[str]:
         already = self.rankings_seen - self.rankings_added
-        out = [f"{comparisons}: +{self.pairs_added} pairs from {self.rankings_added} new ranking(s)"
-               + (f"; {already} ranking(s) already there" if already else "")]
+        out = [
+            f"{comparisons}: +{self.pairs_added} pairs from {self.rankings_added} new ranking(s)"
+            + (f"; {already} ranking(s) already there" if already else "")
+        ]
         out += [f"skipped: {m}" for m in self.skipped] + [f"REJECTED: {m}" for m in self.rejected]
         return out
 
@@ -76,9 +91,14 @@ def pull_labels(label_studio: LabelStudio | None, batches: list[str], labels: Pa
     return PullReport(added, pairs, len(merged.rankings), merged.skipped, merged.rejected)
 
 
-@dg.sensor(job_name="observe_labels", minimum_interval_seconds=int(os.environ.get("RLHF_DAG_PULL_SECONDS", "60")),
-           default_status=dg.DefaultSensorStatus.RUNNING if os.environ.get("LABEL_STUDIO_API_KEY") else dg.DefaultSensorStatus.STOPPED,
-           description="Pulls completed rankings from Label Studio into comparisons.jsonl, then observes the file (on when LABEL_STUDIO_API_KEY is set).")
+@dg.sensor(
+    job_name="observe_labels",
+    minimum_interval_seconds=int(os.environ.get("RLHF_DAG_PULL_SECONDS", "60")),
+    default_status=dg.DefaultSensorStatus.RUNNING
+    if os.environ.get("LABEL_STUDIO_API_KEY")
+    else dg.DefaultSensorStatus.STOPPED,
+    description="Pulls completed rankings from Label Studio into comparisons.jsonl, then observes the file (on when LABEL_STUDIO_API_KEY is set).",
+)
 def label_studio_pull(context: dg.SensorEvaluationContext, label_studio: LabelStudio):
     batches = context.instance.get_dynamic_partitions(LABELING_BATCHES.name)
     report = pull_labels(label_studio, batches)

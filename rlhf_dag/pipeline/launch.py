@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ..config import REPO_ROOT, StepConfig, home_dir, labels_dir, mlflow_tracking_uri, active_profile
+from ..config import REPO_ROOT, StepConfig, active_profile, home_dir, labels_dir, mlflow_tracking_uri
 
 LAUNCHERS = "'in-process', 'torchrun:N', 'accelerate:<config file>' or 'k8s'"
 
@@ -30,17 +30,33 @@ class StepLauncher(dg.ConfigurableResource):
     """How the trained assets' steps run. Lineage, MLflow and gates are the same for every launcher."""
 
     launcher: str | None = Field(None, description=f"{LAUNCHERS}; unset: RLHF_DAG_LAUNCHER, else 'in-process'")
-    image: str = Field("rlhf-dag:latest", description="k8s: the image of the step's pod (this repository installed, `pip install .`)")
-    namespace: str | None = Field(None, description="k8s: namespace of the step's pod (unset: the current one, else 'default')")
+    image: str = Field(
+        "rlhf-dag:latest", description="k8s: the image of the step's pod (this repository installed, `pip install .`)"
+    )
+    namespace: str | None = Field(
+        None, description="k8s: namespace of the step's pod (unset: the current one, else 'default')"
+    )
     gpus: int = Field(0, description="k8s: GPUs the pod requests; more than one runs torchrun with one process per GPU")
-    base_pod_spec: str = Field("configs/k8s/step-pod.yaml", description="k8s: the pod spec (YAML) the step's container is set into: volumes, resources, node selection")
+    base_pod_spec: str = Field(
+        "configs/k8s/step-pod.yaml",
+        description="k8s: the pod spec (YAML) the step's container is set into: volumes, resources, node selection",
+    )
 
     def resolved(self) -> str:
         value = self.launcher or os.environ.get("RLHF_DAG_LAUNCHER") or "in-process"
         kind, _, arg = value.partition(":")
-        valid = (kind == "in-process" and not arg) or (kind == "torchrun" and arg.isdigit() and int(arg) >= 1) or (kind == "accelerate" and arg) or (kind == "k8s" and not arg)
+        valid = (
+            (kind == "in-process" and not arg)
+            or (kind == "torchrun" and arg.isdigit() and int(arg) >= 1)
+            or (kind == "accelerate" and arg)
+            or (kind == "k8s" and not arg)
+        )
         if not valid:
-            raise dg.DagsterInvalidConfigError(f"launcher {value!r} (RLHF_DAG_LAUNCHER or the launcher resource's config) is not one of {LAUNCHERS}", [], None)
+            raise dg.DagsterInvalidConfigError(
+                f"launcher {value!r} (RLHF_DAG_LAUNCHER or the launcher resource's config) is not one of {LAUNCHERS}",
+                [],
+                None,
+            )
         return value
 
     @property
@@ -53,7 +69,16 @@ class StepLauncher(dg.ConfigurableResource):
         entry = ["-m", "rlhf_dag.pipes_step", "--spec", str(spec)]
         if kind == "torchrun":
             # --log-dir: each failing rank's error.json (its traceback), read back into the run log on failure
-            return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", arg, "--log-dir", str(logs), *entry]
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                arg,
+                "--log-dir",
+                str(logs),
+                *entry,
+            ]
         if kind == "accelerate":
             config = Path(arg) if Path(arg).is_absolute() else REPO_ROOT / arg
             if not config.is_file():
@@ -84,26 +109,55 @@ class StepLauncher(dg.ConfigurableResource):
             limits["nvidia.com/gpu"] = str(self.gpus)  # a Kubernetes quantity
         return spec
 
-    def launch(self, context: dg.AssetExecutionContext, asset: str, inputs: dict[str, str], cfg: StepConfig, final: Path, mlflow_run_id: str,
-               tracking_uri: str | None = None) -> dict:
+    def launch(
+        self,
+        context: dg.AssetExecutionContext,
+        asset: str,
+        inputs: dict[str, str],
+        cfg: StepConfig,
+        final: Path,
+        mlflow_run_id: str,
+        tracking_uri: str | None = None,
+    ) -> dict:
         """Run the step in its child and wait; the result is saved in `final`. Returns the child's reported facts."""
         work = final.parent / f".launch-{final.name}"
         work.mkdir(parents=True, exist_ok=True)
         spec = work / "spec.json"
-        spec.write_text(json.dumps({"step": asset, "inputs": inputs, "config": cfg.model_dump(mode="json"), "output": str(final),
-                                    "lineage": {"mlflow_run_id": mlflow_run_id}}, indent=1), encoding="utf-8")
+        spec.write_text(
+            json.dumps(
+                {
+                    "step": asset,
+                    "inputs": inputs,
+                    "config": cfg.model_dump(mode="json"),
+                    "output": str(final),
+                    "lineage": {"mlflow_run_id": mlflow_run_id},
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
         env = self.env(mlflow_run_id, tracking_uri or mlflow_tracking_uri())
         context.log.info(f"{asset}: launching with {self.resolved()}")
         try:
             if self.resolved() == "k8s":
                 from dagster_k8s import PipesK8sClient
 
-                invocation = PipesK8sClient().run(context=context, image=self.image, command=self.command(spec, work / "logs"), namespace=self.namespace,
-                                                  env=env, base_pod_spec=self.pod_spec())
+                invocation = PipesK8sClient().run(
+                    context=context,
+                    image=self.image,
+                    command=self.command(spec, work / "logs"),
+                    namespace=self.namespace,
+                    env=env,
+                    base_pod_spec=self.pod_spec(),
+                )
             else:
-                invocation = dg.PipesSubprocessClient(cwd=str(REPO_ROOT)).run(context=context, command=self.command(spec, work / "logs"), env=env)
+                invocation = dg.PipesSubprocessClient(cwd=str(REPO_ROOT)).run(
+                    context=context, command=self.command(spec, work / "logs"), env=env
+                )
         except Exception as error:  # the child exited non-zero, or the pod failed: say which rank failed and why
-            raise dg.Failure(description=f"{asset}: the launched step failed ({self.resolved()})\n\n{rank_tracebacks(work / 'logs') or error}") from error
+            raise dg.Failure(
+                description=f"{asset}: the launched step failed ({self.resolved()})\n\n{rank_tracebacks(work / 'logs') or error}"
+            ) from error
         finally:
             shutil.rmtree(work, ignore_errors=True)
         reported = invocation.get_materialize_result().metadata or {}

@@ -45,7 +45,9 @@ def observe_labels(defs: dg.Definitions, instance: dg.DagsterInstance, run_confi
     defs.resolve_job_def("observe_labels").execute_in_process(instance=instance, run_config=run_config)
 
 
-def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, is_source: bool, latest: dict | None = None) -> str | None:
+def current_data_version(
+    instance: dg.DagsterInstance, key: dg.AssetKey, is_source: bool, latest: dict | None = None
+) -> str | None:
     """A source's latest observed data version, or an asset's latest materialized one (from `latest`, events already read)."""
     if is_source:
         records = instance.fetch_observations(key, limit=1).records
@@ -71,12 +73,21 @@ def graph_statuses(graph, instance: dg.DagsterInstance) -> list[AssetStatus]:
         optional = node.group_name not in CORE_GROUPS
         if event is None:
             changing.add(key)
-            out.append(AssetStatus(key.to_user_string(), MISSING, ["never materialized" + (" (optional: rlhf-dag run --select '*')" if optional else "")], optional))
+            out.append(
+                AssetStatus(
+                    key.to_user_string(),
+                    MISSING,
+                    ["never materialized" + (" (optional: rlhf-dag run --select '*')" if optional else "")],
+                    optional,
+                )
+            )
             continue
         tags = event.asset_materialization.tags or {}
         causes = []
         if tags.get(CODE_VERSION_TAG) != node.code_version:
-            causes.append(f"code version changed ({tags.get(CODE_VERSION_TAG)} -> {node.code_version}): its config or an upstream asset's changed")
+            causes.append(
+                f"code version changed ({tags.get(CODE_VERSION_TAG)} -> {node.code_version}): its config or an upstream asset's changed"
+            )
         for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
             name = parent.to_user_string()
             if parent in changing:
@@ -104,5 +115,10 @@ def retrain(defs: dg.Definitions, instance: dg.DagsterInstance, dry_run: bool = 
     if dry_run or not plan:
         return plan, None
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in plan], raise_on_error=False, run_config=run_config)
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey.from_user_string(k) for k in plan],
+        raise_on_error=False,
+        run_config=run_config,
+    )
     return plan, result

@@ -14,14 +14,15 @@ import contextlib
 import hashlib
 import logging
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import dagster as dg
 from pydantic import Field, create_model
 
-from ..artifacts import ArtifactHandle, atomic_dir, run_dir
 from .. import graph
+from ..artifacts import ArtifactHandle, atomic_dir, run_dir
 from ..config import StepConfig, active_profile, artifacts_dir, config_class, labels_dir, resolve
 from ..data.label_files import label_file
 from ..graph import upstream_labels  # noqa: F401  (the labeling location's asset reads it from here, as the training assets do)
@@ -40,13 +41,22 @@ def asset_config_class(asset: str) -> type[dg.Config]:
     """
     step_cls = config_class(asset)
     fields = {
-        name: (Optional[_dagster_type(f.annotation)], Field(None, description=f"{f.description} (unset: profile value; default {f.default!r})"))
+        name: (
+            Optional[_dagster_type(f.annotation)],  # noqa: UP045  (typing.Optional: what Dagster's config schema reads)
+            Field(None, description=f"{f.description} (unset: profile value; default {f.default!r})"),
+        )
         for name, f in step_cls.model_fields.items()
     }
     nullable = [name for name, f in step_cls.model_fields.items() if _admits_none(f.annotation)]
     if nullable:
-        fields[SET_TO_NONE] = (Optional[list[str]], Field(None, description=f"fields to set to None, of {', '.join(nullable)} (Dagster run config "
-                                                                             "reads a null as unset, so None is asked for here)"))
+        fields[SET_TO_NONE] = (
+            Optional[list[str]],  # noqa: UP045
+            Field(
+                None,
+                description=f"fields to set to None, of {', '.join(nullable)} (Dagster run config "
+                "reads a null as unset, so None is asked for here)",
+            ),
+        )
     name = "".join(part.title() for part in asset.split("_")) + "Config"
     return create_model(name, __base__=dg.Config, __doc__=step_cls.__doc__, **fields)
 
@@ -91,7 +101,9 @@ def resolve_config(context: dg.AssetExecutionContext, config: dg.Config) -> Step
     fields = config_class(asset).model_fields
     for name in to_none:
         if name not in fields or not _admits_none(fields[name].annotation):
-            raise ValueError(f"{asset}: run config {SET_TO_NONE} names {name!r}, which is not one of its fields that can be None")
+            raise ValueError(
+                f"{asset}: run config {SET_TO_NONE} names {name!r}, which is not one of its fields that can be None"
+            )
     resolved = resolve(asset, {k: v for k, v in given.items() if v is not None} | dict.fromkeys(to_none))
     context.log.info(f"{asset}: profile '{active_profile()}', config {resolved.model_dump(mode='json')}")
     return resolved
@@ -144,8 +156,14 @@ def embedded_image(png: Path) -> dg.MarkdownMetadataValue:
     return dg.MetadataValue.md(f"![{png.stem}](data:image/png;base64,{data})\n\n`{png}`")
 
 
-def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: MlflowTracking, launcher: StepLauncher | None = None,
-            register: Callable[[StepResult, dict[str, ArtifactHandle]], None] | None = None, **upstream: ArtifactHandle) -> dg.Output[ArtifactHandle]:
+def publish(
+    context: dg.AssetExecutionContext,
+    config: dg.Config,
+    mlflow: MlflowTracking,
+    launcher: StepLauncher | None = None,
+    register: Callable[[StepResult, dict[str, ArtifactHandle]], None] | None = None,
+    **upstream: ArtifactHandle,
+) -> dg.Output[ArtifactHandle]:
     """Run the asset's step on exactly its upstream versions and labeled files; save, track and return its handle.
 
     With a `launcher` other than in-process, the step runs in a child (torchrun, accelerate, a pod) that saves
@@ -156,7 +174,9 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
     asset = context.asset_key.path[-1]
     labels = [name for name in graph.step(asset).inputs if name in graph.LABEL_FILES]
     cfg = resolve_config(context, config)
-    inputs = {name: handle.path for name, handle in upstream.items()} | {name: str(label_file(labels_dir(), name)) for name in labels}
+    inputs = {name: handle.path for name, handle in upstream.items()} | {
+        name: str(label_file(labels_dir(), name)) for name in labels
+    }
     if context.has_partition_key:  # a labeling batch: its name is an input of the step
         inputs["batch"] = context.partition_key
     final = run_dir(artifacts_dir(), asset, context.run_id)
@@ -173,18 +193,32 @@ def publish(context: dg.AssetExecutionContext, config: dg.Config, mlflow: Mlflow
             result = StepResult.load(final)
         mlflow.log_result(result, final)
     context.log.info(f"{asset}: saved to {final}")
-    handle = ArtifactHandle(asset, str(final / result.main_file) if result.main_file else str(final), cfg.config_hash(), run.info.run_id,
-                            result.metrics, {name: h.path for name, h in upstream.items()}, result.tags)
+    handle = ArtifactHandle(
+        asset,
+        str(final / result.main_file) if result.main_file else str(final),
+        cfg.config_hash(),
+        run.info.run_id,
+        result.metrics,
+        {name: h.path for name, h in upstream.items()},
+        result.tags,
+    )
     metadata = {
         "path": dg.MetadataValue.path(handle.path),
         "mlflow_run_id": run.info.run_id,
         "mlflow": dg.MetadataValue.url(mlflow.run_url(run)),
         "config_hash": handle.config_hash,
-        **({"launcher": launcher.resolved(), "world_size": int(result.metrics.get("world_size", 1))} if launcher is not None else {}),
+        **(
+            {"launcher": launcher.resolved(), "world_size": int(result.metrics.get("world_size", 1))}
+            if launcher is not None
+            else {}
+        ),
         **{k: _readable(result.metrics[k]) for k in result.headline if k in result.metrics},
-        **{key.replace('.', '_'): value for key, value in result.tags.items()},
+        **{key.replace(".", "_"): value for key, value in result.tags.items()},
         **{name.rsplit(".", 1)[0]: dg.MetadataValue.md(text) for name, text in result.texts.items()},
-        **{f"{name.rsplit('.', 1)[0]}_plot": dg.MetadataValue.md(f"![{name}]({mlflow.artifact_url(run, name)})") for name in result.figures},
+        **{
+            f"{name.rsplit('.', 1)[0]}_plot": dg.MetadataValue.md(f"![{name}]({mlflow.artifact_url(run, name)})")
+            for name in result.figures
+        },
         **{f"{name.rsplit('.', 1)[0]}_png": embedded_image(final / name) for name in result.figures},
     }
     return dg.Output(handle, metadata=metadata)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import dagster as dg
 from pydantic import Field
@@ -42,7 +42,10 @@ def pip_requirements() -> list[str]:
     """What loading a registered policy needs, pinned to the versions that saved it."""
     from importlib.metadata import version
 
-    return [f"{package}=={version(package).split('+')[0]}" for package in ("mlflow", "torch", "transformers", "tokenizers", "safetensors")]
+    return [
+        f"{package}=={version(package).split('+')[0]}"
+        for package in ("mlflow", "torch", "transformers", "tokenizers", "safetensors")
+    ]
 
 
 def champion_version(client, name: str):
@@ -72,7 +75,9 @@ def rollback(client, name: str, reason: str) -> tuple[str, str]:
     history = _history(client, name)
     current = champion_version(client, name)
     if current is None or len(history) < 2:
-        raise ValueError(f"{name}: no earlier champion to roll back to (champion history: {', '.join(history) or 'empty'})")
+        raise ValueError(
+            f"{name}: no earlier champion to roll back to (champion history: {', '.join(history) or 'empty'})"
+        )
     previous = history[-2]
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_model_version_tag(name, current.version, "rolled_back.reason", reason)
@@ -106,8 +111,10 @@ def champion_decision(method: str, metrics: dict, gates: GateConfig, champion) -
     if champion is not None and champion.tags.get("win_rate_basis", "gold") == basis:
         bound = float(champion.tags["win_rate_vs_sft_ci_low"])
         if not win >= bound:
-            failed.append(f"{BASIS_WORDS[basis]} {win:.3f} is below the lower 95% bound {bound:.3f} of the champion "
-                          f"(version {champion.version}, {champion.tags.get('method', '?')})")
+            failed.append(
+                f"{BASIS_WORDS[basis]} {win:.3f} is below the lower 95% bound {bound:.3f} of the champion "
+                f"(version {champion.version}, {champion.tags.get('method', '?')})"
+            )
     return failed
 
 
@@ -122,14 +129,27 @@ def register_policy(name: str, method: str, policy: ArtifactHandle, metrics: dic
     started = time.perf_counter()
     # the model object, not its folder: MLflow's folder path cannot name transformers 5's text-generation pipeline class
     model, tokenizer = load_causal_lm(policy.path)
-    info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tokenizer}, name=f"{method}_policy", task="text-generation",
-                                         pip_requirements=pip_requirements(), registered_model_name=name)
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name=f"{method}_policy",
+        task="text-generation",
+        pip_requirements=pip_requirements(),
+        registered_model_name=name,
+    )
     version = str(info.registered_model_version)
     client = MlflowClient()
     basis, win, low, high = win_figures(method, metrics)
-    figures = {"method": method, "win_rate_basis": basis, "win_rate_vs_sft": win, "win_rate_vs_sft_ci_low": low,
-               "win_rate_vs_sft_ci_high": high, "kl_to_sft": metrics[f"{method}_kl_to_sft"],
-               "eos_rate": metrics[f"{method}_eos_rate"], "policy.path": policy.path, "policy.mlflow_run_id": policy.mlflow_run_id or ""}
+    figures = {
+        "method": method,
+        "win_rate_basis": basis,
+        "win_rate_vs_sft": win,
+        "win_rate_vs_sft_ci_low": low,
+        "win_rate_vs_sft_ci_high": high,
+        "kl_to_sft": metrics[f"{method}_kl_to_sft"],
+        "eos_rate": metrics[f"{method}_eos_rate"],
+        "policy.path": policy.path,
+        "policy.mlflow_run_id": policy.mlflow_run_id or "",
+    }
     for key, value in figures.items():
         client.set_model_version_tag(name, version, key, str(value))
     champion = champion_version(client, name)
@@ -139,28 +159,44 @@ def register_policy(name: str, method: str, policy: ArtifactHandle, metrics: dic
         client.set_model_version_tag(name, version, "not_champion.reason", why)
     else:
         compared = champion is not None and champion.tags.get("win_rate_basis", "gold") == basis
-        why = "champion: gates passed" + (f", {BASIS_WORDS[basis]} {win:.3f} >= version {champion.version}'s lower bound "
-                                          f"{float(champion.tags['win_rate_vs_sft_ci_low']):.3f}" if compared else
-                                          ", first champion" if champion is None else f", first champion measured by {BASIS_WORDS[basis]}")
+        why = "champion: gates passed" + (
+            f", {BASIS_WORDS[basis]} {win:.3f} >= version {champion.version}'s lower bound "
+            f"{float(champion.tags['win_rate_vs_sft_ci_low']):.3f}"
+            if compared
+            else ", first champion"
+            if champion is None
+            else f", first champion measured by {BASIS_WORDS[basis]}"
+        )
         set_champion(client, name, version, why)
-    return {"registry.model": name, "registry.version": version, "registry.champion": "no" if failed else "yes", "registry.why": why,
-            "registry.seconds": f"{time.perf_counter() - started:.2f}"}
+    return {
+        "registry.model": name,
+        "registry.version": version,
+        "registry.champion": "no" if failed else "yes",
+        "registry.why": why,
+        "registry.seconds": f"{time.perf_counter() - started:.2f}",
+    }
 
 
 class PolicyRegistry(dg.ConfigurableResource):
     """Where evaluated policies are registered: one registered model in the MLflow tracking store, its `champion` alias gated."""
 
-    model_name: str = Field("rlhf-dag-policy", description="MLflow registered model that holds every evaluated policy as a version")
+    model_name: str = Field(
+        "rlhf-dag-policy", description="MLflow registered model that holds every evaluated policy as a version"
+    )
 
     def registration(self, method: str, gates: QualityGates) -> Callable[[StepResult, dict[str, ArtifactHandle]], None]:
         """What the publisher calls with an evaluation's result, inside its MLflow run: register `<method>_policy`."""
         thresholds = gates.thresholds()
 
         def register(result: StepResult, upstream: dict[str, ArtifactHandle]) -> None:
-            decision = register_policy(self.model_name, method, upstream[f"{method}_policy"], result.metrics, thresholds)
+            decision = register_policy(
+                self.model_name, method, upstream[f"{method}_policy"], result.metrics, thresholds
+            )
             result.tags.update(decision)
             result.metrics["registration_seconds"] = float(decision["registry.seconds"])
             result.headline.append("registration_seconds")
-            result.texts["registry.md"] = f"**{self.model_name}** version {decision['registry.version']} ({method}): {decision['registry.why']}"
+            result.texts["registry.md"] = (
+                f"**{self.model_name}** version {decision['registry.version']} ({method}): {decision['registry.why']}"
+            )
 
         return register

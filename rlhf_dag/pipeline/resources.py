@@ -29,7 +29,9 @@ def _public(params: dict) -> dict:
 class MlflowTracking(dg.ConfigurableResource):
     """One MLflow run per materialization, in a local SQLite store unless MLFLOW_TRACKING_URI says otherwise."""
 
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI, else sqlite under RLHF_DAG_HOME")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI, else sqlite under RLHF_DAG_HOME"
+    )
     experiment: str = Field("rlhf-dag", description="MLflow experiment that holds every run of the graph")
 
     def resolved_uri(self) -> str:
@@ -45,7 +47,9 @@ class MlflowTracking(dg.ConfigurableResource):
         if self.resolved_uri().startswith("sqlite:"):
             # A SQLite store would otherwise put artifacts under the current directory.
             location = (home_dir() / "mlartifacts").as_uri()
-        return mlflow.create_experiment(self.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        return mlflow.create_experiment(
+            self.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
 
     @contextlib.contextmanager
     def start_run(self, context: dg.AssetExecutionContext, params: dict, tags: dict):
@@ -55,7 +59,13 @@ class MlflowTracking(dg.ConfigurableResource):
         Path(home_dir()).mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.resolved_uri())
         asset = context.asset_key.to_user_string()
-        run_tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset, "rlhf_dag.host": socket.gethostname(), "rlhf_dag.pid": str(os.getpid()), **tags}
+        run_tags = {
+            "dagster.run_id": context.run_id,
+            "dagster.asset_key": asset,
+            "rlhf_dag.host": socket.gethostname(),
+            "rlhf_dag.pid": str(os.getpid()),
+            **tags,
+        }
         with mlflow.start_run(
             experiment_id=self._experiment_id(mlflow), run_name=f"{asset}-{context.run_id[:8]}", tags=run_tags
         ) as run:
@@ -97,7 +107,8 @@ class MlflowTracking(dg.ConfigurableResource):
         if mlflow.get_experiment_by_name(self.experiment) is None:
             return
         running = mlflow.search_runs(
-            experiment_names=[self.experiment], output_format="list",
+            experiment_names=[self.experiment],
+            output_format="list",
             filter_string=f"tags.`dagster.asset_key` = '{asset}' and attributes.status = 'RUNNING'",
         )
         for run in running:
@@ -133,7 +144,11 @@ class QualityGates(dg.ConfigurableResource):
     eos_rate_floor: float | None = Field(None, description=GateConfig.model_fields["eos_rate_floor"].description)
 
     def thresholds(self) -> GateConfig:
-        given = {"accuracy_floor": self.accuracy_floor, "kl_budget": self.kl_budget, "eos_rate_floor": self.eos_rate_floor}
+        given = {
+            "accuracy_floor": self.accuracy_floor,
+            "kl_budget": self.kl_budget,
+            "eos_rate_floor": self.eos_rate_floor,
+        }
         return resolve(GATES, {k: v for k, v in given.items() if v is not None})
 
 
@@ -144,7 +159,10 @@ class LabelStudio(dg.ConfigurableResource):
     token, docs/labeling.md); the token never reaches MLflow or a materialization's metadata.
     """
 
-    url: str | None = Field(None, description="Label Studio's address; default LABEL_STUDIO_URL, else http://127.0.0.1:8080 (`make label-studio`)")
+    url: str | None = Field(
+        None,
+        description="Label Studio's address; default LABEL_STUDIO_URL, else http://127.0.0.1:8080 (`make label-studio`)",
+    )
 
     def resolved_url(self) -> str:
         return self.url or os.environ.get("LABEL_STUDIO_URL") or "http://127.0.0.1:8080"
@@ -164,10 +182,18 @@ class LabelStudio(dg.ConfigurableResource):
         client = self.client()
         project = client.project_id(batch)
         if project is not None and client.export(project):
-            raise LabelStudioError(f"batch {batch!r} is already in Label Studio ({self.resolved_url()}/projects/{project}); "
-                                   f"add a new partition of labeling_candidates for a new batch")
+            raise LabelStudioError(
+                f"batch {batch!r} is already in Label Studio ({self.resolved_url()}/projects/{project}); "
+                f"add a new partition of labeling_candidates for a new batch"
+            )
         if project is None:
-            project = client.create_project(batch, f"rlhf-dag labeling batch {batch}: responses of {policy} (MLflow run {policy_run_id})")
-        tasks = [task_data(c["prompt_id"], c["prompt"], c["responses"], batch, policy, policy_run_id) for c in candidates]
-        return {"label_studio_project": dg.MetadataValue.url(f"{self.resolved_url()}/projects/{project}/data"),
-                "tasks_pushed": client.import_tasks(project, tasks)}
+            project = client.create_project(
+                batch, f"rlhf-dag labeling batch {batch}: responses of {policy} (MLflow run {policy_run_id})"
+            )
+        tasks = [
+            task_data(c["prompt_id"], c["prompt"], c["responses"], batch, policy, policy_run_id) for c in candidates
+        ]
+        return {
+            "label_studio_project": dg.MetadataValue.url(f"{self.resolved_url()}/projects/{project}/data"),
+            "tasks_pushed": client.import_tasks(project, tasks),
+        }

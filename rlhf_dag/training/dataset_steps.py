@@ -18,21 +18,41 @@ def pretraining_corpus(inputs: dict[str, str], cfg: CorpusConfig) -> StepResult:
     documents = load_corpus(cfg.source, cfg.n_documents, cfg.seed)
     import pandas as pd
 
-    frame = pd.DataFrame({"text": documents, "split": assign_splits(documents, cfg.validation_fraction, "pretraining_corpus")})
+    frame = pd.DataFrame(
+        {"text": documents, "split": assign_splits(documents, cfg.validation_fraction, "pretraining_corpus")}
+    )
     held_out = int((frame["split"] == "validation").sum())
     metrics = {"documents": len(documents), "held_out_documents": held_out, "characters": sum(map(len, documents))}
     preview = "\n\n---\n\n".join(documents[:5])
-    return StepResult("pretraining_corpus", metrics, ["documents", "held_out_documents"], main_file="corpus.parquet",
-                      frames={"corpus.parquet": frame}, texts={"preview.md": f"```\n{preview}\n```"})
+    return StepResult(
+        "pretraining_corpus",
+        metrics,
+        ["documents", "held_out_documents"],
+        main_file="corpus.parquet",
+        frames={"corpus.parquet": frame},
+        texts={"preview.md": f"```\n{preview}\n```"},
+    )
 
 
 def _dataset(step: str, labels, inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
     frame = build_dataset(labels, cfg.validation_fraction, cfg.split_salt)
     n_val = int((frame["split"] == "validation").sum())
-    metrics = {"train_records": len(frame) - n_val, "validation_records": n_val, "duplicates_dropped": labels.duplicates_dropped}
+    metrics = {
+        "train_records": len(frame) - n_val,
+        "validation_records": n_val,
+        "duplicates_dropped": labels.duplicates_dropped,
+    }
     logger.info("%s: %d valid records, sha256 %s", labels.path, len(labels.records), labels.sha256[:12])
-    return StepResult(step, metrics, list(metrics), inputs=inputs, tags={"labels.sha256": labels.sha256}, main_file=f"{step}.parquet",
-                      frames={f"{step}.parquet": frame}, texts={"preview.md": frame.head(5).to_markdown(index=False)})
+    return StepResult(
+        step,
+        metrics,
+        list(metrics),
+        inputs=inputs,
+        tags={"labels.sha256": labels.sha256},
+        main_file=f"{step}.parquet",
+        frames={f"{step}.parquet": frame},
+        texts={"preview.md": frame.head(5).to_markdown(index=False)},
+    )
 
 
 @step
@@ -53,10 +73,19 @@ def comparison_dataset(inputs: dict[str, str], cfg: DatasetConfig) -> StepResult
     if human:
         judge = load_judge(cfg.judge)
         figures = agreement(human, judge.score if judge else None)
-        result.metrics.update({"human_pairs": len(human), "human_rankings": len({r["ranking"] for r in human}), **figures["metrics"]})
-        result.headline += [k for k in ("human_pairs", "human_rankings", "agreement_inter_labeler", "agreement_gold") if k in result.metrics]
+        result.metrics.update(
+            {"human_pairs": len(human), "human_rankings": len({r["ranking"] for r in human}), **figures["metrics"]}
+        )
+        result.headline += [
+            k
+            for k in ("human_pairs", "human_rankings", "agreement_inter_labeler", "agreement_gold")
+            if k in result.metrics
+        ]
         result.tags["flagged_labelers"] = ", ".join(figures["flagged"]) or "none"
         result.texts["agreement.md"] = figures["table"]
         if figures["flagged"]:
-            logger.warning("comparison_dataset: labeler(s) far below the others' agreement: %s (agreement.md)", ", ".join(figures["flagged"]))
+            logger.warning(
+                "comparison_dataset: labeler(s) far below the others' agreement: %s (agreement.md)",
+                ", ".join(figures["flagged"]),
+            )
     return result

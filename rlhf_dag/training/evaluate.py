@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -41,7 +41,9 @@ def win_rate(a: list[float | None], b: list[float | None]) -> tuple[float, float
 
     Pairs with an unjudged side (None) are left out; with none left, all three are NaN.
     """
-    outcomes = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    outcomes = [
+        1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True) if x is not None and y is not None
+    ]
     n = len(outcomes)
     if n == 0:
         return float("nan"), float("nan"), float("nan")
@@ -51,13 +53,21 @@ def win_rate(a: list[float | None], b: list[float | None]) -> tuple[float, float
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
-def win_rate_by_kind(prompts: list[str], a: list[float | None], b: list[float | None], judge: Judge | None) -> dict[str, float]:
+def win_rate_by_kind(
+    prompts: list[str], a: list[float | None], b: list[float | None], judge: Judge | None
+) -> dict[str, float]:
     """`win_rate` of `a` over `b` within each task kind the judge knows: where a policy wins, ties and loses."""
     if judge is None:
         return {}
     kinds = [judge.kind(p) for p in prompts]
-    return {kind: win_rate([x for x, k in zip(a, kinds, strict=True) if k == kind], [y for y, k in zip(b, kinds, strict=True) if k == kind])[0]
-            for kind in judge.kinds if kind in kinds}
+    return {
+        kind: win_rate(
+            [x for x, k in zip(a, kinds, strict=True) if k == kind],
+            [y for y, k in zip(b, kinds, strict=True) if k == kind],
+        )[0]
+        for kind in judge.kinds
+        if kind in kinds
+    }
 
 
 @torch.no_grad()
@@ -66,8 +76,12 @@ def sequence_kl(policy, reference, tokenizer, samples: list[Sample], batch_size:
     total = 0.0
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        p_ids = tokenizer([format_prompt(s.prompt) for s in chunk])["input_ids"]  # with a BOS where the tokenizer adds one
-        r_ids = tokenizer([s.response + (tokenizer.eos_token if s.ended_with_eos else "") for s in chunk], add_special_tokens=False)["input_ids"]
+        p_ids = tokenizer([format_prompt(s.prompt) for s in chunk])[
+            "input_ids"
+        ]  # with a BOS where the tokenizer adds one
+        r_ids = tokenizer(
+            [s.response + (tokenizer.eos_token if s.ended_with_eos else "") for s in chunk], add_special_tokens=False
+        )["input_ids"]
         width = max(len(p) + len(r) for p, r in zip(p_ids, r_ids))
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
         mask = torch.zeros((len(chunk), width), dtype=torch.bool)
@@ -84,15 +98,27 @@ def sequence_kl(policy, reference, tokenizer, samples: list[Sample], batch_size:
     return total / len(samples)
 
 
-def policy_checks(policy, reference, tokenizer, prompts: list[str], cfg: PolicyCheckSettings, seed: int, reward_model=None) -> dict[str, float]:
+def policy_checks(
+    policy, reference, tokenizer, prompts: list[str], cfg: PolicyCheckSettings, seed: int, reward_model=None
+) -> dict[str, float]:
     """What a trained policy's gates read, measured on its own samples of `prompts` (the first `check_prompts`):
     `final_kl` (sequence KL to the reference), `final_eos_rate`, `final_rm_score` (with a reward model),
     and `finite` (1.0 when every weight and figure is finite)."""
     prompts = prompts[: cfg.check_prompts]
-    samples = sample(policy, tokenizer, prompts, [format_prompt(p) for p in prompts], cfg.check_max_new_tokens, cfg.check_temperature, seed=seed)
-    metrics = {"final_kl": sequence_kl(policy, reference, tokenizer, samples),
-               "final_eos_rate": sum(s.ended_with_eos for s in samples) / len(samples),
-               "final_response_tokens": sum(s.n_tokens for s in samples) / len(samples)}
+    samples = sample(
+        policy,
+        tokenizer,
+        prompts,
+        [format_prompt(p) for p in prompts],
+        cfg.check_max_new_tokens,
+        cfg.check_temperature,
+        seed=seed,
+    )
+    metrics = {
+        "final_kl": sequence_kl(policy, reference, tokenizer, samples),
+        "final_eos_rate": sum(s.ended_with_eos for s in samples) / len(samples),
+        "final_response_tokens": sum(s.n_tokens for s in samples) / len(samples),
+    }
     if reward_model is not None:
         scores = score_texts(reward_model, tokenizer, prompts, [s.response for s in samples])
         metrics["final_rm_score"] = sum(scores) / len(scores)
@@ -101,8 +127,14 @@ def policy_checks(policy, reference, tokenizer, prompts: list[str], cfg: PolicyC
     return metrics
 
 
-def evaluate_policies(policies: dict[str, tuple[object, bool]], tokenizer, reward_model, prompts: list[str], cfg: EvalConfig,
-                      judge: Judge | None) -> dict:
+def evaluate_policies(
+    policies: dict[str, tuple[object, bool]],
+    tokenizer,
+    reward_model,
+    prompts: list[str],
+    cfg: EvalConfig,
+    judge: Judge | None,
+) -> dict:
     """Sample every policy on every prompt (`samples_per_prompt` times) and score with the judge and the RM.
 
     `policies` maps a name to (model, instruct); an instruct model is asked in
@@ -128,16 +160,25 @@ def evaluate_policies(policies: dict[str, tuple[object, bool]], tokenizer, rewar
     return results
 
 
-def source_prompt_pass_rates(model, tokenizer, instruct: bool, cfg: EvalConfig, judge: Judge | None) -> dict[str, float]:
+def source_prompt_pass_rates(
+    model, tokenizer, instruct: bool, cfg: EvalConfig, judge: Judge | None
+) -> dict[str, float]:
     """Share of `source_prompt_samples` samples that answer each of the judge's source prompts right (`is_correct`),
     keyed by the prompt's kind (in the judge's order) or, without one, its position; none without a judge."""
     rates = {}
     for i, prompt in enumerate(judge.source_prompts if judge else ()):
         repeated = [prompt] * cfg.source_prompt_samples
         texts = [format_prompt(p) if instruct else raw_prompt(p) for p in repeated]
-        samples = sample(model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.source_prompt_temperature, seed=cfg.seed)
-        rates[judge.kind(prompt) or f"prompt{i}"] = sum(bool(judge.is_correct(s.prompt, s.response)) for s in samples) / len(samples)
-    return {kind: rates[kind] for kind in sorted(rates, key=lambda k: judge.kinds.index(k) if k in judge.kinds else len(judge.kinds))}
+        samples = sample(
+            model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.source_prompt_temperature, seed=cfg.seed
+        )
+        rates[judge.kind(prompt) or f"prompt{i}"] = sum(
+            bool(judge.is_correct(s.prompt, s.response)) for s in samples
+        ) / len(samples)
+    return {
+        kind: rates[kind]
+        for kind in sorted(rates, key=lambda k: judge.kinds.index(k) if k in judge.kinds else len(judge.kinds))
+    }
 
 
 def reward_hacking_figure(history: list[dict], method: str = "PPO"):
@@ -153,7 +194,9 @@ def reward_hacking_figure(history: list[dict], method: str = "PPO"):
     rm_axis.set_xlabel(f"{method} iteration" if method == "PPO" else f"{method} generation batch")
     rm_axis.set_ylabel("mean RM score", color="tab:blue")
     gold_axis = rm_axis.twinx()
-    gold_axis.plot(iterations, [r.get("gold_score", float("nan")) for r in history], color="tab:orange", label="gold score")
+    gold_axis.plot(
+        iterations, [r.get("gold_score", float("nan")) for r in history], color="tab:orange", label="gold score"
+    )
     gold_axis.set_ylabel("mean gold score", color="tab:orange")
     fig.suptitle(f"{method} rollouts: proxy reward vs gold")
     fig.tight_layout()
@@ -170,7 +213,9 @@ def samples_markdown(samples: list[Sample], judge: Judge | None, title: str = "r
     rows = [f"| prompt | {title} | gold | EOS |", "|---|---|---|---|"]
     for s, gold in zip(samples, judge_scores(samples, judge)):
         cell = markdown_cell(s.response)
-        rows.append(f"| {s.prompt} | {cell} | {f'{gold:.2f}' if gold is not None else '-'} | {'yes' if s.ended_with_eos else 'no'} |")
+        rows.append(
+            f"| {s.prompt} | {cell} | {f'{gold:.2f}' if gold is not None else '-'} | {'yes' if s.ended_with_eos else 'no'} |"
+        )
     return "\n".join(rows)
 
 
@@ -186,9 +231,15 @@ def side_by_side(results: dict, prompts: list[str], judge: Judge | None) -> str:
         for name in results:
             i = next(i for i, s in enumerate(results[name]["samples"]) if s.prompt == prompt)
             s, gold = results[name]["samples"][i], results[name]["gold"][i]
-            lines += [f"**{MODEL_TITLES.get(name, name.upper())}**{f', gold {gold:.2f}' if gold is not None else ''}"
-                      f"{'' if s.ended_with_eos else ', no EOS'}", "",
-                      fence, s.response.replace(fence, "'''") or "(empty)", fence, ""]
+            lines += [
+                f"**{MODEL_TITLES.get(name, name.upper())}**{f', gold {gold:.2f}' if gold is not None else ''}"
+                f"{'' if s.ended_with_eos else ', no EOS'}",
+                "",
+                fence,
+                s.response.replace(fence, "'''") or "(empty)",
+                fence,
+                "",
+            ]
         sections.append("\n".join(lines))
     return "\n".join(sections)
 
@@ -203,7 +254,15 @@ def source_prompt_texts(model, tokenizer, instruct: bool, cfg: SampleSettings, s
     if judge is None or not judge.source_prompts:
         return {}
     texts = [format_prompt(p) if instruct else raw_prompt(p) for p in judge.source_prompts]
-    samples = sample(model, tokenizer, list(judge.source_prompts), texts, cfg.sample_max_new_tokens, cfg.sample_temperature, seed=seed)
+    samples = sample(
+        model,
+        tokenizer,
+        list(judge.source_prompts),
+        texts,
+        cfg.sample_max_new_tokens,
+        cfg.sample_temperature,
+        seed=seed,
+    )
     return {"source_prompt_samples.md": samples_markdown(samples, judge, title)}
 
 
@@ -261,12 +320,24 @@ def evaluate_against_sft(step: str, method: str, inputs: dict[str, str], cfg: Ev
         if a in results and b in results:
             for prefix, key in (("", "gold"), ("rm_", "rm")) if judged else (("rm_", "rm"),):
                 rate, low, high = win_rate(results[a][key], results[b][key])
-                metrics.update({f"{prefix}win_rate_{a}_vs_{b}": rate, f"{prefix}win_rate_{a}_vs_{b}_ci_low": low, f"{prefix}win_rate_{a}_vs_{b}_ci_high": high})
+                metrics.update(
+                    {
+                        f"{prefix}win_rate_{a}_vs_{b}": rate,
+                        f"{prefix}win_rate_{a}_vs_{b}_ci_low": low,
+                        f"{prefix}win_rate_{a}_vs_{b}_ci_high": high,
+                    }
+                )
     repeated = [s.prompt for s in results[method]["samples"]]
     by_kind = win_rate_by_kind(repeated, results[method]["gold"], results["sft"]["gold"], judge)
     metrics.update({f"win_rate_{method}_vs_sft_{kind}": rate for kind, rate in by_kind.items() if not math.isnan(rate)})
     for name, r in results.items():
-        metrics.update({f"{name}_rm_mean": r["rm_mean"], f"{name}_eos_rate": r["eos_rate"], f"{name}_response_tokens": r["response_tokens"]})
+        metrics.update(
+            {
+                f"{name}_rm_mean": r["rm_mean"],
+                f"{name}_eos_rate": r["eos_rate"],
+                f"{name}_response_tokens": r["response_tokens"],
+            }
+        )
         if judged:
             metrics[f"{name}_gold_mean"] = r["gold_mean"]
     for name, (model, instruct) in models.items():
@@ -280,19 +351,42 @@ def evaluate_against_sft(step: str, method: str, inputs: dict[str, str], cfg: Ev
     if metrics["gold_judged_samples"] < metrics["samples"]:
         logger.warning(
             "%s: the judge (%s) judged %d of %d samples; the others get RM scores only (judged win rates and means leave them out%s)",
-            step, cfg.judge, metrics["gold_judged_samples"], metrics["samples"], "" if judged else "; with none judged, the RM's preference is the headline",
+            step,
+            cfg.judge,
+            metrics["gold_judged_samples"],
+            metrics["samples"],
+            "" if judged else "; with none judged, the RM's preference is the headline",
         )
     history = trained.records.get(f"{method}_history.json")
     wins = [f"win_rate_{method}_vs_sft", f"win_rate_{method}_vs_sft_ci_low", f"win_rate_{method}_vs_sft_ci_high"]
-    headline = [*(wins if judged else []), *(f"rm_{w}" for w in wins), *(["win_rate_sft_vs_base", "base_gold_mean"] if judged and "base" in models else []),
-                *(["sft_gold_mean", f"{method}_gold_mean"] if judged else []), "sft_rm_mean", f"{method}_rm_mean", f"{method}_kl_to_sft",
-                f"{method}_eos_rate", f"{method}_response_tokens", f"{method}_train_seconds",
-                *(k for m in ("sft", method) for k in metrics if k.startswith(f"{m}_source_pass_"))]
+    headline = [
+        *(wins if judged else []),
+        *(f"rm_{w}" for w in wins),
+        *(["win_rate_sft_vs_base", "base_gold_mean"] if judged and "base" in models else []),
+        *(["sft_gold_mean", f"{method}_gold_mean"] if judged else []),
+        "sft_rm_mean",
+        f"{method}_rm_mean",
+        f"{method}_kl_to_sft",
+        f"{method}_eos_rate",
+        f"{method}_response_tokens",
+        f"{method}_train_seconds",
+        *(k for m in ("sft", method) for k in metrics if k.startswith(f"{m}_source_pass_")),
+    ]
     return StepResult(
-        step, metrics, headline, inputs=inputs, tags={"labels.eval_prompts.sha256": labels.sha256, "judge": cfg.judge if judged else f"{cfg.judge} (judged none)"},
+        step,
+        metrics,
+        headline,
+        inputs=inputs,
+        tags={
+            "labels.eval_prompts.sha256": labels.sha256,
+            "judge": cfg.judge if judged else f"{cfg.judge} (judged none)",
+        },
         texts={"side_by_side.md": side_by_side(results, prompts, judge)},
         figures={"rm_vs_gold.png": reward_hacking_figure(history, method.upper())} if history else {},
-        records={"metrics.json": metrics, "samples.json": {n: [s.__dict__ for s in r["samples"]] for n, r in results.items()}},
+        records={
+            "metrics.json": metrics,
+            "samples.json": {n: [s.__dict__ for s in r["samples"]] for n, r in results.items()},
+        },
     )
 
 
@@ -339,19 +433,37 @@ def method_table(evaluations: dict[str, dict], reference: str) -> tuple[str, lis
         return format(metrics[key], fmt) if key in metrics else "-"
 
     sft = evaluations[reference]["metrics"]
-    lines.append(f"| SFT (reference, figures of {reference}'s evaluation) | 0.5 | {cell(sft, 'sft_gold_mean', '.3f')} | {sft['sft_rm_mean']:.3f} | 0 | "
-                 f"{sft['sft_response_tokens']:.1f} | {sft['sft_eos_rate']:.2f} | - | - | - |")
+    lines.append(
+        f"| SFT (reference, figures of {reference}'s evaluation) | 0.5 | {cell(sft, 'sft_gold_mean', '.3f')} | {sft['sft_rm_mean']:.3f} | 0 | "
+        f"{sft['sft_response_tokens']:.1f} | {sft['sft_eos_rate']:.2f} | - | - | - |"
+    )
     for method, evaluation in evaluations.items():
         m, tags = evaluation["metrics"], evaluation["tags"]
         basis = "gold" if f"win_rate_{method}_vs_sft" in m else "rm"
         prefix = "" if basis == "gold" else "rm_"
-        row = {"method": method, "basis": basis, "win_rate_vs_sft": m[f"{prefix}win_rate_{method}_vs_sft"], "ci_low": m[f"{prefix}win_rate_{method}_vs_sft_ci_low"],
-               "ci_high": m[f"{prefix}win_rate_{method}_vs_sft_ci_high"],
-               **{key.format(m=method).removeprefix(f"{method}_"): m[key.format(m=method)] for _, key, _ in METHOD_COLUMNS[1:] if key.format(m=method) in m},
-               "registered_version": tags.get("registry.version", "-"), "champion": tags.get("registry.champion", "-"), "why": tags.get("registry.why", "")}
+        row = {
+            "method": method,
+            "basis": basis,
+            "win_rate_vs_sft": m[f"{prefix}win_rate_{method}_vs_sft"],
+            "ci_low": m[f"{prefix}win_rate_{method}_vs_sft_ci_low"],
+            "ci_high": m[f"{prefix}win_rate_{method}_vs_sft_ci_high"],
+            **{
+                key.format(m=method).removeprefix(f"{method}_"): m[key.format(m=method)]
+                for _, key, _ in METHOD_COLUMNS[1:]
+                if key.format(m=method) in m
+            },
+            "registered_version": tags.get("registry.version", "-"),
+            "champion": tags.get("registry.champion", "-"),
+            "why": tags.get("registry.why", ""),
+        }
         rows.append(row)
-        cells = [method.upper(), f"{row['win_rate_vs_sft']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]{' (RM)' if basis == 'rm' else ''}",
-                 *(cell(m, key.format(m=method), fmt) for _, key, fmt in METHOD_COLUMNS[1:]), row["registered_version"], row["champion"]]
+        cells = [
+            method.upper(),
+            f"{row['win_rate_vs_sft']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]{' (RM)' if basis == 'rm' else ''}",
+            *(cell(m, key.format(m=method), fmt) for _, key, fmt in METHOD_COLUMNS[1:]),
+            row["registered_version"],
+            row["champion"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     why = [f"- {r['method'].upper()}: {r['why']}" for r in rows if r["why"]]
     return "\n".join(lines + ([""] + why if why else [])), rows
@@ -369,10 +481,20 @@ def method_comparison(inputs: dict[str, str], cfg: StepConfig) -> StepResult:
         evaluations[method] = {"metrics": saved.metrics, "tags": saved.tags}
         sft_models[asset] = str(Path(saved.inputs["sft_model"]).resolve())
     if len(set(sft_models.values())) > 1:
-        raise ValueError("method_comparison: the evaluations judged against different SFT models ("
-                         + ", ".join(f"{a}: {p}" for a, p in sft_models.items()) + "); re-materialize the stale ones")
+        raise ValueError(
+            "method_comparison: the evaluations judged against different SFT models ("
+            + ", ".join(f"{a}: {p}" for a, p in sft_models.items())
+            + "); re-materialize the stale ones"
+        )
     table, rows = method_table(evaluations, reference="ppo")
     metrics = {f"{r['method']}_{k}": v for r in rows for k, v in r.items() if isinstance(v, float)}
     headline = [f"{m}_win_rate_vs_sft" for m in methods] + [f"{m}_{k}" for m in methods for k in ("ci_low", "ci_high")]
-    return StepResult("method_comparison", metrics, headline, inputs=inputs, tags={"sft_model": next(iter(sft_models.values()))},
-                      texts={"method_table.md": table}, records={"method_table.json": rows})
+    return StepResult(
+        "method_comparison",
+        metrics,
+        headline,
+        inputs=inputs,
+        tags={"sft_model": next(iter(sft_models.values()))},
+        texts={"method_table.md": table},
+        records={"method_table.json": rows},
+    )

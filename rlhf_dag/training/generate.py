@@ -40,8 +40,15 @@ class InverseCDFSampler(LogitsProcessor):
 
 
 @torch.no_grad()
-def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, generator_seed: int | None = None,
-                    return_logprobs: bool = False):
+def generate_tokens(
+    model,
+    tokenizer,
+    texts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    generator_seed: int | None = None,
+    return_logprobs: bool = False,
+):
     """Batched sampling with the KV cache (`model.generate`), left-padded.
 
     Returns (query ids [B, Q], response ids [B, R]), and with `return_logprobs`
@@ -73,7 +80,9 @@ def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, tem
     if not return_logprobs:
         return batch["input_ids"], response
     if sampler is None:
-        raise ValueError("generate_tokens: log-probs of greedy decoding (temperature 0) are not defined; sample with a temperature > 0")
+        raise ValueError(
+            "generate_tokens: log-probs of greedy decoding (temperature 0) are not defined; sample with a temperature > 0"
+        )
     # PAD is suppressed, so every PAD here is padding after a row's EOS: 0, as everywhere else
     logprobs = torch.cat(sampler.logprobs, dim=1)[:, : response.shape[1]]
     return batch["input_ids"], response, logprobs.masked_fill(response == tokenizer.pad_token_id, 0.0)
@@ -87,12 +96,23 @@ def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tup
     return responses.masked_fill(after, pad_id), ended
 
 
-def sample(model, tokenizer, prompts: list[str], texts: list[str], max_new_tokens: int, temperature: float, batch_size: int = 32, seed: int = 0) -> list[Sample]:
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    texts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> list[Sample]:
     """Sample one response per text; `prompts` are the plain requests the texts were built from."""
     model.eval()
     samples = []
     for start in range(0, len(texts), batch_size):
-        _, responses = generate_tokens(model, tokenizer, texts[start : start + batch_size], max_new_tokens, temperature, seed + start)
+        _, responses = generate_tokens(
+            model, tokenizer, texts[start : start + batch_size], max_new_tokens, temperature, seed + start
+        )
         responses, ended = truncate_after_eos(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
         for i, row in enumerate(responses):
             ids = [t for t in row.tolist() if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
@@ -109,8 +129,12 @@ def response_loss(model, tokenizer, prompt_texts: list[str], responses: list[str
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(responses), batch_size):
-        p_ids = tokenizer(prompt_texts[start : start + batch_size])["input_ids"]  # with a BOS where the tokenizer adds one
-        r_ids = tokenizer([r + tokenizer.eos_token for r in responses[start : start + batch_size]], add_special_tokens=False)["input_ids"]
+        p_ids = tokenizer(prompt_texts[start : start + batch_size])[
+            "input_ids"
+        ]  # with a BOS where the tokenizer adds one
+        r_ids = tokenizer(
+            [r + tokenizer.eos_token for r in responses[start : start + batch_size]], add_special_tokens=False
+        )["input_ids"]
         rows = [p + r for p, r in zip(p_ids, r_ids)]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), tokenizer.pad_token_id)
@@ -120,7 +144,9 @@ def response_loss(model, tokenizer, prompt_texts: list[str], responses: list[str
             labels[i, len(p) : len(p) + len(r)] = torch.tensor(r)
         ids, labels = ids.to(model.device), labels.to(model.device)
         logits = model(input_ids=ids, attention_mask=(labels != -100) | (ids != tokenizer.pad_token_id)).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum", ignore_index=-100)
+        loss = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum", ignore_index=-100
+        )
         total += loss.item()
         count += int((labels[:, 1:] != -100).sum())
     return total / count

@@ -17,7 +17,9 @@ from typing import Protocol
 
 class Judge(Protocol):
     kinds: tuple[str, ...]  # the task kinds it reports figures by, in order
-    source_prompts: tuple[str, ...]  # prompts whose answers it can call right or wrong: pass rates and side-by-side samples
+    source_prompts: tuple[
+        str, ...
+    ]  # prompts whose answers it can call right or wrong: pass rates and side-by-side samples
 
     def score(self, prompt: str, response: str, ended_with_eos: bool = True) -> float | None:
         """A response's quality in [0, 1]; None where it cannot judge the prompt."""
@@ -41,4 +43,6 @@ def load_judge(path: str) -> Judge | None:
     try:
         return graph.load(path)()
     except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"judge {path!r} cannot be loaded ({error}); name a class as 'module:Class', or 'none'") from error
+        raise ValueError(
+            f"judge {path!r} cannot be loaded ({error}); name a class as 'module:Class', or 'none'"
+        ) from error

@@ -25,7 +25,9 @@ def peft_config(cfg: LoRAConfig, task_type: str):
     from peft import LoraConfig
 
     modules = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules, task_type=task_type)
+    return LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules, task_type=task_type
+    )
 
 
 def adapt(model, cfg: LoRAConfig):
@@ -43,8 +45,10 @@ def is_adapted(model) -> bool:
 
 def parameter_counts(model) -> dict[str, int]:
     """All parameters and those that train (a full fine-tune: all of them)."""
-    return {"parameters": sum(p.numel() for p in model.parameters()),
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
 
 def save_pretrained(model, folder: Path) -> object:
@@ -65,4 +69,8 @@ def save_pretrained(model, folder: Path) -> object:
 
 def fine_tune_tag(cfg) -> dict[str, str]:
     """How the step trained: 'full', or the LoRA settings (the model dir then also holds adapter/)."""
-    return {"fine_tune": "full" if cfg.lora is None else f"lora r={cfg.lora.r} alpha={cfg.lora.alpha:g} target_modules={','.join(cfg.lora.target_modules)}"}
+    return {
+        "fine_tune": "full"
+        if cfg.lora is None
+        else f"lora r={cfg.lora.r} alpha={cfg.lora.alpha:g} target_modules={','.join(cfg.lora.target_modules)}"
+    }

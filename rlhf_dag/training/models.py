@@ -44,5 +44,7 @@ def load_reward_model(path: str | Path):
     """(sequence-classification model with one score head, tokenizer)."""
     path = require_safetensors(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True).to(device())
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True).to(
+        device()
+    )
     return model, tokenizer

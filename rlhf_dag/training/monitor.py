@@ -30,11 +30,18 @@ class TrainingMonitor(TrainerCallback):
         if state.global_step:
             logger.info("%s: resumed from the checkpoint at step %d/%d", self.step, state.global_step, state.max_steps)
         if args.world_size > 1:
-            logger.info("%s: %d processes (%s), global batch %d", self.step, args.world_size, args.distributed_state.distributed_type,
-                        args.per_device_train_batch_size * args.world_size)
+            logger.info(
+                "%s: %d processes (%s), global batch %d",
+                self.step,
+                args.world_size,
+                args.distributed_state.distributed_type,
+                args.per_device_train_batch_size * args.world_size,
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save:  # a checkpoint's log history then covers every step before it (`resumable_train`'s training_loss)
+        if (
+            control.should_save
+        ):  # a checkpoint's log history then covers every step before it (`resumable_train`'s training_loss)
             control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -48,10 +55,24 @@ class TrainingMonitor(TrainerCallback):
         if "loss" in logs and self.started is not None and state.global_step:
             elapsed = time.perf_counter() - self.started
             left = elapsed / max(1, state.global_step - self.first_step) * (state.max_steps - state.global_step)
-            logger.info("%s: step %d/%d, loss %.3f, %.0f s left", self.step, state.global_step, state.max_steps, logs["loss"], left)
+            logger.info(
+                "%s: step %d/%d, loss %.3f, %.0f s left",
+                self.step,
+                state.global_step,
+                state.max_steps,
+                logs["loss"],
+                left,
+            )
         if "eval_loss" in logs and state.global_step < state.max_steps:
             extra = f", accuracy {logs['eval_accuracy']:.3f}" if "eval_accuracy" in logs else ""
-            logger.info("%s: step %d/%d, validation loss %.3f%s", self.step, state.global_step, state.max_steps, logs["eval_loss"], extra)
+            logger.info(
+                "%s: step %d/%d, validation loss %.3f%s",
+                self.step,
+                state.global_step,
+                state.max_steps,
+                logs["eval_loss"],
+                extra,
+            )
 
 
 def monitored(trainer, step: str):

@@ -19,15 +19,15 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from datasets import Dataset
 
 from ..config import GRPOConfig, OnlineConfig, RLOOConfig
 from .chat import format_prompt
+from .monitor import monitored
 from .result import ModelCard, StepResult, step
 from .reward import score_texts
-from .monitor import monitored
 from .trainer_args import trainer_kwargs
 
 logger = logging.getLogger(__name__)
@@ -43,13 +43,22 @@ class RewardModelReward:
     __name__ = "reward_model"  # TRL names the reward's logged metrics after it
 
     def __init__(self, reward_model, tokenizer, missing_eos_penalty: float | None, monitor: Callable | None = None):
-        self.reward_model, self.tokenizer, self.penalty, self.monitor = reward_model, tokenizer, missing_eos_penalty, monitor
+        self.reward_model, self.tokenizer, self.penalty, self.monitor = (
+            reward_model,
+            tokenizer,
+            missing_eos_penalty,
+            monitor,
+        )
         self.history: list[dict] = []
 
     def __call__(self, prompts, completions, completion_ids, request, trainer_state=None, **kwargs) -> list[float]:
         ended = [bool(ids) and ids[-1] == self.tokenizer.eos_token_id for ids in completion_ids]
         scores = score_texts(self.reward_model, self.tokenizer, list(request), list(completions))
-        row = {"iteration": len(self.history) + 1, "rm_score": sum(scores) / len(scores), "eos_rate": sum(ended) / len(ended)}
+        row = {
+            "iteration": len(self.history) + 1,
+            "rm_score": sum(scores) / len(scores),
+            "eos_rate": sum(ended) / len(ended),
+        }
         if self.monitor is not None:
             row["gold_score"] = self.monitor(list(request), list(completions), ended)
         self.history.append(row)
@@ -58,29 +67,46 @@ class RewardModelReward:
         return [s if e else self.penalty for s, e in zip(scores, ended)]
 
 
-def train_online(method: str, sft_path: str, tokenizer, reward: RewardModelReward, prompts: list[str], cfg: OnlineConfig):
+def train_online(
+    method: str, sft_path: str, tokenizer, reward: RewardModelReward, prompts: list[str], cfg: OnlineConfig
+):
     """(policy, metrics): `method` 'grpo' or 'rloo' on `prompts` (plain requests or multi-turn prompt strings)."""
     import trl
 
-    trainer_cls, config_cls = {"grpo": (trl.GRPOTrainer, trl.GRPOConfig), "rloo": (trl.RLOOTrainer, trl.RLOOConfig)}[method]
+    trainer_cls, config_cls = {"grpo": (trl.GRPOTrainer, trl.GRPOConfig), "rloo": (trl.RLOOTrainer, trl.RLOOConfig)}[
+        method
+    ]
     start = time.perf_counter()
     completions_per_step = cfg.prompts_per_step * cfg.num_generations
     # `request` is the plain prompt: TRL passes every extra column to the reward function
     dataset = Dataset.from_dict({"prompt": [format_prompt(p) for p in prompts], "request": list(prompts)})
     with tempfile.TemporaryDirectory() as out:
         args = config_cls(
-            **trainer_kwargs(out, 1.0, completions_per_step, cfg.learning_rate, cfg.seed, cfg.steps * completions_per_step, evaluations=0),
+            **trainer_kwargs(
+                out,
+                1.0,
+                completions_per_step,
+                cfg.learning_rate,
+                cfg.seed,
+                cfg.steps * completions_per_step,
+                evaluations=0,
+            ),
             max_steps=cfg.steps,
             num_generations=cfg.num_generations,
             max_completion_length=cfg.max_new_tokens,
             temperature=cfg.temperature,
             beta=cfg.beta,
         )
-        trainer = monitored(trainer_cls(model=sft_path, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer), f"{method}_policy")
+        trainer = monitored(
+            trainer_cls(
+                model=sft_path, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer
+            ),
+            f"{method}_policy",
+        )
         result = trainer.train()
     # the last fifth of training, less noisy than one batch (as PPO's final figures)
     logs = [row for row in trainer.state.log_history if "loss" in row]
-    window, last = logs[-max(1, len(logs) // 5):], reward.history[-max(1, len(reward.history) // 5):]
+    window, last = logs[-max(1, len(logs) // 5) :], reward.history[-max(1, len(reward.history) // 5) :]
     metrics = {
         "training_loss": result.training_loss,
         "initial_rm_score": reward.history[0]["rm_score"],
@@ -111,11 +137,23 @@ def _online_policy(method: str, inputs: dict[str, str], cfg: OnlineConfig) -> St
     metrics |= policy_checks(policy, reference, tokenizer, prompts, cfg, cfg.seed, scorer) | {"prompts": len(prompts)}
     name = method.upper()
     return StepResult(
-        f"{method}_policy", metrics, ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds"],
-        inputs=inputs, tags={"labels.prompts.sha256": labels.sha256}, model=policy, tokenizer=tokenizer,
-        card=ModelCard(f"rlhf-dag {name} policy", f"The SFT model optimized with {name} (TRL {name}Trainer) against the reward model, KL-penalized to the SFT model."),
+        f"{method}_policy",
+        metrics,
+        ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds"],
+        inputs=inputs,
+        tags={"labels.prompts.sha256": labels.sha256},
+        model=policy,
+        tokenizer=tokenizer,
+        card=ModelCard(
+            f"rlhf-dag {name} policy",
+            f"The SFT model optimized with {name} (TRL {name}Trainer) against the reward model, KL-penalized to the SFT model.",
+        ),
         records={f"{method}_history.json": reward.history},
-        curves={f"{method}/{k}": [(row["iteration"], row[k]) for row in reward.history] for k in reward.history[0] if k != "iteration"},
+        curves={
+            f"{method}/{k}": [(row["iteration"], row[k]) for row in reward.history]
+            for k in reward.history[0]
+            if k != "iteration"
+        },
         texts=source_prompt_texts(policy, tokenizer, True, cfg, cfg.seed, f"answer ({name} policy)"),
     )
 

@@ -39,7 +39,9 @@ def sequence_tokens(tokenizer, prompts, responses) -> list[int]:
     return [len(ids) for ids in tokenizer(texts)["input_ids"]]
 
 
-def count_overlong(tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], max_length: int, overlong: Overlong, step: str) -> int:
+def count_overlong(
+    tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], max_length: int, overlong: Overlong, step: str
+) -> int:
     """How many records exceed max_length; fail instead under 'reject', or when a prompt leaves no room for a response."""
     prompt_only = pd.Series(sequence_tokens(tokenizer, frame["prompt"], [""] * len(frame)), index=frame.index)
     if (prompt_only >= max_length).any():
@@ -48,7 +50,9 @@ def count_overlong(tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], m
             f"{_where(row)}: record {row['id']!r}: the prompt alone is {prompt_only[row.name]} tokens with EOS, leaving "
             f"no room for a response within {step}'s max_length of {max_length}; shorten the prompt or raise max_length"
         )
-    lengths = pd.DataFrame({c: sequence_tokens(tokenizer, frame["prompt"], frame[c]) for c in responses}, index=frame.index)
+    lengths = pd.DataFrame(
+        {c: sequence_tokens(tokenizer, frame["prompt"], frame[c]) for c in responses}, index=frame.index
+    )
     over = (lengths > max_length).any(axis=1)
     if over.any() and overlong == Overlong.reject:
         row = frame[over].iloc[0]
@@ -60,7 +64,13 @@ def count_overlong(tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], m
             f"{lengths.max().max()} or its overlong to 'truncate' (Dagster run config, or rlhf_dag/config.py)"
         )
     if over.any():
-        logger.warning("%s: %d of %d records are longer than max_length %d tokens; their training copies are cut (overlong: truncate)", step, over.sum(), len(frame), max_length)
+        logger.warning(
+            "%s: %d of %d records are longer than max_length %d tokens; their training copies are cut (overlong: truncate)",
+            step,
+            over.sum(),
+            len(frame),
+            max_length,
+        )
     return int(over.sum())
 
 
@@ -71,7 +81,9 @@ def _where(row: pd.Series) -> str:
 
 def fit_responses(tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], max_length: int) -> pd.DataFrame:
     """`frame` with each response cut to its longest start whose prompt + response + EOS fits max_length."""
-    return frame.assign(**{c: [_cut(tokenizer, p, r, max_length) for p, r in zip(frame["prompt"], frame[c])] for c in responses})
+    return frame.assign(
+        **{c: [_cut(tokenizer, p, r, max_length) for p, r in zip(frame["prompt"], frame[c])] for c in responses}
+    )
 
 
 def _cut(tokenizer, prompt: str, response: str, max_length: int) -> str:

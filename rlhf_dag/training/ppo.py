@@ -13,9 +13,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,9 @@ from ..config import PPOConfig
 from . import distributed, lora, resume
 from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
+from .monitor import TrainingDivergedError
 from .result import ModelCard, StepResult, step
 from .reward import per_token_scores
-from .monitor import TrainingDivergedError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return whitened if shift_mean else whitened + mean
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over response tokens [B, R]; returns (advantages, returns)."""
     values, rewards = values * mask, rewards * mask  # no value or reward past the EOS
     advantages = torch.zeros_like(rewards)
@@ -58,7 +60,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages * mask, (advantages + values) * mask
 
 
-def kl_penalized_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_penalized_rewards(
+    score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token reward -kl_coef * (log pi - log pi_ref), plus the sequence score on the last response token."""
     kl = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * kl
@@ -67,7 +71,9 @@ def kl_penalized_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logpro
     return rewards, kl
 
 
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's pessimistic surrogate; returns (loss, fraction of tokens where the clip was active)."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
@@ -75,17 +81,27 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     return masked_mean(torch.max(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float) -> torch.Tensor:
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> torch.Tensor:
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
-def response_logprobs(model, query_response: torch.Tensor, attention_mask: torch.Tensor, n_query: int, temperature: float,
-                      pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logprobs(
+    model,
+    query_response: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_query: int,
+    temperature: float,
+    pad_id: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of each response token, entropy) under `model`, with logits scaled as at sampling
     and, given `pad_id`, PAD excluded as sampling excludes it (`generate_tokens`)."""
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=query_response, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+    logits = model(
+        input_ids=query_response, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).logits
     logits = logits[:, n_query - 1 : -1] / temperature  # [PPO-2] same temperature as the rollout
     return _token_logprobs(logits, query_response[:, n_query:], pad_id)
 
@@ -101,7 +117,9 @@ def reference(policy, ref_policy):
         yield policy
 
 
-def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, pad_id: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     if pad_id is not None:  # [PPO-2] the distribution the rollout was sampled from never includes PAD
         logits = logits.float().index_fill(-1, torch.tensor([pad_id], device=logits.device), -1e9)
     logp_all = F.log_softmax(logits.float(), dim=-1)
@@ -127,26 +145,36 @@ class PackedMinibatch:
         return self.responses.shape[1]
 
 
-def pack_minibatch(query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, response_lengths: torch.Tensor, pad_id: int) -> PackedMinibatch:
+def pack_minibatch(
+    query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, response_lengths: torch.Tensor, pad_id: int
+) -> PackedMinibatch:
     """Drop the query's left padding and the response's right padding of each rollout, then left-pad the rows to one width."""
     q_lengths, r_lengths = query_mask.sum(dim=1).long(), response_lengths.long()
     width, total = int(r_lengths.max()), int((q_lengths + r_lengths).max())
     rows = [torch.cat([q[m], r[:n]]) for q, m, r, n in zip(query, query_mask, response, r_lengths.tolist())]
     input_ids = torch.full((len(rows), total), pad_id, dtype=query.dtype, device=query.device)
     for i, row in enumerate(rows):
-        input_ids[i, total - len(row):] = row
+        input_ids[i, total - len(row) :] = row
     attention_mask = torch.arange(total, device=query.device) >= (total - (q_lengths + r_lengths)).unsqueeze(1)
     j = torch.arange(width, device=query.device)
     slots = (width - r_lengths.unsqueeze(1) + j).clamp(max=width)  # past a row's end: masked out anyway
     return PackedMinibatch(input_ids, attention_mask, response[:, :width], slots)
 
 
-def packed_logprobs_and_values(policy, value_model, mb: PackedMinibatch, temperature: float, pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def packed_logprobs_and_values(
+    policy, value_model, mb: PackedMinibatch, temperature: float, pad_id: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-probs, entropy, values) [B, W] of a packed minibatch; the policy's vocabulary projection runs only
     on the W + 1 last positions (`logits_to_keep`), not on the queries."""
     position_ids = (mb.attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     keep = mb.width + 1
-    logits = policy(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=keep).logits
+    logits = policy(
+        input_ids=mb.input_ids,
+        attention_mask=mb.attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=keep,
+    ).logits
     logits = logits.gather(1, mb.slots.unsqueeze(-1).expand(-1, -1, logits.shape[-1])) / temperature  # [PPO-2]
     logprobs, entropy = _token_logprobs(logits, mb.responses, pad_id)
     values = per_token_scores(value_model, mb.input_ids, mb.attention_mask)[:, -keep:].gather(1, mb.slots)
@@ -154,20 +182,39 @@ def packed_logprobs_and_values(policy, value_model, mb: PackedMinibatch, tempera
 
 
 @torch.no_grad()
-def score_rollouts(policy, ref_policy, reward_model, value_model, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
-                   lengths: torch.Tensor, temperature: float, pad_id: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def score_rollouts(
+    policy,
+    ref_policy,
+    reward_model,
+    value_model,
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    response: torch.Tensor,
+    lengths: torch.Tensor,
+    temperature: float,
+    pad_id: int,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(reference log-probs [B, R], values [B, R], RM score at the last response token [B]) of the rollouts, packed as the
     minibatches are ([PPO-15]): in length order, `chunk` rollouts per forward, each chunk cut to its own width.
     `ref_policy` as in `reference`."""
-    ref_logprobs, values = torch.zeros(response.shape, device=response.device), torch.zeros(response.shape, device=response.device)
+    ref_logprobs, values = (
+        torch.zeros(response.shape, device=response.device),
+        torch.zeros(response.shape, device=response.device),
+    )
     scores = torch.zeros(len(response), device=response.device)
-    order = torch.sort(query_mask.sum(dim=1) + lengths, stable=True).indices  # no randomness: the sampling stream stays the same
-    with reference(policy, ref_policy) as ref:  # the critic and the RM are models of their own: an adapter disabled on the policy leaves them as they are
+    order = torch.sort(
+        query_mask.sum(dim=1) + lengths, stable=True
+    ).indices  # no randomness: the sampling stream stays the same
+    with (
+        reference(policy, ref_policy) as ref
+    ):  # the critic and the RM are models of their own: an adapter disabled on the policy leaves them as they are
         for idx in order.split(chunk):
             packed = pack_minibatch(query[idx], query_mask[idx], response[idx], lengths[idx], pad_id)
             chunk_logprobs, _, chunk_values = packed_logprobs_and_values(ref, value_model, packed, temperature, pad_id)
             ref_logprobs[idx, : packed.width], values[idx, : packed.width] = chunk_logprobs, chunk_values
-            scores[idx] = per_token_scores(reward_model, packed.input_ids, packed.attention_mask)[:, -1]  # rows are left-padded: the last column is each one's last token
+            rm_scores = per_token_scores(reward_model, packed.input_ids, packed.attention_mask)
+            scores[idx] = rm_scores[:, -1]  # rows are left-padded: the last column is each one's last token
     mask = torch.arange(response.shape[1], device=response.device) < lengths.unsqueeze(1)
     return ref_logprobs * mask, values * mask, scores
 
@@ -193,7 +240,9 @@ class Learner(torch.nn.Module):
         super().__init__()
         self.policy, self.value_model = policy, value_model
 
-    def forward(self, mb: PackedMinibatch, temperature: float, pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, mb: PackedMinibatch, temperature: float, pad_id: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return packed_logprobs_and_values(self.policy, self.value_model, mb, temperature, pad_id)
 
 
@@ -205,8 +254,17 @@ class PPOResult:
     metrics: dict = field(default_factory=dict)
 
 
-def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts: list[str], cfg: PPOConfig,
-              monitor: Callable[[list[str], list[str], list[bool]], float] | None = None, checkpoints: Path | None = None) -> PPOResult:
+def ppo_train(
+    policy,
+    ref_policy,
+    reward_model,
+    value_model,
+    tokenizer,
+    prompts: list[str],
+    cfg: PPOConfig,
+    monitor: Callable[[list[str], list[str], list[bool]], float] | None = None,
+    checkpoints: Path | None = None,
+) -> PPOResult:
     """Optimize `policy` to maximize RM score - kl_coef * KL(policy || ref). `monitor` (e.g. a gold judge) only observes.
 
     `ref_policy` None: `policy` is a LoRA model (training/lora.py `adapt`) and the reference is its adapter disabled.
@@ -215,14 +273,21 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     uninterrupted one would."""
     start, rng = time.perf_counter(), random.Random(cfg.seed)  # the prompt order: the same on every rank
     torch.manual_seed(cfg.seed + distributed.rank())  # each rank samples its own rollouts
-    n_rollouts, n_minibatch = distributed.shard_size(cfg.rollout_batch_size, "rollout_batch_size"), distributed.shard_size(cfg.minibatch_size, "minibatch_size")
+    n_rollouts, n_minibatch = (
+        distributed.shard_size(cfg.rollout_batch_size, "rollout_batch_size"),
+        distributed.shard_size(cfg.minibatch_size, "minibatch_size"),
+    )
     rollout_shard = slice(distributed.rank() * n_rollouts, (distributed.rank() + 1) * n_rollouts)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     for frozen in (ref_policy, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)
-    params = [p for p in (*policy.parameters(), *value_model.parameters()) if p.requires_grad]  # with LoRA, the policy's adapter only
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5, fused=True)  # [PPO-16] one kernel over every parameter
+    params = [
+        p for p in (*policy.parameters(), *value_model.parameters()) if p.requires_grad
+    ]  # with LoRA, the policy's adapter only
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, eps=1e-5, fused=True
+    )  # [PPO-16] one kernel over every parameter
     learner = Learner(policy, value_model)
     parameter_counts = lora.parameter_counts(learner)  # policy and critic
     if distributed.world_size() > 1:
@@ -237,7 +302,9 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         rng.setstate(resumed["prompt_rng"])
         resume.set_rng_states(resumed["rng"][distributed.rank()])
         resumed_from = resumed["iteration"]
-        logger.info("ppo: resumed from the checkpoint of iteration %d/%d in %s", resumed_from, cfg.iterations, checkpoints)
+        logger.info(
+            "ppo: resumed from the checkpoint of iteration %d/%d in %s", resumed_from, cfg.iterations, checkpoints
+        )
 
     for iteration in range(resumed_from + 1, cfg.iterations + 1):
         # ---- rollout: sample responses from the current policy
@@ -246,8 +313,14 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         batch_prompts = [prompts[order.pop()] for _ in range(cfg.rollout_batch_size)][rollout_shard]
         policy.eval()
         # [PPO-12] the log-probs of the sampling pass ([PPO-17] sampler) are the rollout's old log-probs: no second policy forward
-        query, response, logprobs = generate_tokens(policy, tokenizer, [format_prompt(p) for p in batch_prompts], cfg.max_new_tokens, cfg.temperature,
-                                                    return_logprobs=True)
+        query, response, logprobs = generate_tokens(
+            policy,
+            tokenizer,
+            [format_prompt(p) for p in batch_prompts],
+            cfg.max_new_tokens,
+            cfg.temperature,
+            return_logprobs=True,
+        )
         response, ended = truncate_after_eos(response, eos, pad)  # [PPO-3] nothing after the first EOS
         mask = (response != pad).float()  # response tokens, the EOS included
         logprobs = logprobs * mask
@@ -256,12 +329,25 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         lengths, query_mask = mask.sum(dim=1), query != pad
         with torch.no_grad():
             # [PPO-15] reference, critic and RM over the rollouts packed without padding, as the minibatches are
-            ref_logprobs, values, score = score_rollouts(policy, ref_policy, reward_model, value_model, query, query_mask, response, lengths,
-                                                         cfg.temperature, pad, n_minibatch)
+            ref_logprobs, values, score = score_rollouts(
+                policy,
+                ref_policy,
+                reward_model,
+                value_model,
+                query,
+                query_mask,
+                response,
+                lengths,
+                cfg.temperature,
+                pad,
+                n_minibatch,
+            )
             rm_score = score.clone()
             if cfg.missing_eos_penalty is not None:  # [PPO-5] no EOS, no RM score
                 score = torch.where(ended, score, torch.full_like(score, cfg.missing_eos_penalty))
-            rewards, kl = kl_penalized_rewards(score, logprobs, ref_logprobs, mask, kl_coef)  # [PPO-1] per-token KL penalty
+            rewards, kl = kl_penalized_rewards(
+                score, logprobs, ref_logprobs, mask, kl_coef
+            )  # [PPO-1] per-token KL penalty
             # ---- advantages
             advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)  # [PPO-4] GAE, gamma=1, lambda=0.95
             advantages = masked_whiten(advantages, mask)  # [PPO-6] whiten advantages per batch
@@ -278,8 +364,12 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                 width = packed.width
                 old_logprobs, mb_mask, mb_advantages = logprobs[mb, :width], mask[mb, :width], advantages[mb, :width]
                 new_logprobs, entropy, new_values = learner(packed, cfg.temperature, pad)
-                pg_loss, clipfrac = clipped_policy_loss(new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range)  # [PPO-7]
-                vf_loss = clipped_value_loss(new_values, values[mb, :width], returns[mb, :width], mb_mask, cfg.clip_range_value)  # [PPO-8]
+                pg_loss, clipfrac = clipped_policy_loss(
+                    new_logprobs, old_logprobs, mb_advantages, mb_mask, cfg.clip_range
+                )  # [PPO-7]
+                vf_loss = clipped_value_loss(
+                    new_values, values[mb, :width], returns[mb, :width], mb_mask, cfg.clip_range_value
+                )  # [PPO-8]
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(f"ppo_policy: non-finite loss at iteration {iteration} (optimize step)")
@@ -293,12 +383,22 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                     stats["clipfrac"].append(clipfrac.item())
                     stats["approx_kl"].append(masked_mean(0.5 * (new_logprobs - old_logprobs) ** 2, mb_mask).item())
                     stats["entropy"].append(masked_mean(entropy, mb_mask).item())
-                    if epoch == 0 and k == 0:  # [PPO-2] before any update the policy is the rollout policy: ratio 1, nothing clipped
-                        first_minibatch = {"first_minibatch_clipfrac": clipfrac.item(),
-                                           "first_minibatch_max_ratio_error": ((new_logprobs - old_logprobs).exp() - 1).abs().mul(mb_mask).max().item()}
+                    if (
+                        epoch == 0 and k == 0
+                    ):  # [PPO-2] before any update the policy is the rollout policy: ratio 1, nothing clipped
+                        first_minibatch = {
+                            "first_minibatch_clipfrac": clipfrac.item(),
+                            "first_minibatch_max_ratio_error": ((new_logprobs - old_logprobs).exp() - 1)
+                            .abs()
+                            .mul(mb_mask)
+                            .max()
+                            .item(),
+                        }
 
         # ---- log
-        seq_kl = distributed.all_mean({"kl": kl.sum(dim=1).mean().item()})["kl"]  # the global batch's: kl_coef stays the same on every rank
+        seq_kl = distributed.all_mean({"kl": kl.sum(dim=1).mean().item()})[
+            "kl"
+        ]  # the global batch's: kl_coef stays the same on every rank
         if cfg.adaptive_kl:  # [PPO-10] proportional controller toward target_kl (Ziegler et al. 2019)
             kl_coef *= 1 + max(-0.2, min(0.2, seq_kl / cfg.target_kl - 1)) * cfg.rollout_batch_size / 10000
         row = {
@@ -314,20 +414,41 @@ def ppo_train(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
             **first_minibatch,
         }
         if monitor is not None:
-            texts = [tokenizer.decode([t for t in r.tolist() if t not in (pad, eos)], skip_special_tokens=True) for r in response]
+            texts = [
+                tokenizer.decode([t for t in r.tolist() if t not in (pad, eos)], skip_special_tokens=True)
+                for r in response
+            ]
             row["gold_score"] = monitor(batch_prompts, texts, ended.tolist())
-        row = distributed.all_mean(row, maxima=("first_minibatch_max_ratio_error",)) | {"iteration": iteration}  # the global batch's figures
+        row = distributed.all_mean(row, maxima=("first_minibatch_max_ratio_error",)) | {
+            "iteration": iteration
+        }  # the global batch's figures
         history.append(row)
-        logger.info("ppo iteration %d/%d: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "iteration"), iteration, cfg.iterations)
+        logger.info(
+            "ppo iteration %d/%d: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "iteration"),
+            iteration,
+            cfg.iterations,
+        )
         if checkpoints is not None and iteration % cfg.checkpoint_every == 0:
-            resume.save(checkpoints, iteration, {
-                "iteration": iteration, "policy": policy.state_dict(), "value_model": value_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "kl_coef": kl_coef, "history": history, "prompt_order": order, "prompt_rng": rng.getstate(),
-                "rng": distributed.all_gather(resume.rng_states()),  # each rank samples its own rollouts: every rank's states
-            })
+            resume.save(
+                checkpoints,
+                iteration,
+                {
+                    "iteration": iteration,
+                    "policy": policy.state_dict(),
+                    "value_model": value_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "kl_coef": kl_coef,
+                    "history": history,
+                    "prompt_order": order,
+                    "prompt_rng": rng.getstate(),
+                    "rng": distributed.all_gather(
+                        resume.rng_states()
+                    ),  # each rank samples its own rollouts: every rank's states
+                },
+            )
 
     final = history[-1]
-    window = history[-max(1, len(history) // 5):]  # the last fifth of training, less noisy than one batch
+    window = history[-max(1, len(history) // 5) :]  # the last fifth of training, less noisy than one batch
     metrics = {
         "initial_rm_score": history[0]["rm_score"],
         "final_rm_score": sum(r["rm_score"] for r in window) / len(window),
@@ -362,13 +483,36 @@ def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
     scorer, _ = load_reward_model(inputs["reward_model"])
     critic, _ = load_reward_model(inputs["reward_model"])  # [PPO-11] the value model starts as the reward model
     with checkpointing("ppo_policy", inputs, cfg) as checkpoints:
-        result = ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg, monitor=judge_monitor(load_judge(cfg.judge)), checkpoints=checkpoints)
-    curves = {f"ppo/{k}": [(row["iteration"], row[k]) for row in result.history] for k in result.history[0] if k != "iteration"}
+        result = ppo_train(
+            policy,
+            reference,
+            scorer,
+            critic,
+            tokenizer,
+            prompts,
+            cfg,
+            monitor=judge_monitor(load_judge(cfg.judge)),
+            checkpoints=checkpoints,
+        )
+    curves = {
+        f"ppo/{k}": [(row["iteration"], row[k]) for row in result.history]
+        for k in result.history[0]
+        if k != "iteration"
+    }
     return StepResult(
-        "ppo_policy", {**result.metrics, "prompts": len(prompts)},
+        "ppo_policy",
+        {**result.metrics, "prompts": len(prompts)},
         ["initial_rm_score", "final_rm_score", "final_kl", "final_eos_rate", "train_seconds", "trainable_parameters"],
-        inputs=inputs, tags={"labels.prompts.sha256": labels.sha256, **fine_tune_tag(cfg)}, model=result.policy, tokenizer=tokenizer,
-        card=ModelCard("rlhf-dag PPO policy", "The SFT model optimized with PPO to maximize the reward model's score minus a KL penalty to the SFT model. The critic is kept in value_model/."),
-        submodels={"value_model": result.value_model}, records={"ppo_history.json": result.history}, curves=curves,
+        inputs=inputs,
+        tags={"labels.prompts.sha256": labels.sha256, **fine_tune_tag(cfg)},
+        model=result.policy,
+        tokenizer=tokenizer,
+        card=ModelCard(
+            "rlhf-dag PPO policy",
+            "The SFT model optimized with PPO to maximize the reward model's score minus a KL penalty to the SFT model. The critic is kept in value_model/.",
+        ),
+        submodels={"value_model": result.value_model},
+        records={"ppo_history.json": result.history},
+        curves=curves,
         texts=source_prompt_texts(result.policy, tokenizer, True, cfg, cfg.seed, "answer (PPO policy)"),
     )

@@ -17,15 +17,22 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from ..config import PretrainConfig
 from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
-from .result import ModelCard, StepResult, step
 from .monitor import monitored
+from .result import ModelCard, StepResult, step
 from .resume import output_dir, resumable_train
-from .trainer_args import trainer_kwargs, trained_tokens
+from .trainer_args import trained_tokens, trainer_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +53,10 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     # Each digit is its own token, with the space before it: " 2 + 2" is [" 2", " +", " 2"], so an answer
     # copies an operand by looking up the token after " +", not the one after an ambiguous lone " ".
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.ByteLevel(add_prefix_space=True), pre_tokenizers.Split(Regex("\u0120?[0-9]"), behavior="isolated")]
+        [
+            pre_tokenizers.ByteLevel(add_prefix_space=True),
+            pre_tokenizers.Split(Regex("\u0120?[0-9]"), behavior="isolated"),
+        ]
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -149,7 +159,9 @@ class PackedCollator:
         return batch
 
 
-def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpoints: Path | None = None) -> TrainResult:
+def pretrain(
+    texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpoints: Path | None = None
+) -> TrainResult:
     """Train tokenizer and causal LM on `texts`; report the loss on `held_out` documents (never trained on) before and after.
 
     With a `checkpoints` folder (training/resume.py) training saves there and resumes from it: the tokenizer
@@ -170,8 +182,17 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpo
     n_tokens = sum(len(ids) + 1 for ids in corpus_ids)  # +1: the EOS between documents
     with output_dir(checkpoints) as out:
         args = SFTConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), cfg.group_by_length, evaluations=5 if len(held_out) else 0,
-                             checkpoint_every=cfg.checkpoint_every if checkpoints else 0),
+            **trainer_kwargs(
+                out,
+                cfg.epochs,
+                cfg.batch_size,
+                cfg.learning_rate,
+                cfg.seed,
+                len(dataset),
+                cfg.group_by_length,
+                evaluations=5 if len(held_out) else 0,
+                checkpoint_every=cfg.checkpoint_every if checkpoints else 0,
+            ),
             max_length=cfg.max_length,
             dataset_text_field="text",
             # Attention must never cross a document boundary: in GPT-style packed windows the names in context
@@ -182,8 +203,17 @@ def pretrain(texts: list[str], held_out: list[str], cfg: PretrainConfig, checkpo
             packing=False,
             **pack_kwargs,
         )
-        trainer = monitored(SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out_set if len(held_out_set) else None,
-                                       processing_class=tokenizer, data_collator=PackedCollator(tokenizer.pad_token_id) if cfg.pack else None), "base_model")
+        trainer = monitored(
+            SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=dataset,
+                eval_dataset=held_out_set if len(held_out_set) else None,
+                processing_class=tokenizer,
+                data_collator=PackedCollator(tokenizer.pad_token_id) if cfg.pack else None,
+            ),
+            "base_model",
+        )
         initial_loss = trainer.evaluate(held_out_set)["eval_loss"]
         # accelerate marks a model it prepared for evaluation as prepared, and then never wraps it in DDP for
         # training: under torchrun every rank would train alone (tests/test_launchers.py, the rank checksums)
@@ -226,8 +256,16 @@ def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
         model, tokenizer, metrics = result.model, result.tokenizer, result.metrics
     texts = source_prompt_texts(model, tokenizer, False, cfg, cfg.seed, "continuation (base model, raw prompt)")
     return StepResult(
-        "base_model", metrics, ["initial_loss", "final_loss", "parameters", "tokens_per_second"],
-        inputs=inputs, tags={"pretrained": cfg.pretrained or "trained from scratch"}, model=model, tokenizer=tokenizer,
-        card=ModelCard("rlhf-dag base model", "A causal LM that only continues text: asked a question, it continues the page (a list, a dialogue)."),
+        "base_model",
+        metrics,
+        ["initial_loss", "final_loss", "parameters", "tokens_per_second"],
+        inputs=inputs,
+        tags={"pretrained": cfg.pretrained or "trained from scratch"},
+        model=model,
+        tokenizer=tokenizer,
+        card=ModelCard(
+            "rlhf-dag base model",
+            "A causal LM that only continues text: asked a question, it continues the page (a list, a dialogue).",
+        ),
         texts=texts,
     )

@@ -34,18 +34,26 @@ class StepResult:
     step: str
     metrics: dict[str, float]
     headline: list[str]  # the metric keys shown on the asset's page
-    inputs: dict[str, str] = field(default_factory=dict)  # upstream name -> the exact path this result was computed from
+    inputs: dict[str, str] = field(
+        default_factory=dict
+    )  # upstream name -> the exact path this result was computed from
     tags: dict[str, str] = field(default_factory=dict)  # string facts (a labeled file's sha256), MLflow tags
     main_file: str = ""  # what downstream reads, relative to the folder ("" = the folder itself, a model)
     model: object | None = None
     tokenizer: object | None = None
     card: ModelCard | None = None
-    submodels: dict[str, object] = field(default_factory=dict)  # subfolder -> model saved beside the main one (the critic)
+    submodels: dict[str, object] = field(
+        default_factory=dict
+    )  # subfolder -> model saved beside the main one (the critic)
     frames: dict[str, object] = field(default_factory=dict)  # file name -> pandas DataFrame, saved as Parquet
-    texts: dict[str, str] = field(default_factory=dict)  # file name -> Markdown/text, shown in the UI and logged to MLflow
+    texts: dict[str, str] = field(
+        default_factory=dict
+    )  # file name -> Markdown/text, shown in the UI and logged to MLflow
     records: dict[str, object] = field(default_factory=dict)  # file name -> JSON-able object (history, samples)
     figures: dict[str, object] = field(default_factory=dict)  # file name -> matplotlib figure, saved as PNG
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (step, value), for loops without a tracker integration
+    curves: dict[str, list[tuple[int, float]]] = field(
+        default_factory=dict
+    )  # metric -> (step, value), for loops without a tracker integration
 
     def save(self, folder: Path | str, lineage: dict[str, str] | None = None) -> None:
         """Write everything into `folder` (which exists and is empty); `lineage` adds to the model card (e.g. the MLflow run).
@@ -72,20 +80,31 @@ class StepResult:
         if self.card is not None:
             write_model_card(folder, self.card, {**self.inputs, **(lineage or {})}, self.metrics)
         summary = {
-            "step": self.step, "metrics": self.metrics, "headline": self.headline, "inputs": self.inputs, "tags": self.tags,
-            "main_file": self.main_file, "texts": sorted(self.texts), "figures": sorted(self.figures),
-            "records": sorted(self.records), "curves": self.curves,
+            "step": self.step,
+            "metrics": self.metrics,
+            "headline": self.headline,
+            "inputs": self.inputs,
+            "tags": self.tags,
+            "main_file": self.main_file,
+            "texts": sorted(self.texts),
+            "figures": sorted(self.figures),
+            "records": sorted(self.records),
+            "curves": self.curves,
         }
         (folder / RESULT_FILE).write_text(json.dumps(summary, indent=1), encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: Path | str) -> "StepResult":
+    def load(cls, folder: Path | str) -> StepResult:
         """The result another process saved in `folder`: everything but the in-memory models and figures."""
         folder = Path(folder)
         summary = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
         return cls(
-            step=summary["step"], metrics=summary["metrics"], headline=summary["headline"], inputs=summary["inputs"],
-            tags=summary["tags"], main_file=summary["main_file"],
+            step=summary["step"],
+            metrics=summary["metrics"],
+            headline=summary["headline"],
+            inputs=summary["inputs"],
+            tags=summary["tags"],
+            main_file=summary["main_file"],
             texts={name: (folder / name).read_text(encoding="utf-8") for name in summary["texts"]},
             records={name: json.loads((folder / name).read_text(encoding="utf-8")) for name in summary["records"]},
             curves={k: [tuple(p) for p in v] for k, v in summary["curves"].items()},

@@ -32,8 +32,8 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -71,7 +71,11 @@ def checkpointing(step: str, inputs: dict[str, str], cfg: StepConfig) -> Iterato
     lock = _lock(folder) if distributed.rank() == 0 else None
     owned = distributed.all_gather(lock is not None)[0]  # rank 0's answer, on every rank
     if not owned:
-        logger.warning("%s: another run with the same inputs is checkpointing into %s; this one trains without checkpoints", step, folder)
+        logger.warning(
+            "%s: another run with the same inputs is checkpointing into %s; this one trains without checkpoints",
+            step,
+            folder,
+        )
         yield None
         return
     try:
@@ -111,8 +115,12 @@ def rng_states() -> dict:
     """This process's random states: Python's, NumPy's, torch's on CPU and on every CUDA device."""
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # plain ints: loadable with weights_only
-    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": numpy_state,
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_states(states: dict) -> None:

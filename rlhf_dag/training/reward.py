@@ -22,15 +22,15 @@ from transformers import AutoModelForSequenceClassification
 from ..config import RewardConfig as RewardStepConfig
 from . import lora
 from .chat import format_prompt
-from .models import require_safetensors, set_special_token_ids
-from .overlong import count_overlong, fit_responses
+from .device import device
 from .judge import Judge, load_judge
+from .models import require_safetensors, set_special_token_ids
+from .monitor import monitored
+from .overlong import count_overlong, fit_responses
 from .pretrain import TrainResult
 from .result import ModelCard, StepResult, step
-from .device import device
-from .monitor import monitored
 from .resume import output_dir, resumable_train
-from .trainer_args import trainer_kwargs, trained_tokens
+from .trainer_args import trained_tokens, trainer_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,14 @@ def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     rollouts are scored as the right-padded training batches were.
     """
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    if hasattr(model, "get_base_model"):  # a LoRA reward model in training: the transformers model inside, its adapters active
+    if hasattr(
+        model, "get_base_model"
+    ):  # a LoRA reward model in training: the transformers model inside, its adapters active
         model = model.get_base_model()
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     return model.score(hidden).squeeze(-1).float()  # fp32 for GAE and the losses, also under bf16 autocast
 
 
@@ -104,8 +108,13 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     model.eval()
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
-        texts = [format_prompt(p) + r + tokenizer.eos_token for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
-        batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)  # with a BOS where the tokenizer adds one, as TRL trained
+        texts = [
+            format_prompt(p) + r + tokenizer.eos_token
+            for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True).to(
+            model.device
+        )  # with a BOS where the tokenizer adds one, as TRL trained
         all_scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
         last = batch["attention_mask"].sum(dim=1) - 1
         scores += all_scores[torch.arange(len(texts)), last].tolist()
@@ -118,13 +127,20 @@ def pairwise_accuracy(model, tokenizer, frame: pd.DataFrame) -> tuple[float, flo
     return accuracy, margin, loss
 
 
-def pairwise_accuracy_by_kind(model, tokenizer, frame: pd.DataFrame, judge: Judge | None = None) -> tuple[float, float, float, dict[str, tuple[float, int]]]:
+def pairwise_accuracy_by_kind(
+    model, tokenizer, frame: pd.DataFrame, judge: Judge | None = None
+) -> tuple[float, float, float, dict[str, tuple[float, int]]]:
     """`pairwise_accuracy`, and per task kind the judge knows ('other' for prompts outside them; nothing without a
     judge) the accuracy and the number of pairs: one mean can hide a kind the RM does not judge."""
     chosen = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["chosen"])))
     rejected = torch.tensor(score_texts(model, tokenizer, list(frame["prompt"]), list(frame["rejected"])))
     by_kind = accuracy_by_kind(list(frame["prompt"]), (chosen > rejected).tolist(), judge)
-    return float((chosen > rejected).float().mean()), float((chosen - rejected).mean()), float(pairwise_loss(chosen, rejected)), by_kind
+    return (
+        float((chosen > rejected).float().mean()),
+        float((chosen - rejected).mean()),
+        float(pairwise_loss(chosen, rejected)),
+        by_kind,
+    )
 
 
 def accuracy_by_kind(prompts: list[str], correct: list[bool], judge: Judge | None) -> dict[str, tuple[float, int]]:
@@ -139,27 +155,41 @@ def accuracy_by_kind(prompts: list[str], correct: list[bool], judge: Judge | Non
 
 def reward_model_from_sft(sft_path: str, tokenizer):
     """The SFT model's backbone with a fresh scalar head (num_labels=1), as InstructGPT initialises its RM."""
-    model = AutoModelForSequenceClassification.from_pretrained(require_safetensors(sft_path), num_labels=1, trust_remote_code=False, use_safetensors=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        require_safetensors(sft_path), num_labels=1, trust_remote_code=False, use_safetensors=True
+    )
     set_special_token_ids(model, tokenizer)
     return model.to(device())
 
 
-def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.DataFrame, cfg: RewardStepConfig,
-                       checkpoints: Path | None = None) -> TrainResult:
+def train_reward_model(
+    sft_path: str,
+    tokenizer,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    cfg: RewardStepConfig,
+    checkpoints: Path | None = None,
+) -> TrainResult:
     """Train the RM; report held-out pairwise accuracy and margin before and after.
 
     With a `checkpoints` folder (training/resume.py) training saves there and resumes from it."""
     from trl import RewardConfig, RewardTrainer
 
     start = time.perf_counter()
-    overlong = count_overlong(tokenizer, pd.concat([train, validation]), ("chosen", "rejected"), cfg.max_length, cfg.overlong, "reward_model")
+    overlong = count_overlong(
+        tokenizer, pd.concat([train, validation]), ("chosen", "rejected"), cfg.max_length, cfg.overlong, "reward_model"
+    )
     if overlong:
         train = fit_responses(tokenizer, train, ("chosen", "rejected"), cfg.max_length)
     torch.manual_seed(cfg.seed)
     model = reward_model_from_sft(sft_path, tokenizer)
     initial_accuracy, _, _ = pairwise_accuracy(model, tokenizer, validation)
     dataset = Dataset.from_dict(
-        {"prompt": [format_prompt(p) for p in train["prompt"]], "chosen": list(train["chosen"]), "rejected": list(train["rejected"])}
+        {
+            "prompt": [format_prompt(p) for p in train["prompt"]],
+            "chosen": list(train["chosen"]),
+            "rejected": list(train["rejected"]),
+        }
     )
     rankings = list(train["ranking"]) if "ranking" in train else list(train["id"])
     grouped = len(set(rankings)) < len(rankings)  # people ranked K > 2 responses: one ranking, one batch element
@@ -170,29 +200,61 @@ def train_reward_model(sft_path: str, tokenizer, train: pd.DataFrame, validation
         dataset = dataset.add_column("ranking", rankings).add_column("pair_weight", pair_weights(rankings))
     with output_dir(checkpoints) as out:
         args = RewardConfig(
-            **trainer_kwargs(out, cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, len(dataset), checkpoint_every=cfg.checkpoint_every if checkpoints else 0),
+            **trainer_kwargs(
+                out,
+                cfg.epochs,
+                cfg.batch_size,
+                cfg.learning_rate,
+                cfg.seed,
+                len(dataset),
+                checkpoint_every=cfg.checkpoint_every if checkpoints else 0,
+            ),
             max_length=cfg.max_length,
             center_rewards_coefficient=0.01,
         )
         held_out = Dataset.from_dict(  # the validation curve
-            {"prompt": [format_prompt(p) for p in validation["prompt"]], "chosen": list(validation["chosen"]), "rejected": list(validation["rejected"])}
+            {
+                "prompt": [format_prompt(p) for p in validation["prompt"]],
+                "chosen": list(validation["chosen"]),
+                "rejected": list(validation["rejected"]),
+            }
         )
         if grouped:
             held_out_rankings = list(validation["ranking"])
-            held_out = held_out.add_column("ranking", held_out_rankings).add_column("pair_weight", pair_weights(held_out_rankings))
-        trainer = monitored(trainer_class(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, processing_class=tokenizer,
-                                          data_collator=collator, peft_config=lora.peft_config(cfg.lora, "SEQ_CLS") if cfg.lora else None), "reward_model")
+            held_out = held_out.add_column("ranking", held_out_rankings).add_column(
+                "pair_weight", pair_weights(held_out_rankings)
+            )
+        trainer = monitored(
+            trainer_class(
+                model=model,
+                args=args,
+                train_dataset=dataset,
+                eval_dataset=held_out,
+                processing_class=tokenizer,
+                data_collator=collator,
+                peft_config=lora.peft_config(cfg.lora, "SEQ_CLS") if cfg.lora else None,
+            ),
+            "reward_model",
+        )
         model = trainer.model
         result, figures = resumable_train(trainer)
     judge = load_judge(cfg.judge)
     accuracy, margin, validation_loss, by_kind = pairwise_accuracy_by_kind(model, tokenizer, validation, judge)
     train_accuracy, _, _ = pairwise_accuracy(model, tokenizer, train.head(256))
-    logger.info("reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f; by kind: %s", accuracy, initial_accuracy, margin,
-                ", ".join(f"{kind} {acc:.3f} ({n} pairs)" for kind, (acc, n) in by_kind.items()))
+    logger.info(
+        "reward model: held-out pairwise accuracy %.3f (before training %.3f), margin %.3f; by kind: %s",
+        accuracy,
+        initial_accuracy,
+        margin,
+        ", ".join(f"{kind} {acc:.3f} ({n} pairs)" for kind, (acc, n) in by_kind.items()),
+    )
     unjudged = sorted({kind for kind in map(judge.kind, train["prompt"]) if kind} - set(by_kind)) if judge else []
     if unjudged:
-        logger.warning("reward model: no held-out pairs of kind %s (every such prompt hashed into train): the held-out accuracy says nothing "
-                       "about how the RM ranks them", ", ".join(unjudged))
+        logger.warning(
+            "reward model: no held-out pairs of kind %s (every such prompt hashed into train): the held-out accuracy says nothing "
+            "about how the RM ranks them",
+            ", ".join(unjudged),
+        )
     metrics = {
         "validation_accuracy": accuracy,
         **{f"validation_accuracy_{kind}": acc for kind, (acc, _) in by_kind.items()},
@@ -221,7 +283,10 @@ def _ranking_trainer_class():
 
     class RankingCollator(DataCollatorForPreference):
         def torch_call(self, examples):
-            return {**super().torch_call(examples), "pair_weight": torch.tensor([e["pair_weight"] for e in examples], dtype=torch.float)}
+            return {
+                **super().torch_call(examples),
+                "pair_weight": torch.tensor([e["pair_weight"] for e in examples], dtype=torch.float),
+            }
 
     class RankingRewardTrainer(RewardTrainer):
         def _set_signature_columns_if_needed(self):
@@ -230,13 +295,17 @@ def _ranking_trainer_class():
         def get_train_dataloader(self):
             dataset = self._remove_unused_columns(self.train_dataset, description="training")
             batches = RankingBatches(dataset["ranking"], self.args.per_device_train_batch_size, self.args.seed)
-            return self.accelerator.prepare(DataLoader(dataset.remove_columns("ranking"), batch_sampler=batches, collate_fn=self.data_collator))
+            return self.accelerator.prepare(
+                DataLoader(dataset.remove_columns("ranking"), batch_sampler=batches, collate_fn=self.data_collator)
+            )
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weight = inputs.pop("pair_weight")
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
             chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-            loss = ranking_loss(chosen, rejected, weight) + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+            loss = ranking_loss(chosen, rejected, weight) + self.args.center_rewards_coefficient * torch.mean(
+                (chosen + rejected) ** 2
+            )
             return (loss, outputs) if return_outputs else loss
 
     return RankingRewardTrainer, RankingCollator
@@ -250,8 +319,10 @@ def pair_table(model, tokenizer, pairs: pd.DataFrame) -> str:
     rejected = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["rejected"]))
 
     rows = ["| prompt | chosen | score | rejected | score | right? |", "|---|---|---|---|---|---|"]
-    rows += [f"| {cell(p)} | {cell(c)} | {sc:.2f} | {cell(r)} | {sr:.2f} | {'yes' if sc > sr else 'no'} |"
-             for p, c, r, sc, sr in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], chosen, rejected)]
+    rows += [
+        f"| {cell(p)} | {cell(c)} | {sc:.2f} | {cell(r)} | {sr:.2f} | {'yes' if sc > sr else 'no'} |"
+        for p, c, r, sc, sr in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], chosen, rejected)
+    ]
     return "\n".join(rows)
 
 
@@ -265,13 +336,30 @@ def reward_model(inputs: dict[str, str], cfg: RewardStepConfig) -> StepResult:
 
     train, validation = splits(inputs["comparison_dataset"])
     if validation.empty:
-        raise ValueError(f"comparison_dataset has no validation pairs ({inputs['comparison_dataset']}); raise validation_fraction")
+        raise ValueError(
+            f"comparison_dataset has no validation pairs ({inputs['comparison_dataset']}); raise validation_fraction"
+        )
     tokenizer = AutoTokenizer.from_pretrained(inputs["sft_model"])
     with checkpointing("reward_model", inputs, cfg) as checkpoints:
         result = train_reward_model(inputs["sft_model"], tokenizer, train, validation, cfg, checkpoints)
     return StepResult(
-        "reward_model", result.metrics, ["validation_accuracy", "validation_margin", "initial_validation_accuracy", "training_loss", "overlong_records",
-                         "trainable_parameters"],
-        inputs=inputs, tags=fine_tune_tag(cfg), model=result.model, tokenizer=tokenizer, texts={"validation_pairs.md": pair_table(result.model, tokenizer, validation.head(16))},
-        card=ModelCard("rlhf-dag reward model", "Scores a <prompt, response> pair (AutoModelForSequenceClassification, one label). Read the score at the EOS that closes `apply_chat_template([user, assistant])`."),
+        "reward_model",
+        result.metrics,
+        [
+            "validation_accuracy",
+            "validation_margin",
+            "initial_validation_accuracy",
+            "training_loss",
+            "overlong_records",
+            "trainable_parameters",
+        ],
+        inputs=inputs,
+        tags=fine_tune_tag(cfg),
+        model=result.model,
+        tokenizer=tokenizer,
+        texts={"validation_pairs.md": pair_table(result.model, tokenizer, validation.head(16))},
+        card=ModelCard(
+            "rlhf-dag reward model",
+            "Scores a <prompt, response> pair (AutoModelForSequenceClassification, one label). Read the score at the EOS that closes `apply_chat_template([user, assistant])`.",
+        ),
     )

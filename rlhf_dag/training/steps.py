@@ -40,11 +40,15 @@ def run_step(step: str, inputs: dict[str, str], config: dict | None = None) -> S
     `inputs` maps each of the step's inputs (graph.py) to a path."""
     missing = [name for name in graph.step(step).inputs if name not in inputs]
     if missing:
-        raise ValueError(f"{step}: no path given for its input(s) {', '.join(missing)}; its inputs are {', '.join(graph.step(step).inputs)}")
+        raise ValueError(
+            f"{step}: no path given for its input(s) {', '.join(missing)}; its inputs are {', '.join(graph.step(step).inputs)}"
+        )
     return step_function(step)(inputs, resolve(step, config))
 
 
-def run_and_save(step: str, inputs: dict[str, str], output: Path | str, config: dict | None = None, lineage: dict | None = None) -> tuple[Path, StepResult]:
+def run_and_save(
+    step: str, inputs: dict[str, str], output: Path | str, config: dict | None = None, lineage: dict | None = None
+) -> tuple[Path, StepResult]:
     """Run a step and save its result to `output` (a folder written atomically): where a downstream step reads it.
     Returns (the path downstream steps take as this step's input, the result)."""
     result = run_step(step, inputs, config)
@@ -54,8 +58,13 @@ def run_and_save(step: str, inputs: dict[str, str], output: Path | str, config: 
     return output / result.main_file if result.main_file else output, result
 
 
-def run_chain(steps: list[str], labels: Path | str, root: Path | str, configs: dict[str, dict] | None = None,
-              paths: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, StepResult]]:
+def run_chain(
+    steps: list[str],
+    labels: Path | str,
+    root: Path | str,
+    configs: dict[str, dict] | None = None,
+    paths: dict[str, str] | None = None,
+) -> tuple[dict[str, str], dict[str, StepResult]]:
     """Run `steps` in order, each saved to `<root>/<step>/`, each reading its upstream from `paths` (given, or made by
     an earlier step here) and its labeled files from `labels`: the graph without Dagster, as bench/ runs it."""
     from ..data.label_files import label_file
@@ -104,10 +113,14 @@ def _record_replicas(result: StepResult) -> None:
 
     checksums = distributed.all_gather(distributed.checksum(result))
     result.metrics["world_size"] = distributed.world_size()
-    result.tags["distributed_type"] = str(PartialState(cpu=not torch.cuda.is_available()).distributed_type).rsplit(".", 1)[-1]
+    result.tags["distributed_type"] = str(PartialState(cpu=not torch.cuda.is_available()).distributed_type).rsplit(
+        ".", 1
+    )[-1]
     result.tags["rank_checksums"] = ",".join(checksums)
     if len(set(checksums)) > 1:
-        raise RuntimeError(f"{result.step}: the ranks ended with different weights (checksums {checksums}); their gradients were not all-reduced")
+        raise RuntimeError(
+            f"{result.step}: the ranks ended with different weights (checksums {checksums}); their gradients were not all-reduced"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_from_command_line(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf_dag.training.steps", description="Run one RLHF step from a spec file, without Dagster.")
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_dag.training.steps", description="Run one RLHF step from a spec file, without Dagster."
+    )
     parser.add_argument("--spec", required=True, help="JSON file: step, inputs, config, output (optional: lineage)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -11,8 +11,17 @@ import torch
 from .device import bf16
 
 
-def trainer_kwargs(output_dir: str, epochs: float, batch_size: int, learning_rate: float, seed: int, n_examples: int, group_by_length: bool = False,
-                   evaluations: int = 5, checkpoint_every: int = 0) -> dict:
+def trainer_kwargs(
+    output_dir: str,
+    epochs: float,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    n_examples: int,
+    group_by_length: bool = False,
+    evaluations: int = 5,
+    checkpoint_every: int = 0,
+) -> dict:
     """Keyword arguments for `trl.SFTConfig` / `trl.RewardConfig`.
 
     bf16 mixed precision on a GPU that has it (`bf16`), fp32 elsewhere; gradient
@@ -74,7 +83,9 @@ def tracker() -> str:
     """
     if os.environ.get("MLFLOW_RUN_ID"):
         return "mlflow"
-    mlflow = sys.modules.get("mlflow")  # a process that never imported mlflow has no active run (and need not have mlflow installed)
+    mlflow = sys.modules.get(
+        "mlflow"
+    )  # a process that never imported mlflow has no active run (and need not have mlflow installed)
     return "mlflow" if mlflow is not None and mlflow.active_run() is not None else "none"
 
 
