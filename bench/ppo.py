@@ -304,8 +304,8 @@ def main() -> int:
         return 0
 
     from rlhf_dag.config import REPO_ROOT, resolve
+    from rlhf_dag.data.chat import format_prompt
     from rlhf_dag.data.label_files import load_labels
-    from rlhf_dag.training.chat import format_prompt
 
     info = machine()
     warn_if_busy(info)

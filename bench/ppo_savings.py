@@ -46,8 +46,8 @@ def main() -> int:
     import torch
 
     from rlhf_dag.config import REPO_ROOT, resolve
+    from rlhf_dag.data.chat import format_prompt
     from rlhf_dag.data.label_files import load_labels
-    from rlhf_dag.training.chat import format_prompt
     from rlhf_dag.training.generate import generate_tokens, truncate_after_eos
     from rlhf_dag.training.models import load_causal_lm, load_reward_model
     from rlhf_dag.training.ppo import response_logprobs, score_rollouts

@@ -42,7 +42,7 @@ def cmd_make_labels(args) -> int:
 
     sampler = None
     if args.policy:
-        from .training.chat import format_prompt
+        from .data.chat import format_prompt
         from .training.generate import sample
         from .training.models import load_causal_lm
 

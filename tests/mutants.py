@@ -321,7 +321,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a multi-turn prompt's assistant turn loses its EOS",
-        "rlhf_dag/training/chat.py",
+        "rlhf_dag/data/chat.py",
         [('ASSISTANT + m["content"] + EOS', 'ASSISTANT + m["content"]')],
         ["tests/test_label_formats.py::test_the_chat_template_renders_a_conversation_as_the_prompt_format"],
     ),

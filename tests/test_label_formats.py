@@ -14,8 +14,8 @@ import datasets
 import pytest
 
 from rlhf_dag.config import resolve
+from rlhf_dag.data.chat import CHAT_TEMPLATE, conversation_prompt, format_prompt
 from rlhf_dag.data.label_files import LabelFileError, label_file, load_labels
-from rlhf_dag.training.chat import CHAT_TEMPLATE, conversation_prompt, format_prompt
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CONVERSATION = [

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from rlhf_dag.config import LoRAConfig
-from rlhf_dag.training.chat import format_prompt
+from rlhf_dag.data.chat import format_prompt
 from rlhf_dag.training.lora import ADAPTER_DIR, adapt
 from rlhf_dag.training.ppo import ppo_train, reference, response_logprobs
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from toy import causal_lm, toy_tokenizer, value_model
 
-from rlhf_dag.training.chat import format_prompt
+from rlhf_dag.data.chat import format_prompt
 from rlhf_dag.training.generate import generate_tokens, truncate_after_eos
 from rlhf_dag.training.ppo import length_buckets, response_logprobs
 from rlhf_dag.training.reward import per_token_scores

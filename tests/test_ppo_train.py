@@ -17,7 +17,7 @@ import torch.nn as nn
 from toy import A_ID, ASSISTANT_ID, SAMPLED, WORDS, causal_lm, one_thread, toy_tokenizer, value_model  # noqa: F401  (one_thread: an autouse fixture)
 
 from rlhf_dag.config import PPOConfig
-from rlhf_dag.training.chat import EOS
+from rlhf_dag.data.chat import EOS
 from rlhf_dag.training.monitor import TrainingDivergedError
 from rlhf_dag.training.ppo import ppo_train
 

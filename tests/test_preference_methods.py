@@ -24,7 +24,7 @@ from toy import A_ID, EOS_ID, VOCAB, causal_lm, one_thread, toy_tokenizer  # noq
 from transformers import AutoModelForCausalLM
 
 from rlhf_dag.config import DPOConfig, GRPOConfig, RLOOConfig
-from rlhf_dag.training.chat import format_prompt
+from rlhf_dag.data.chat import format_prompt
 from rlhf_dag.training.dpo import train_dpo
 from rlhf_dag.training.online import RewardModelReward, train_online
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from rlhf_dag.config import PretrainConfig
+from rlhf_dag.data.chat import format_prompt
 from rlhf_dag.data.domain import Task, confused_response, ideal_response, pretraining_documents, sample_task
 from rlhf_dag.data.gold import gold_score
-from rlhf_dag.training.chat import format_prompt
 from rlhf_dag.training.pretrain import PackedCollator, build_model, packed_documents, train_tokenizer
 
 

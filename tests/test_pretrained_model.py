@@ -18,7 +18,7 @@ from transformers import (
 from user_model import EOS as USER_EOS
 from user_model import SAMPLING_DEFAULTS, user_tokenizer
 
-from rlhf_dag.training.chat import ASSISTANT, EOS, PAD, USER, format_prompt
+from rlhf_dag.data.chat import ASSISTANT, EOS, PAD, USER, format_prompt
 from rlhf_dag.training.pretrain import wrap_tokenizer
 
 

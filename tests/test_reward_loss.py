@@ -8,8 +8,8 @@ import pytest
 import torch
 from toy import one_thread, toy_tokenizer, value_model  # noqa: F401  (one_thread: an autouse fixture)
 
+from rlhf_dag.data.chat import EOS, format_prompt
 from rlhf_dag.data.gold import GoldJudge
-from rlhf_dag.training.chat import EOS, format_prompt
 from rlhf_dag.training.evaluate import judge_scores, mean_judged, win_rate, win_rate_by_kind
 from rlhf_dag.training.generate import Sample
 from rlhf_dag.training.reward import accuracy_by_kind, pairwise_loss, score_texts

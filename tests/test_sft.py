@@ -7,7 +7,7 @@ import torch
 from toy import causal_lm, one_thread, toy_tokenizer  # noqa: F401  (one_thread: an autouse fixture)
 
 from rlhf_dag.config import SFTConfig
-from rlhf_dag.training.chat import format_prompt
+from rlhf_dag.data.chat import format_prompt
 from rlhf_dag.training.sft import supervised_finetune
 
 PROMPT = "b c d e f g h"

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf_dag.config import mlflow_tracking_uri, resolve
-from rlhf_dag.training.chat import format_prompt
+from rlhf_dag.data.chat import format_prompt
 from rlhf_dag.training.pretrain import build_model
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import torch.nn as nn
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
-from rlhf_dag.training.chat import ASSISTANT, EOS, PAD, USER
+from rlhf_dag.data.chat import ASSISTANT, EOS, PAD, USER
 
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
 VOCAB = {token: i for i, token in enumerate([PAD, EOS, USER, ASSISTANT, *WORDS])}

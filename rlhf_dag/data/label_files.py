@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artifacts import atomic_path
-from ..training.chat import SPECIAL_TOKENS, conversation_prompt
+from .chat import SPECIAL_TOKENS, conversation_prompt
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..config import LabelingConfig
+from ..data.chat import format_prompt
 from ..data.label_files import load_labels
-from .chat import format_prompt
 from .result import StepResult, step
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from datasets import Dataset
 
 from ..config import DPOConfig as DPOStepConfig
-from .chat import format_prompt
+from ..data.chat import format_prompt
 from .monitor import monitored
 from .overlong import count_overlong, fit_responses
 from .result import ModelCard, StepResult, step

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from ..config import EvalConfig, PolicyCheckSettings, SampleSettings, StepConfig
-from .chat import format_prompt, raw_prompt
+from ..data.chat import format_prompt, raw_prompt
 from .generate import Sample, sample
 from .judge import Judge, load_judge
-from .result import StepResult, read_inputs, step
+from .result import StepResult, markdown_cell, read_inputs, step
 from .reward import score_texts
 
 logger = logging.getLogger(__name__)
@@ -201,11 +201,6 @@ def reward_hacking_figure(history: list[dict], method: str = "PPO"):
     fig.suptitle(f"{method} rollouts: proxy reward vs gold")
     fig.tight_layout()
     return fig
-
-
-def markdown_cell(text: str) -> str:
-    """Text as one Markdown table cell: pipes escaped, line breaks kept as <br>."""
-    return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
 
 
 def samples_markdown(samples: list[Sample], judge: Judge | None, title: str = "response") -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datasets import Dataset
 
 from ..config import GRPOConfig, OnlineConfig, RLOOConfig
-from .chat import format_prompt
+from ..data.chat import format_prompt
 from .monitor import monitored
 from .result import ModelCard, StepResult, step
 from .reward import score_texts

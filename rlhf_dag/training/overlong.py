@@ -24,7 +24,7 @@ import logging
 import pandas as pd
 
 from ..config import Overlong
-from .chat import format_prompt
+from ..data.chat import format_prompt
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PPOConfig
+from ..data.chat import format_prompt
 from . import distributed, lora, resume
-from .chat import format_prompt
 from .generate import generate_tokens, truncate_after_eos
 from .monitor import TrainingDivergedError
 from .result import ModelCard, StepResult, step

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,24 +26,14 @@ from transformers import (
 )
 
 from ..config import PretrainConfig
-from .chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
+from ..data.chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
 from .models import require_safetensors, set_special_token_ids
 from .monitor import monitored
-from .result import ModelCard, StepResult, step
+from .result import ModelCard, StepResult, TrainResult, step
 from .resume import output_dir, resumable_train
 from .trainer_args import trained_tokens, trainer_kwargs
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What a training function hands back to its step: the trained objects and final figures
-    (the curves went to MLflow through the trainer's own integration)."""
-
-    model: object
-    tokenizer: PreTrainedTokenizerFast
-    metrics: dict
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -154,3 +154,18 @@ def step(function):
         return function(inputs, cfg)
 
     return run
+
+
+@dataclass
+class TrainResult:
+    """What a training function hands back to its step: the trained objects and final figures
+    (the curves went to MLflow through the trainer's own integration)."""
+
+    model: object
+    tokenizer: object
+    metrics: dict
+
+
+def markdown_cell(text: str) -> str:
+    """Text as one Markdown table cell: pipes escaped, line breaks kept as <br>."""
+    return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"

@@ -20,15 +20,14 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from ..config import RewardConfig as RewardStepConfig
+from ..data.chat import format_prompt
 from . import lora
-from .chat import format_prompt
 from .device import device
 from .judge import Judge, load_judge
 from .models import require_safetensors, set_special_token_ids
 from .monitor import monitored
 from .overlong import count_overlong, fit_responses
-from .pretrain import TrainResult
-from .result import ModelCard, StepResult, step
+from .result import ModelCard, StepResult, TrainResult, markdown_cell, step
 from .resume import output_dir, resumable_train
 from .trainer_args import trained_tokens, trainer_kwargs
 
@@ -313,14 +312,13 @@ def _ranking_trainer_class():
 
 def pair_table(model, tokenizer, pairs: pd.DataFrame) -> str:
     """Held-out pairs with the reward model's score of each side: what a reviewer reads before trusting its accuracy."""
-    from .evaluate import markdown_cell as cell
 
     chosen = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["chosen"]))
     rejected = score_texts(model, tokenizer, list(pairs["prompt"]), list(pairs["rejected"]))
 
     rows = ["| prompt | chosen | score | rejected | score | right? |", "|---|---|---|---|---|---|"]
     rows += [
-        f"| {cell(p)} | {cell(c)} | {sc:.2f} | {cell(r)} | {sr:.2f} | {'yes' if sc > sr else 'no'} |"
+        f"| {markdown_cell(p)} | {markdown_cell(c)} | {sc:.2f} | {markdown_cell(r)} | {sr:.2f} | {'yes' if sc > sr else 'no'} |"
         for p, c, r, sc, sr in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], chosen, rejected)
     ]
     return "\n".join(rows)

@@ -16,13 +16,12 @@ import pandas as pd
 from datasets import Dataset
 
 from ..config import SFTConfig as SFTStepConfig
+from ..data.chat import format_prompt
 from . import lora
-from .chat import format_prompt
 from .generate import response_loss
 from .monitor import monitored
 from .overlong import count_overlong
-from .pretrain import TrainResult
-from .result import ModelCard, StepResult, step
+from .result import ModelCard, StepResult, TrainResult, step
 from .resume import output_dir, resumable_train
 from .trainer_args import trained_tokens, trainer_kwargs
 
@@ -105,8 +104,8 @@ def supervised_finetune(
 
 @step
 def sft_model(inputs: dict[str, str], cfg: SFTStepConfig) -> StepResult:
+    from ..data.chat import raw_prompt
     from ..data.datasets import splits
-    from .chat import raw_prompt
     from .evaluate import mean_judged, source_prompt_texts
     from .generate import sample
     from .judge import load_judge
