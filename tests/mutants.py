@@ -510,6 +510,19 @@ MUTATIONS = [
             "tests/test_definitions.py::test_asset_graph_shape_matches_the_contract",
         ],
     ),
+    Mutation(
+        "training imports the synthetic world (the gold labeler's task kinds)",
+        "rlhf_dag/training/evaluate.py",
+        [
+            (
+                "from .judge import Judge, load_judge\n",
+                "from ..data.domain import KINDS  # noqa: F401\nfrom .judge import Judge, load_judge\n",
+            )
+        ],
+        [
+            "tests/test_definitions.py::test_training_imports_nothing_of_the_synthetic_world_nor_data_anything_of_training"
+        ],
+    ),
 ]
 
 

@@ -254,6 +254,30 @@ def test_definitions_load_from_the_cli_module():
     } <= listed
 
 
+def test_training_imports_nothing_of_the_synthetic_world_nor_data_anything_of_training():
+    """The synthetic world (task family, gold labeler, generator) is a plug-in: training/ reaches the judge only by the
+    dotted path a config names (training/judge.py). And the layers point down: data/ never imports training/."""
+    import ast
+
+    synthetic = {"rlhf_dag.data.domain", "rlhf_dag.data.gold", "rlhf_dag.data.synthetic_labels"}
+
+    def imported(path: Path, package: str) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                module = f"{base}.{node.module}" if node.level and node.module else base if node.level else node.module
+                names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+        return names
+
+    for path in (REPO / "rlhf_dag" / "training").glob("*.py"):
+        assert not imported(path, "rlhf_dag.training") & synthetic, path
+    for path in (REPO / "rlhf_dag" / "data").glob("*.py"):
+        assert not {n for n in imported(path, "rlhf_dag.data") if n.startswith("rlhf_dag.training")}, path
+
+
 def test_training_and_data_never_import_dagster():
     for path in list((REPO / "rlhf_dag" / "training").glob("*.py")) + list((REPO / "rlhf_dag" / "data").glob("*.py")):
         text = path.read_text()
