@@ -1,6 +1,6 @@
 """One step started by a launcher (pipeline/launch.py): the spec runner, with rank 0 talking to Dagster through Pipes.
 
-    torchrun --nproc_per_node 2 -m rlhf_dag.pipes_step --spec spec.json
+    torchrun --standalone --nproc_per_node 2 -m rlhf_dag.pipes_step --spec spec.json
 
 Every rank runs the step (training/steps.py `run_spec`); rank 0 alone opens Pipes
 (`dagster_pipes`, not dagster: the child never imports the orchestrator), forwards

@@ -152,6 +152,7 @@ def test_the_launcher_comes_from_the_environment_and_starts_the_spec_runner(monk
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",
         "--nproc_per_node",
         "2",
         "--log-dir",

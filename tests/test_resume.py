@@ -63,7 +63,9 @@ def _start(step: str, inputs: dict, config: dict, out: Path, processes: int = 1)
     spec = out.with_suffix(".json")
     spec.write_text(json.dumps({"step": step, "inputs": inputs, "config": config, "output": str(out)}))
     log = out.with_suffix(".log")
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
+    )
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, *launcher, "-m", "rlhf_dag.training.steps", "--spec", str(spec)],

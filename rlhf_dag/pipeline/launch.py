@@ -68,11 +68,14 @@ class StepLauncher(dg.ConfigurableResource):
         kind, _, arg = self.resolved().partition(":")
         entry = ["-m", "rlhf_dag.pipes_step", "--spec", str(spec)]
         if kind == "torchrun":
-            # --log-dir: each failing rank's error.json (its traceback), read back into the run log on failure
+            # --log-dir: each failing rank's error.json (its traceback), read back into the run log on failure.
+            # --standalone: one node, the rendezvous on a free port (not the fixed 29500 a run killed a moment ago, or
+            # another job's, may still hold)
             return [
                 sys.executable,
                 "-m",
                 "torch.distributed.run",
+                "--standalone",
                 "--nproc_per_node",
                 arg,
                 "--log-dir",
@@ -85,7 +88,7 @@ class StepLauncher(dg.ConfigurableResource):
                 raise FileNotFoundError(f"launcher accelerate:{arg}: no such accelerate config file ({config})")
             return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *entry]
         if self.gpus > 1:  # k8s: one pod, one process per GPU
-            return ["torchrun", "--nproc_per_node", str(self.gpus), *entry]
+            return ["torchrun", "--standalone", "--nproc_per_node", str(self.gpus), *entry]
         return ["python", *entry]
 
     def env(self, mlflow_run_id: str, tracking_uri: str) -> dict[str, str]:
