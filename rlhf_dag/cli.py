@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -37,37 +38,113 @@ def _figure(name: str, metadata: dict) -> str | None:
     return f"{name} {value}" if isinstance(value, int) else f"{name} {value:.4g}"
 
 
+def _sampler(model, tokenizer, args):
+    """prompts -> `--samples-per-prompt` responses each from `model`; a response that did not end is "" (skipped)."""
+    from .data.chat import format_prompt
+    from .training.generate import sample
+
+    def sampler(prompts: list[str]) -> list[list[str]]:
+        repeated = [p for p in prompts for _ in range(args.samples_per_prompt)]
+        samples = sample(
+            model,
+            tokenizer,
+            repeated,
+            [format_prompt(p, tokenizer) for p in repeated],
+            args.max_new_tokens,
+            1.0,
+            batch_size=64,
+            seed=args.seed,
+        )
+        # only responses that ended: the reward model always sees prompt + response + EOS
+        texts = [s.response if s.ended_with_eos else "" for s in samples]
+        return [texts[i : i + args.samples_per_prompt] for i in range(0, len(texts), args.samples_per_prompt)]
+
+    return sampler
+
+
+def _train_sft(profile: str, labels: Path, root: Path) -> tuple[str, dict]:
+    """The SFT model `profile` trains on the demonstrations in `labels` (its base_model a pretrained checkpoint), as the
+    graph would: its folder, and the facts for provenance.json."""
+    from .config import resolve
+    from .training.steps import run_chain
+
+    os.environ["RLHF_DAG_PROFILE"] = profile
+    pretrained = resolve("base_model").pretrained
+    if not pretrained:
+        raise SystemExit(f"make-labels --policy-sft {profile}: that profile pretrains its base model; give --policy")
+    quiet = {"sample_max_new_tokens": 8}  # the steps' own report samples: not what is ranked here
+    paths, results = run_chain(
+        ["base_model", "sft_dataset", "sft_model"],
+        labels,
+        root,
+        configs={"base_model": quiet, "sft_model": {**quiet, "gold_sample_prompts": 2}},
+        paths={"pretraining_corpus": "unused: base_model imports a checkpoint"},
+    )
+    facts = {"policy": f"sft_model of the {profile} profile, trained on these demonstrations", "base": pretrained}
+    if "data_version" in results["base_model"].tags:
+        facts["base_sha256"] = results["base_model"].tags["data_version"]
+    return paths["sft_model"], facts
+
+
 def cmd_make_labels(args) -> int:
+    import tempfile
+
     from .data.synthetic_labels import make_label_files
 
-    sampler = None
-    if args.policy:
-        from .data.chat import format_prompt
-        from .training.generate import sample
-        from .training.models import load_causal_lm
+    sizes = {
+        "n_comparisons": args.comparisons,
+        "n_policy_comparisons": args.policy_comparisons,
+        "n_prompts": args.prompts,
+        "n_demonstrations": args.demonstrations,
+    }
+    sizes = {k: v for k, v in sizes.items() if v is not None}
+    sampler, facts = None, {"policy": args.policy}
+    with tempfile.TemporaryDirectory(prefix="rlhf_dag_labels_") as scratch:
+        if args.policy or args.policy_sft:
+            from .data.label_files import file_sha256
+            from .training.models import load_causal_lm
+            from .training.pretrain import gguf_file, load_pretrained
 
-        model, tokenizer = load_causal_lm(args.policy)
-
-        def sampler(prompts: list[str]) -> list[list[str]]:
-            repeated = [p for p in prompts for _ in range(args.samples_per_prompt)]
-            samples = sample(
-                model, tokenizer, repeated, [format_prompt(p) for p in repeated], 48, 1.0, batch_size=64, seed=args.seed
-            )
-            # only responses that ended: the reward model always sees prompt + response + EOS
-            texts = [s.response if s.ended_with_eos else "" for s in samples]
-            return [texts[i : i + args.samples_per_prompt] for i in range(0, len(texts), args.samples_per_prompt)]
-
-    sizes = {"n_comparisons": args.comparisons, "n_policy_comparisons": args.policy_comparisons}
-    counts = make_label_files(
-        args.out,
-        seed=args.seed,
-        policy_sampler=sampler,
-        all_policy_pairs=args.all_pairs,
-        **{k: v for k, v in sizes.items() if v is not None},
-    )
+            if args.policy_sft:
+                # InstructGPT's labelers ranked their SFT model's samples: write the demonstrations first (the same
+                # seed writes them again, byte for byte, below), train the profile's SFT model on them, sample it
+                make_label_files(args.out, seed=args.seed, **sizes)
+                policy, facts = _train_sft(args.policy_sft, Path(args.out), Path(scratch))
+                model, tokenizer = load_causal_lm(policy)
+            else:
+                # a materialized model folder, or a checkpoint as base_model imports it (the smollm2 profile's GGUF)
+                gguf = gguf_file(args.policy)
+                model, tokenizer = load_pretrained(args.policy) if gguf else load_causal_lm(args.policy)
+                facts |= {"policy_sha256": file_sha256(gguf)} if gguf else {}
+            sampler = _sampler(model, tokenizer, args)
+        counts = make_label_files(
+            args.out, seed=args.seed, policy_sampler=sampler, all_policy_pairs=args.all_pairs, **sizes
+        )
     for name, n in counts.items():
         print(f"{Path(args.out) / (name + '.jsonl')}: {n} records")
+    # what made these files, so that anyone can make them again byte for byte (on the same torch and CPU count)
+    provenance = {"command": "rlhf-dag make-labels " + " ".join(argv_of(args)), "seed": args.seed, **facts}
+    provenance["counts"] = counts
+    (Path(args.out) / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return 0
+
+
+def argv_of(args) -> list[str]:
+    """The make-labels options as given (the defaults left out)."""
+    options = {
+        "--seed": args.seed,
+        "--out": args.out,
+        "--policy": args.policy,
+        "--policy-sft": args.policy_sft,
+        "--samples-per-prompt": args.samples_per_prompt,
+        "--max-new-tokens": args.max_new_tokens,
+        "--prompts": args.prompts,
+        "--demonstrations": args.demonstrations,
+        "--comparisons": args.comparisons,
+        "--policy-comparisons": args.policy_comparisons,
+    }
+    words = [w for key, value in options.items() if value is not None for w in (key, str(value))]
+    return words + (["--all-pairs"] if args.all_pairs else [])
 
 
 def cmd_run(args) -> int:
@@ -259,9 +336,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--policy",
         default=None,
-        help="a model directory (e.g. an sft_model materialization) whose own samples labelers rank for part of comparisons.jsonl",
+        help="a model directory (e.g. an sft_model materialization), or a checkpoint as base_model.pretrained names it (a .gguf), whose own samples labelers rank for part of comparisons.jsonl",
+    )
+    p.add_argument(
+        "--policy-sft",
+        default=None,
+        metavar="PROFILE",
+        help="instead of --policy: the SFT model PROFILE trains (on its pretrained base model) on the demonstrations written here, as InstructGPT's labelers ranked their SFT model's samples",
     )
     p.add_argument("--samples-per-prompt", type=int, default=4, help="with --policy: samples drawn per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="with --policy: length cap of each sample")
+    p.add_argument("--prompts", type=int, default=None, help="records in prompts.jsonl (default 512)")
+    p.add_argument("--demonstrations", type=int, default=None, help="records in demonstrations.jsonl (default 768)")
     p.add_argument("--comparisons", type=int, default=None, help="comparisons in all (default 1536)")
     p.add_argument(
         "--policy-comparisons",

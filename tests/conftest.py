@@ -38,6 +38,12 @@ def pytest_sessionfinish(session, exitstatus):
 TESTS = Path(__file__).resolve().parent
 
 
+def _assertion_helper(path: Path) -> bool:
+    return "_pytest" in path.parts or (
+        not path.resolve().is_relative_to(TESTS) and bool({"testing", "_testing"} & set(path.parts))
+    )
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With RLHF_DAG_FAILURE_LOG set (tests/mutants.py sets it), one JSON line per failed phase of a test: its node id,
@@ -48,8 +54,10 @@ def pytest_runtest_makereport(item, call):
     if not log or not report.failed or call.excinfo is None:
         return
     excinfo = call.excinfo
-    # pytest.fail and pytest.raises raise from pytest's own code: the frame that counts is the innermost one outside it
-    frames = [entry for entry in excinfo.traceback if "_pytest" not in Path(str(entry.path)).parts]
+    # pytest.fail and pytest.raises raise from pytest's own code, and a library's assertion helpers
+    # (torch.testing.assert_close, numpy.testing, pandas.testing) from theirs: the frame that counts is the innermost
+    # one outside them
+    frames = [entry for entry in excinfo.traceback if not _assertion_helper(Path(str(entry.path)))]
     raised_in = Path(str(frames[-1].path)).resolve() if frames else None
     record = {
         "nodeid": item.nodeid,

@@ -523,6 +523,30 @@ MUTATIONS = [
             "tests/test_definitions.py::test_training_imports_nothing_of_the_synthetic_world_nor_data_anything_of_training"
         ],
     ),
+    Mutation(
+        "an instruction-tuned checkpoint's chat template replaced by the graph's",
+        "rlhf_dag/training/pretrain.py",
+        [("own = keep_template and has_own_template(tokenizer)", "own = False")],
+        [
+            PRETRAINED
+            + "test_an_instruction_tuned_tokenizer_keeps_its_chat_template_and_eos_and_prompts_are_rendered_in_it[own-template]"
+        ],
+    ),
+    Mutation(
+        "prompts formatted in the graph's format whatever the tokenizer's own template",
+        "rlhf_dag/data/chat.py",
+        [("if tokenizer is not None and has_own_template(tokenizer):", "if False:")],
+        [
+            PRETRAINED
+            + "test_an_instruction_tuned_tokenizer_keeps_its_chat_template_and_eos_and_prompts_are_rendered_in_it[own-template]"
+        ],
+    ),
+    Mutation(
+        "a step's labeled files not logged as its MLflow input datasets",
+        "rlhf_dag/pipeline/publish.py",
+        [("        mlflow.log_label_files({name: inputs[name] for name in labels})\n", "")],
+        ["tests/test_smoke_graph.py::test_one_mlflow_run_per_materialization_with_lineage_tags"],
+    ),
 ]
 
 

@@ -28,8 +28,9 @@ from rlhf_dag.training.pretrain import wrap_tokenizer
     ids=["pad-is-eos", "no-pad", "own-pad", "no-eos"],
 )
 def test_a_users_tokenizer_keeps_its_eos_and_gets_a_distinct_pad_and_the_chat_tokens(eos, pad):
+    """A checkpoint without a chat template of its own gets the graph's format and tokens."""
     tokenizer = user_tokenizer()
-    tokenizer.eos_token, tokenizer.pad_token = eos, pad
+    tokenizer.eos_token, tokenizer.pad_token, tokenizer.chat_template = eos, pad, None
     own_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<|endoftext|>", "<|im_start|>", USER_EOS)}
     wrap_tokenizer(tokenizer)
     assert tokenizer.eos_token == (
@@ -65,7 +66,7 @@ def test_a_tokenizer_that_opens_with_bos_is_sampled_scored_and_templated_as_trl_
     from rlhf_dag.training.generate import generate_tokens
 
     tokenizer = user_tokenizer()
-    tokenizer.bos_token = "<|endoftext|>"
+    tokenizer.bos_token, tokenizer.chat_template = "<|endoftext|>", None
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="<|endoftext|> $A",
         pair="<|endoftext|> $A $B",
@@ -92,6 +93,34 @@ def test_a_tokenizer_that_opens_with_bos_is_sampled_scored_and_templated_as_trl_
     )
     query, _ = generate_tokens(model, tokenizer, [format_prompt(prompt), format_prompt("Hi")], 2, 1.0, generator_seed=0)
     assert query[0].tolist() == _tokenize(tokenizer, format_prompt(prompt))["input_ids"] == trained[: query.shape[1]]
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["own-template", "graph-template"])
+def test_an_instruction_tuned_tokenizer_keeps_its_chat_template_and_eos_and_prompts_are_rendered_in_it(keep):
+    """What instruction tuning taught a model is its own format (ChatML here, as SmolLM2's): every step formats a
+    request with it, exactly as `apply_chat_template` renders one user turn; `keep_chat_template: false` opts out."""
+    from tokenizers import processors
+    from user_model import CHATML
+
+    tokenizer = user_tokenizer()
+    n = len(tokenizer)
+    wrap_tokenizer(tokenizer, keep_template=keep)
+    assert tokenizer.eos_token == USER_EOS and tokenizer.pad_token == PAD
+    chat = [{"role": "user", "content": "What is 2 + 2?"}]
+    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert format_prompt(" What is 2 + 2? ", tokenizer) == rendered
+    if keep:
+        assert tokenizer.chat_template == CHATML and len(tokenizer) == n + 1  # only the PAD
+        assert rendered == "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    else:
+        assert rendered == format_prompt("What is 2 + 2?") and len(tokenizer) == n + 3
+    # a BOS the tokenizer adds when it encodes is not written twice
+    if keep:
+        tokenizer.bos_token = "<|endoftext|>"
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 0)]
+        )
+        assert format_prompt("Hi", tokenizer) == rendered.replace("What is 2 + 2?", "Hi")
 
 
 def _path(run, asset: str) -> Path:
@@ -126,9 +155,14 @@ def test_the_whole_graph_runs_on_a_users_qwen2_checkpoint(user_model_run):
             != model.config.pad_token_id
             == tokenizer.pad_token_id
         )
-        assert tokenizer.apply_chat_template(
-            [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False
-        ) == format_prompt("What is 2 + 2?")
+        # the checkpoint's own ChatML format, kept: what every step trained and sampled with
+        assert (
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False
+            )
+            == format_prompt("What is 2 + 2?", tokenizer)
+            == "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+        )
 
 
 @pytest.mark.slow
@@ -138,9 +172,7 @@ def test_the_base_model_is_the_users_weights_with_rows_for_the_new_tokens(user_m
     base_dir = _path(user_model_run, "base_model")
     base, tokenizer = AutoModelForCausalLM.from_pretrained(base_dir), AutoTokenizer.from_pretrained(base_dir)
     n_user = user["model.embed_tokens.weight"].shape[0]
-    assert (
-        base.get_input_embeddings().num_embeddings == len(tokenizer) == n_user + 3
-    )  # PAD, the user and assistant tokens
+    assert base.get_input_embeddings().num_embeddings == len(tokenizer) == n_user + 1  # the PAD
     for name, weight in base.state_dict().items():
         rows = weight[:n_user] if name in ("model.embed_tokens.weight", "lm_head.weight") else weight
         assert torch.equal(rows, user[name]), name

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhf_dag.config import mlflow_tracking_uri, resolve
 from rlhf_dag.data.chat import format_prompt
+from rlhf_dag.data.label_files import file_sha256
 from rlhf_dag.training.pretrain import build_model
 
 pytestmark = pytest.mark.slow
@@ -135,6 +136,12 @@ def test_one_mlflow_run_per_materialization_with_lineage_tags(smoke_run):
     assert (
         by_asset["ppo_policy"].data.tags["upstream.reward_model.mlflow_run_id"] == by_asset["reward_model"].info.run_id
     )
+    # the labeled file PPO read is the run's input dataset (MLflow's Dataset column), its digest the file's sha256
+    inputs = mlflow.get_run(by_asset["ppo_policy"].info.run_id).inputs.dataset_inputs
+    sha = file_sha256(Path(os.environ["RLHF_DAG_LABELS_DIR"]) / "prompts.jsonl")
+    assert [(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["sha256"]) for i in inputs] == [
+        ("prompts.jsonl", sha[:36], sha)
+    ]
 
 
 def test_materialization_metadata_shows_samples_and_metrics(smoke_run):

@@ -74,8 +74,11 @@ def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int,
     every pair of different scores among the samples (InstructGPT's K-way ranking as its C(K, 2) comparisons).
     Prompts whose samples all tie are skipped."""
     pairs, seen = [], set()
+    # a ranking of K gives up to C(K, 2) pairs: with all_pairs a round samples a third as many prompts (a real model's
+    # samples cost minutes), and the rounds go on until n pairs
+    per_round = -(-n // 3) if all_pairs else n
     while len(pairs) < n:
-        prompts = [_training_task(rng, held_out).prompt for _ in range(n)]
+        prompts = [_training_task(rng, held_out).prompt for _ in range(per_round)]
         for prompt, responses in zip(prompts, sampler(prompts)):
             unique = list(
                 dict.fromkeys(r.strip() for r in responses if r.strip())

@@ -182,6 +182,7 @@ def publish(
     final = run_dir(artifacts_dir(), asset, context.run_id)
     mlflow.end_orphaned_runs(context.instance, asset)
     with mlflow.start_run(context, cfg.model_dump(mode="json"), lineage_tags(upstream)) as run, training_logs(context):
+        mlflow.log_label_files({name: inputs[name] for name in labels})
         if launcher is None or launcher.in_process:
             result = steps.step_function(asset)(inputs, cfg)
             if register is not None:
@@ -221,4 +222,7 @@ def publish(
         },
         **{f"{name.rsplit('.', 1)[0]}_png": embedded_image(final / name) for name in result.figures},
     }
-    return dg.Output(handle, metadata=metadata)
+    # A step may name its output's identity (an imported GGUF's sha256); otherwise Dagster derives one from the code
+    # version and the inputs' data versions.
+    version = result.tags.get("data_version")
+    return dg.Output(handle, metadata=metadata, data_version=dg.DataVersion(version) if version else None)

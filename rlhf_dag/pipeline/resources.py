@@ -13,6 +13,7 @@ from pydantic import Field
 
 from ..artifacts import process_alive
 from ..config import GATES, GateConfig, home_dir, mlflow_tracking_uri, resolve
+from ..data.label_files import file_sha256
 
 SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey")
 
@@ -71,6 +72,19 @@ class MlflowTracking(dg.ConfigurableResource):
         ) as run:
             mlflow.log_params(_public(params))
             yield run
+
+    @staticmethod
+    def log_label_files(files: dict[str, str]) -> None:
+        """The labeled files a step read, as the run's input datasets (the runs table's Dataset column): named after
+        the file, its digest the file's sha256 (cut to the 36 characters MLflow stores; the whole one is a tag)."""
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        for name, path in files.items():
+            sha = file_sha256(path)
+            dataset = MetaDataset(resolve_dataset_source(str(path)), name=Path(path).name, digest=sha[:36])
+            mlflow.log_input(dataset, context="training", tags={"label_file": name, "sha256": sha})
 
     @staticmethod
     def log_metrics(metrics: dict, step: int | None = None) -> None:

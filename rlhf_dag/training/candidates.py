@@ -32,7 +32,7 @@ def labeling_candidates(inputs: dict[str, str], cfg: LabelingConfig) -> StepResu
         model,
         tokenizer,
         [r["prompt"] for r in repeated],
-        [format_prompt(r["prompt"]) for r in repeated],
+        [format_prompt(r["prompt"], tokenizer) for r in repeated],
         cfg.max_new_tokens,
         cfg.temperature,
         seed=seed,

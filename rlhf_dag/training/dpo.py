@@ -25,11 +25,11 @@ from .trainer_args import trainer_kwargs
 logger = logging.getLogger(__name__)
 
 
-def preference_dataset(frame: pd.DataFrame) -> Dataset:
+def preference_dataset(frame: pd.DataFrame, tokenizer) -> Dataset:
     """TRL's standard preference format, the prompt in our chat format (TRL appends EOS to both responses)."""
     return Dataset.from_dict(
         {
-            "prompt": [format_prompt(p) for p in frame["prompt"]],
+            "prompt": [format_prompt(p, tokenizer) for p in frame["prompt"]],
             "chosen": list(frame["chosen"]),
             "rejected": list(frame["rejected"]),
         }
@@ -46,7 +46,7 @@ def train_dpo(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.Data
     )
     if overlong:
         train = fit_responses(tokenizer, train, ("chosen", "rejected"), cfg.max_length)
-    dataset = preference_dataset(train)
+    dataset = preference_dataset(train, tokenizer)
     with tempfile.TemporaryDirectory() as out:
         args = DPOConfig(
             **trainer_kwargs(
@@ -66,7 +66,7 @@ def train_dpo(sft_path: str, tokenizer, train: pd.DataFrame, validation: pd.Data
                 model=sft_path,
                 args=args,
                 train_dataset=dataset,
-                eval_dataset=preference_dataset(validation) if len(validation) else None,
+                eval_dataset=preference_dataset(validation, tokenizer) if len(validation) else None,
                 processing_class=tokenizer,
             ),
             "dpo_policy",

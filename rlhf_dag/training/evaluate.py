@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import EvalConfig, PolicyCheckSettings, SampleSettings, StepConfig
-from ..data.chat import format_prompt, raw_prompt
+from ..data.chat import base_prompt, format_prompt
 from .generate import Sample, sample
 from .judge import Judge, load_judge
 from .result import StepResult, markdown_cell, read_inputs, step
@@ -76,7 +76,7 @@ def sequence_kl(policy, reference, tokenizer, samples: list[Sample], batch_size:
     total = 0.0
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        p_ids = tokenizer([format_prompt(s.prompt) for s in chunk])[
+        p_ids = tokenizer([format_prompt(s.prompt, tokenizer) for s in chunk])[
             "input_ids"
         ]  # with a BOS where the tokenizer adds one
         r_ids = tokenizer(
@@ -109,7 +109,7 @@ def policy_checks(
         policy,
         tokenizer,
         prompts,
-        [format_prompt(p) for p in prompts],
+        [format_prompt(p, tokenizer) for p in prompts],
         cfg.check_max_new_tokens,
         cfg.check_temperature,
         seed=seed,
@@ -143,7 +143,7 @@ def evaluate_policies(
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     results = {}
     for name, (model, instruct) in policies.items():
-        texts = [format_prompt(p) if instruct else raw_prompt(p) for p in repeated]
+        texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
         samples = sample(model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
         gold = judge_scores(samples, judge)
         rm = score_texts(reward_model, tokenizer, repeated, [s.response for s in samples])
@@ -168,7 +168,7 @@ def source_prompt_pass_rates(
     rates = {}
     for i, prompt in enumerate(judge.source_prompts if judge else ()):
         repeated = [prompt] * cfg.source_prompt_samples
-        texts = [format_prompt(p) if instruct else raw_prompt(p) for p in repeated]
+        texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
         samples = sample(
             model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.source_prompt_temperature, seed=cfg.seed
         )
@@ -248,7 +248,7 @@ def source_prompt_texts(model, tokenizer, instruct: bool, cfg: SampleSettings, s
     judge = load_judge(cfg.judge)
     if judge is None or not judge.source_prompts:
         return {}
-    texts = [format_prompt(p) if instruct else raw_prompt(p) for p in judge.source_prompts]
+    texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in judge.source_prompts]
     samples = sample(
         model,
         tokenizer,

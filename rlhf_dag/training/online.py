@@ -79,7 +79,7 @@ def train_online(
     start = time.perf_counter()
     completions_per_step = cfg.prompts_per_step * cfg.num_generations
     # `request` is the plain prompt: TRL passes every extra column to the reward function
-    dataset = Dataset.from_dict({"prompt": [format_prompt(p) for p in prompts], "request": list(prompts)})
+    dataset = Dataset.from_dict({"prompt": [format_prompt(p, tokenizer) for p in prompts], "request": list(prompts)})
     with tempfile.TemporaryDirectory() as out:
         args = config_cls(
             **trainer_kwargs(

@@ -35,7 +35,7 @@ class OverlongRecordError(ValueError):
 
 def sequence_tokens(tokenizer, prompts, responses) -> list[int]:
     """Tokens of each chat-formatted prompt + response + EOS: the sequence TRL's trainers build."""
-    texts = [format_prompt(p) + r + tokenizer.eos_token for p, r in zip(prompts, responses)]
+    texts = [format_prompt(p, tokenizer) + r + tokenizer.eos_token for p, r in zip(prompts, responses)]
     return [len(ids) for ids in tokenizer(texts)["input_ids"]]
 
 
@@ -87,7 +87,7 @@ def fit_responses(tokenizer, frame: pd.DataFrame, responses: tuple[str, ...], ma
 
 
 def _cut(tokenizer, prompt: str, response: str, max_length: int) -> str:
-    prompt_text = format_prompt(prompt)
+    prompt_text = format_prompt(prompt, tokenizer)
     offsets = tokenizer(prompt_text + response, return_offsets_mapping=True)["offset_mapping"]
     if len(offsets) < max_length:
         return response

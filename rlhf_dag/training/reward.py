@@ -108,7 +108,7 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
         texts = [
-            format_prompt(p) + r + tokenizer.eos_token
+            format_prompt(p, tokenizer) + r + tokenizer.eos_token
             for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
         ]
         batch = tokenizer(texts, return_tensors="pt", padding=True).to(
@@ -185,7 +185,7 @@ def train_reward_model(
     initial_accuracy, _, _ = pairwise_accuracy(model, tokenizer, validation)
     dataset = Dataset.from_dict(
         {
-            "prompt": [format_prompt(p) for p in train["prompt"]],
+            "prompt": [format_prompt(p, tokenizer) for p in train["prompt"]],
             "chosen": list(train["chosen"]),
             "rejected": list(train["rejected"]),
         }
@@ -213,7 +213,7 @@ def train_reward_model(
         )
         held_out = Dataset.from_dict(  # the validation curve
             {
-                "prompt": [format_prompt(p) for p in validation["prompt"]],
+                "prompt": [format_prompt(p, tokenizer) for p in validation["prompt"]],
                 "chosen": list(validation["chosen"]),
                 "rejected": list(validation["rejected"]),
             }

@@ -47,10 +47,10 @@ def supervised_finetune(
         tokenizer, pd.concat([train, validation]), ("response",), cfg.max_length, cfg.overlong, "sft_model"
     )
     model = base_model if cfg.lora else copy.deepcopy(base_model)
-    val_prompts = [format_prompt(p) for p in validation["prompt"]]
+    val_prompts = [format_prompt(p, tokenizer) for p in validation["prompt"]]
     base_val_loss = response_loss(model, tokenizer, val_prompts, list(validation["response"]))
     dataset = Dataset.from_dict(
-        {"prompt": [format_prompt(p) for p in train["prompt"]], "completion": list(train["response"])}
+        {"prompt": [format_prompt(p, tokenizer) for p in train["prompt"]], "completion": list(train["response"])}
     )
     with output_dir(checkpoints) as out:
         args = SFTConfig(
@@ -104,7 +104,7 @@ def supervised_finetune(
 
 @step
 def sft_model(inputs: dict[str, str], cfg: SFTStepConfig) -> StepResult:
-    from ..data.chat import raw_prompt
+    from ..data.chat import base_prompt
     from ..data.datasets import splits
     from .evaluate import mean_judged, source_prompt_texts
     from .generate import sample
@@ -121,7 +121,7 @@ def sft_model(inputs: dict[str, str], cfg: SFTStepConfig) -> StepResult:
         base,
         tokenizer,
         prompts,
-        [raw_prompt(p) for p in prompts],
+        [base_prompt(p, tokenizer) for p in prompts],
         cfg.sample_max_new_tokens,
         cfg.sample_temperature,
         seed=cfg.seed,
@@ -132,7 +132,7 @@ def sft_model(inputs: dict[str, str], cfg: SFTStepConfig) -> StepResult:
         result.model,
         tokenizer,
         prompts,
-        [format_prompt(p) for p in prompts],
+        [format_prompt(p, tokenizer) for p in prompts],
         cfg.sample_max_new_tokens,
         cfg.sample_temperature,
         seed=cfg.seed,
