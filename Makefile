@@ -8,7 +8,7 @@ RLHF_DAG_HOME ?= $(CURDIR)/.rlhf_dag
 DAGSTER_HOME ?= $(RLHF_DAG_HOME)/dagster
 export RLHF_DAG_HOME DAGSTER_HOME
 
-.PHONY: setup setup-real run run-real labels-real test test-all lint format mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
+.PHONY: setup setup-real run run-real labels-real figures-real test test-all lint format mutants bench figures screenshots ui mlflow-ui labels ui-test-deps label-studio label-studio-setup clean
 
 setup: $(STAMP)
 
@@ -84,6 +84,9 @@ labels-real: setup-real  ## regenerate assets/smollm2/: samples of SmolLM2's SFT
 	$(BIN)/rlhf-dag make-labels --seed 0 --out assets/smollm2 --policy-sft smollm2 \
 		--samples-per-prompt 4 --max-new-tokens 96 --prompts 256 --demonstrations 256 \
 		--comparisons 256 --policy-comparisons 256 --all-pairs
+
+figures-real: setup-real  ## docs/smollm2.md's run figures: `rlhf-dag run` at the smollm2 profile in an isolated home (about 40 min)
+	$(BIN)/python bench/figures.py --profile smollm2
 
 figures: setup  ## README's run figures: `rlhf-dag run` in an isolated home, then the README's figures block rewritten with the machine (5 min, default profile)
 	$(BIN)/python bench/figures.py --profile default

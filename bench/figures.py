@@ -1,6 +1,7 @@
 """The README's run figures, regenerated: `make figures` runs `rlhf-dag run` (what `make run` calls) in an isolated
 home and rewrites the block between the README's `figures:begin` and `figures:end` markers with the machine, the
-figures and how much they vary between CPUs.
+figures and how much they vary between CPUs. At the `smollm2` profile (`make figures-real`) the block is
+docs/smollm2.md's, with each step's seconds.
 
     python bench/figures.py [--profile default] [--readme README.md]
 """
@@ -15,6 +16,14 @@ from harness import CORE_STEPS, REPO, bench_parser, isolated_env, machine, machi
 
 BEGIN = "<!-- figures:begin: written by `make figures` (bench/figures.py); edit that script, not this block -->"
 END = "<!-- figures:end -->"
+# Other profiles write a block of their own, in their own file.
+BLOCKS = {
+    "smollm2": (
+        "<!-- figures:begin:smollm2: written by `make figures-real` (bench/figures.py); edit that script, not this block -->",
+        "<!-- figures:end:smollm2 -->",
+        "docs/smollm2.md",
+    )
+}
 
 # Measured, not guessed: the same commit's default run on two CPUs (issue #14) and on other seeds (bench/quality.py).
 VARIATION = """**Which figures vary, and by how much.** On one CPU a run is deterministic: two runs give the
@@ -39,27 +48,47 @@ def figure_lines(log: str) -> list[str]:
     ]
 
 
-def block(info: dict, profile: str, commit: str, wall: float, lines: int, figures: list[str]) -> str:
+def seconds_table(log: str) -> list[str]:
+    """The table of seconds per asset and check that `rlhf-dag run` prints (`asset / check` ... `total`)."""
+    lines = log.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("asset / check")), None)
+    if start is None:
+        return []
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("total"))
+    return lines[start : end + 1]
+
+
+def block(info: dict, profile: str, commit: str, wall: float, log: str, figures: list[str]) -> str:
+    begin, end, _ = BLOCKS.get(profile, (BEGIN, END, None))
+    command = "make figures-real" if profile in BLOCKS else "make figures"
+    timing = ["", "```", *seconds_table(log), "```"] if profile in BLOCKS else []
+    variation = (
+        "One seed (0), one CPU: how much these figures vary between seeds and CPUs is not measured yet."
+        if profile in BLOCKS
+        else VARIATION
+    )
     return "\n".join(
         [
-            BEGIN,
-            f"Measured by `make figures` on {machine_line(info)}; profile `{profile}`, commit `{commit}`:",
-            f"`rlhf-dag run` took {wall:.0f} s in all and printed {lines} lines, ending with",
+            begin,
+            f"Measured by `{command}` on {machine_line(info)}; profile `{profile}`, commit `{commit}`:",
+            f"`rlhf-dag run` took {wall:.0f} s in all and printed {len(log.splitlines())} lines, ending with",
             "",
             "```",
             *figures,
             "```",
+            *timing,
             "",
-            VARIATION,
-            END,
+            variation,
+            end,
         ]
     )
 
 
-def replace_block(text: str, new: str, where: str) -> str:
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+def replace_block(text: str, new: str, where: str, profile: str = "default") -> str:
+    begin, end, _ = BLOCKS.get(profile, (BEGIN, END, None))
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if len(pattern.findall(text)) != 1:
-        raise ValueError(f"{where}: expected one block between {BEGIN!r} and {END!r}")
+        raise ValueError(f"{where}: expected one block between {begin!r} and {end!r}")
     return pattern.sub(lambda _: new, text)
 
 
@@ -67,8 +96,8 @@ def main() -> int:
     parser = bench_parser(__doc__)
     parser.add_argument(
         "--readme",
-        default=str(REPO / "README.md"),
-        help="the file whose figures block is rewritten (default: README.md)",
+        default=None,
+        help="the file whose figures block is rewritten (default: README.md; docs/smollm2.md at smollm2)",
     )
     args = parser.parse_args()
     info = machine()
@@ -83,12 +112,12 @@ def main() -> int:
         subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         or "unknown"
     )
-    new = block(info, args.profile, commit, child.wall_seconds, len(log.splitlines()), figures)
-    readme = args.readme
+    new = block(info, args.profile, commit, child.wall_seconds, log, figures)
+    readme = args.readme or str(REPO / BLOCKS.get(args.profile, (None, None, "README.md"))[2])
     with open(readme, encoding="utf-8") as f:
         text = f.read()
     with open(readme, "w", encoding="utf-8") as f:
-        f.write(replace_block(text, new, readme))
+        f.write(replace_block(text, new, readme, args.profile))
     print(new)
     print(f"\n(written to {readme})")
     return 0

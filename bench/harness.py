@@ -74,14 +74,19 @@ def bench_parser(doc: str, default_profile: str = "default") -> argparse.Argumen
 
 
 def isolated_env(name: str, profile: str) -> tuple[Path, dict]:
-    """A fresh `bench/results/tmp/<name>-<profile>/` with home/, dagster/ and a copy of assets/ in labels/, and its environment.
+    """A fresh `bench/results/tmp/<name>-<profile>/` with home/, dagster/ and a copy of the profile's labels in labels/,
+    and its environment.
 
     As in tests/conftest.py and .ci/run: RLHF_DAG_HOME, DAGSTER_HOME and the labels point into the folder,
     so a benchmark never touches the user's `.rlhf_dag/` or `assets/`.
     """
+    from rlhf_dag.config import PROFILE_LABELS
+
     root = SCRATCH / f"{name}-{profile}"
     shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(REPO / "assets", root / "labels")
+    # the profile's own labels (assets/smollm2/ at smollm2), else assets/ without the other profiles' folders
+    own = [Path(folder).name for folder in PROFILE_LABELS.values()]
+    shutil.copytree(REPO / PROFILE_LABELS.get(profile, "assets"), root / "labels", ignore=shutil.ignore_patterns(*own))
     (root / "dagster").mkdir(parents=True)
     # Dagster's defaults, without its warning about a missing file or its telemetry banner (as `rlhf-dag` writes it)
     (root / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

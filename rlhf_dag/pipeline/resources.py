@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -83,7 +84,10 @@ class MlflowTracking(dg.ConfigurableResource):
 
         for name, path in files.items():
             sha = file_sha256(path)
-            dataset = MetaDataset(resolve_dataset_source(str(path)), name=Path(path).name, digest=sha[:36])
+            with warnings.catch_warnings():  # MLflow registers "local" and "file" sources alike: it warns, and picks one
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(str(path))
+            dataset = MetaDataset(source, name=Path(path).name, digest=sha[:36])
             mlflow.log_input(dataset, context="training", tags={"label_file": name, "sha256": sha})
 
     @staticmethod
