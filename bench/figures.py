@@ -102,16 +102,16 @@ def main() -> int:
     args = parser.parse_args()
     info = machine()
     warn_if_busy(info)
+    commit = (  # the code that runs: read before the run, which takes minutes (40 at smollm2)
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
     root, env = isolated_env("figures", args.profile)
     child = run_child([sys.executable, "-m", "rlhf_dag.cli", "run"], env, root / "run.log")
     log = child.log.read_text(errors="replace")
     figures = figure_lines(log)
     if not figures:
         raise RuntimeError(f"`rlhf-dag run` printed no figures; see {child.log}")
-    commit = (
-        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        or "unknown"
-    )
     new = block(info, args.profile, commit, child.wall_seconds, log, figures)
     readme = args.readme or str(REPO / BLOCKS.get(args.profile, (None, None, "README.md"))[2])
     with open(readme, encoding="utf-8") as f:

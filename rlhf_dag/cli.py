@@ -130,7 +130,7 @@ def cmd_make_labels(args) -> int:
 
 
 def argv_of(args) -> list[str]:
-    """The make-labels options as given (the defaults left out)."""
+    """The make-labels options that made the files (sizes left at their defaults are left out)."""
     options = {
         "--seed": args.seed,
         "--out": args.out,
@@ -143,6 +143,8 @@ def argv_of(args) -> list[str]:
         "--comparisons": args.comparisons,
         "--policy-comparisons": args.policy_comparisons,
     }
+    if not (args.policy or args.policy_sft):  # sampling options mean nothing without a policy
+        del options["--samples-per-prompt"], options["--max-new-tokens"]
     words = [w for key, value in options.items() if value is not None for w in (key, str(value))]
     return words + (["--all-pairs"] if args.all_pairs else [])
 

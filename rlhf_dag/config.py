@@ -420,10 +420,11 @@ PROFILES: dict[str, dict[str, dict]] = {
             "sample_max_new_tokens": 96,
             "checkpoint_every": 0,
         },
+        # 1 epoch at 2e-4 stopped at the accuracy gate (0.63 held out); 2 at 1e-3 reached 0.81 (docs/smollm2.md)
         "reward_model": {
-            "epochs": 1.0,
+            "epochs": 2.0,
             "batch_size": 16,
-            "learning_rate": 2e-4,
+            "learning_rate": 1e-3,
             "max_length": 320,
             "overlong": "truncate",
             "lora": {"r": 16, "alpha": 32},

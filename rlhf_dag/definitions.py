@@ -12,6 +12,7 @@ import dagster as dg
 from .pipeline import assets
 from .pipeline.automation import automation_sensor
 from .pipeline.checks import ASSET_CHECKS
+from .pipeline.console import short_console_logger
 from .pipeline.handles import handle_io_manager
 from .pipeline.label_sources import LABEL_SOURCES
 from .pipeline.labeling_loop import label_studio_pull
@@ -52,6 +53,8 @@ def build_definitions() -> dg.Definitions:
         jobs=[observe_labels, rlhf_graph, alternatives],
         # label_studio_pull reads the batches (dynamic partitions) from the instance and runs observe_labels: it lives here
         sensors=[automation_sensor, label_studio_pull],
+        # one short line per message on the console (pipeline/console.py); the UI keeps every event
+        loggers={"console": short_console_logger},
         resources={
             "mlflow": MlflowTracking(),
             "gates": QualityGates(),

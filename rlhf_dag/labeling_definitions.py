@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from .pipeline.console import short_console_logger
 from .pipeline.handles import handle_io_manager
 from .pipeline.labeling_loop import labeling_candidates
 from .pipeline.resources import LabelStudio, MlflowTracking
@@ -25,6 +26,8 @@ def build_labeling_definitions() -> dg.Definitions:
     ]
     return dg.Definitions(
         assets=[*upstream, labeling_candidates],
+        # one short line per message on the console (pipeline/console.py); the UI keeps every event
+        loggers={"console": short_console_logger},
         resources={
             "mlflow": MlflowTracking(),
             "label_studio": LabelStudio(),  # LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY (docs/labeling.md)

@@ -542,6 +542,18 @@ MUTATIONS = [
         ],
     ),
     Mutation(
+        "the console shows Dagster's bookkeeping events at INFO",
+        "rlhf_dag/pipeline/console.py",
+        [('return (getattr(record, METADATA, None) or {}).get("dagster_event") is None', "return True")],
+        ["tests/test_console.py::test_dagsters_bookkeeping_events_show_only_at_debug_or_when_something_failed"],
+    ),
+    Mutation(
+        "the console writes Dagster's prefixed message",
+        "rlhf_dag/pipeline/console.py",
+        [('message = meta.get("orig_message") or record.getMessage()', "message = record.getMessage()")],
+        ["tests/test_console.py::test_a_steps_line_is_its_time_and_message_without_dagsters_prefix"],
+    ),
+    Mutation(
         "a step's labeled files not logged as its MLflow input datasets",
         "rlhf_dag/pipeline/publish.py",
         [("        mlflow.log_label_files({name: inputs[name] for name in labels})\n", "")],

@@ -49,6 +49,10 @@ def test_make_labels_writes_four_valid_files_and_says_how_many_records(tmp_path)
     for name in LABEL_FILES:
         labels = load_labels(out / f"{name}.jsonl", name)  # the same validation the assets run
         assert printed[str(out / f"{name}.jsonl")] == f"{len(labels.records)} records" and labels.records
+    # what made them, to make them again
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["command"] == f"rlhf-dag make-labels --seed 1 --out {out}" and provenance["seed"] == 1
+    assert provenance["counts"] == {name: len(load_labels(out / f"{name}.jsonl", name).records) for name in LABEL_FILES}
     eval_prompts = {r["prompt"] for r in load_labels(out / "eval_prompts.jsonl", "eval_prompts").records}
     assert not eval_prompts & {r["prompt"] for r in load_labels(out / "demonstrations.jsonl", "demonstrations").records}
     again = subprocess.run(

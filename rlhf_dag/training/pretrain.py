@@ -136,9 +136,17 @@ def load_gguf(path: Path):
     transformers refuses to save a model it loaded from GGUF ("quantized with gguf and is not serializable"): the
     same weights go into a fresh model built from its config, which saves as plain safetensors.
     """
+    from transformers.utils import logging as hf_logging
+
     logger.info("base_model: importing %s (dequantizing to float32)", path.name)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per tensor, hundreds of lines in a run's log: one line above instead
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -242,7 +250,7 @@ def pretrain(
             # mostly belong to an unrelated earlier document, and the model learned to ignore the request's
             # hero/recipient (chance-level copying). TRL's own packing flattens a batch into one row, which on
             # CPU costs attention over the whole batch; `pack` packs rows here instead, each document attending
-            # only to itself (README, "How pretraining packs documents without mixing them").
+            # only to itself (docs/pretraining.md).
             packing=False,
             **pack_kwargs,
         )
@@ -301,7 +309,12 @@ def base_model(inputs: dict[str, str], cfg: PretrainConfig) -> StepResult:
         with checkpointing("base_model", inputs, cfg) as checkpoints:
             result = pretrain(train, held_out, cfg, checkpoints)
         model, tokenizer, metrics = result.model, result.tokenizer, result.metrics
-    texts = source_prompt_texts(model, tokenizer, False, cfg, cfg.seed, "continuation (base model, raw prompt)")
+    title = (
+        "answer (instruction-tuned base model, its own chat format)"
+        if has_own_template(tokenizer)
+        else "continuation (base model, raw prompt)"
+    )
+    texts = source_prompt_texts(model, tokenizer, False, cfg, cfg.seed, title)
     return StepResult(
         "base_model",
         metrics,

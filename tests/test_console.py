@@ -1,0 +1,36 @@
+"""The console logger every job writes to (rlhf_dag/pipeline/console.py): one short line per message a person reads."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from rlhf_dag.pipeline.console import PeopleFilter, ShortLines
+
+
+def _record(message: str, level: int = logging.INFO, step: str | None = "sft_model", event: object = None):
+    record = logging.LogRecord(
+        "dagster", level, __file__, 1, f"__ASSET_JOB - 0374c32a - {step} - {message}", None, None
+    )
+    record.dagster_meta = {"orig_message": message, "step_key": step, "dagster_event": event}
+    return record
+
+
+def test_a_steps_line_is_its_time_and_message_without_dagsters_prefix():
+    line = ShortLines().format(_record("sft_model: step 5/15, loss 1.545, 191 s left"))
+    assert re.fullmatch(r"\d\d:\d\d:\d\d sft_model: step 5/15, loss 1\.545, 191 s left", line), line
+    # a message that does not name its step gets the step's name; a warning says so
+    assert ShortLines().format(_record("saved", step="ppo_policy")).endswith(" ppo_policy: saved")
+    assert (
+        ShortLines()
+        .format(_record("sft_model: 3 records cut", logging.WARNING))
+        .endswith(" WARNING: sft_model: 3 records cut")
+    )
+
+
+def test_dagsters_bookkeeping_events_show_only_at_debug_or_when_something_failed():
+    event = object()  # a DagsterEvent: step started, output handled, ...
+    info, debug = PeopleFilter(logging.INFO), PeopleFilter(logging.DEBUG)
+    assert info.filter(_record("sft_model: step 1/2")) and not info.filter(_record("Started execution", event=event))
+    assert debug.filter(_record("Started execution", event=event))
+    assert info.filter(_record("Execution of step failed", logging.ERROR, event=event))
