@@ -84,9 +84,8 @@ class MlflowTracking(dg.ConfigurableResource):
 
         for name, path in files.items():
             sha = file_sha256(path)
-            with (
-                warnings.catch_warnings()
-            ):  # MLflow registers "local" and "file" sources alike: it warns, and picks one
+            # MLflow registers "local" and "file" sources alike: it warns, and picks one
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 source = resolve_dataset_source(str(path))
             dataset = MetaDataset(source, name=Path(path).name, digest=sha[:36])
