@@ -95,7 +95,7 @@ def reference_python() -> tuple[Path | None, str]:
 
 def find_models(profile: str) -> tuple[Path, Path]:
     """(sft_model dir, reward_model dir): bench/pipeline.py's, else trained here into bench/results/tmp/ppo-<profile>/."""
-    for home in (SCRATCH / f"pipeline-{profile}" / "home", SCRATCH / f"ppo-{profile}" / "home"):
+    for home in (SCRATCH / f"{name}-{profile}" / "home" for name in ("pipeline", "figures", "ppo")):
         found = [
             sorted(d for d in (home / "artifacts" / a).glob("*") if not d.name.startswith("."))
             if (home / "artifacts" / a).is_dir()

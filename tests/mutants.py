@@ -108,8 +108,8 @@ MUTATIONS = [
         "rlhf_dag/training/generate.py",
         [
             (
-                "logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)",
-                "logp = torch.log_softmax(scores.float(), dim=-1)",
+                "logp = torch.log_softmax(logits.float() / temperature, dim=-1)",
+                "logp = torch.log_softmax(logits.float(), dim=-1)",
             )
         ],
         ["tests/test_ppo_speed_paths.py::test_the_sampler_draws_each_token_with_its_tempered_probability"],
@@ -558,6 +558,44 @@ MUTATIONS = [
         "rlhf_dag/pipeline/publish.py",
         [("        mlflow.log_label_files({name: inputs[name] for name in labels})\n", "")],
         ["tests/test_smoke_graph.py::test_one_mlflow_run_per_materialization_with_lineage_tags"],
+    ),
+    Mutation(
+        "a model's samples generated again under a key already sampled",
+        "rlhf_dag/training/generate.py",
+        [("    if path.exists():\n        return [Sample(**s)", "    if False:\n        return [Sample(**s)")],
+        ["tests/test_sample_cache.py::test_a_reused_key_runs_no_generation_and_gives_the_same_samples"],
+    ),
+    Mutation(
+        "samples keyed without the model they came from",
+        "rlhf_dag/training/generate.py",
+        [('"model": str(Path(model_dir).resolve()),', '"model": "",')],
+        ["tests/test_sample_cache.py::test_any_other_model_prompt_or_setting_generates_anew[model]"],
+    ),
+    Mutation(
+        "a LoRA policy samples from its base weights without the adapter",
+        "rlhf_dag/training/lora.py",
+        [("                merged += layer.get_delta_weight(adapter)", "                pass")],
+        [LORA + "test_a_lora_policy_samples_from_a_merged_copy_that_follows_its_adapter"],
+    ),
+    Mutation(
+        "the decoding loop gives each new token the previous one's position",
+        "rlhf_dag/training/generate.py",
+        [("        position = position + 1\n", "")],
+        ["tests/test_ppo_speed_paths.py::test_sampling_pass_log_probs_match_a_fresh_forward"],
+    ),
+    Mutation(
+        "the decoding loop forgets the prompt and the tokens drawn so far (no KV cache)",
+        "rlhf_dag/training/generate.py",
+        [("position_ids=position, cache=cache, use_cache=True", "position_ids=position, cache=None, use_cache=True")],
+        ["tests/test_ppo_speed_paths.py::test_greedy_decoding_of_a_left_padded_batch_is_generates"],
+    ),
+    Mutation(
+        "the run's estimate counts the steps it has already done",
+        "rlhf_dag/pipeline/console.py",
+        [("    left = [a for a in selection if a not in done]", "    left = list(selection)")],
+        [
+            "tests/test_console.py::test_a_steps_first_line_says_where_the_run_stands_and_how_long_the_rest_took_last_time"
+        ],
     ),
 ]
 

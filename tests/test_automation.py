@@ -69,7 +69,7 @@ def _materialize(defs, instance, asset: str) -> bool:
 
 
 def test_the_automation_sensor_runs_by_default_and_automation_off_stops_it(monkeypatch):
-    """README: saving a label file is enough, since the sensor starts running; RLHF_DAG_AUTOMATION=off starts it stopped."""
+    """docs/guide.md: saving a label file is enough, since the sensor starts running; RLHF_DAG_AUTOMATION=off starts it stopped."""
     import importlib
 
     from rlhf_dag.pipeline import automation

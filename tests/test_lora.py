@@ -73,6 +73,29 @@ def test_the_lora_reference_is_the_sft_model_itself_not_the_adapted_policy():
     assert (adapted - expected).abs().max() > 0.1  # the adapter does change the policy: the check above can fail
 
 
+def test_a_lora_policy_samples_from_a_merged_copy_that_follows_its_adapter():
+    """[PPO-18] The merged copy computes what the adapted policy computes, after every update of the adapter, and
+    merging never touches the base weights the reference is made of."""
+    from rlhf_dag.training.lora import MergedCopy
+
+    tokenizer = toy_tokenizer()
+    policy = adapt(causal_lm(seed=0), TOY_LORA)
+    base_before = _checksum(_base_weights(policy))
+    merged = MergedCopy(policy)
+    query_response, mask, n_query = _rollout(tokenizer, policy)
+    torch.manual_seed(1)
+    for _ in range(2):  # two updates of the adapter, as two PPO iterations make
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_" in name:
+                    p.add_(torch.randn_like(p) * 0.5)
+        expected, _ = response_logprobs(policy, query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
+        copied, _ = response_logprobs(merged.refresh(), query_response, mask, n_query, 1.0, tokenizer.pad_token_id)
+        assert torch.allclose(copied, expected, atol=1e-5)
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())  # a plain model: no adapter to run
+    assert _checksum(_base_weights(policy)) == base_before
+
+
 def test_ppo_with_lora_trains_the_adapter_and_the_critic_never_the_base_weights():
     policy, critic = adapt(causal_lm(seed=0), TOY_LORA), value_model()
     base_before, critic_before = _checksum(_base_weights(policy)), _checksum(critic.state_dict())

@@ -171,3 +171,68 @@ def test_the_sampler_draws_each_token_with_its_tempered_probability():
     total_variation = lambda p: float((observed - p).abs().sum() / 2)  # noqa: E731
     assert total_variation(torch.softmax(logits / 0.7, dim=-1)) < 0.03
     assert total_variation(torch.softmax(logits, dim=-1)) > 0.06  # the check can fail: the temperature shows
+
+
+def test_the_decoding_loop_samples_what_generate_samples():
+    """The sampler (`decode`) against transformers' `generate(do_sample=True)` at equal settings (T = 0.7, PAD
+    suppressed): the second token of a response, whose distribution goes through the KV cache and the first draw,
+    is drawn by both with its exact marginal sum_t1 p(t1) p(t2 | t1), 4,000 draws each."""
+    policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
+    with torch.no_grad():
+        policy.lm_head.bias[4:] = torch.linspace(-2.0, 2.0, len(policy.lm_head.bias) - 4)
+    text, pad, eos = format_prompt("a b"), tokenizer.pad_token_id, tokenizer.eos_token_id
+    prompt = tokenizer([text], return_tensors="pt")["input_ids"]
+    prefixes = torch.cat(
+        [prompt.repeat(len(policy.lm_head.bias), 1), torch.arange(len(policy.lm_head.bias))[:, None]], 1
+    )
+
+    @torch.no_grad()
+    def marginal(temperature: float) -> torch.Tensor:
+        """The exact distribution of the second token (a response that ended at the first has PAD there)."""
+        first, second = policy(prompt).logits[0, -1], policy(prefixes).logits[:, -1]
+        first[pad], second[:, pad] = float("-inf"), float("-inf")
+        p1, p2 = torch.softmax(first / temperature, -1), torch.softmax(second / temperature, -1)
+        p2[eos] = 0
+        p2[eos, pad] = 1
+        return (p1[:, None] * p2).sum(dim=0)
+
+    exact = marginal(0.7)
+    _, ours = generate_tokens(policy, tokenizer, [text] * 4000, 2, 0.7, generator_seed=0)
+    torch.manual_seed(0)
+    theirs = policy.generate(
+        prompt.repeat(4000, 1),
+        attention_mask=torch.ones(4000, prompt.shape[1], dtype=torch.long),
+        do_sample=True,
+        temperature=0.7,
+        top_k=None,
+        top_p=None,
+        max_new_tokens=2,
+        min_new_tokens=0,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        suppress_tokens=[pad],
+    )[:, prompt.shape[1] :]
+    total_variation = lambda sampled: float(  # noqa: E731
+        (torch.bincount(sampled[:, 1], minlength=len(exact)).float() / len(sampled) - exact).abs().sum() / 2
+    )
+    assert total_variation(ours) < 0.04
+    assert total_variation(theirs) < 0.04
+    assert float((exact - marginal(1.0)).abs().sum() / 2) > 0.08  # the check can fail: T = 1 is another distribution
+
+
+def test_greedy_decoding_of_a_left_padded_batch_is_generates():
+    """Prompts of different lengths in one left-padded batch: the loop's positions and KV cache give, token for token,
+    what `generate` gives with greedy decoding."""
+    policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
+    texts = [format_prompt(p) for p in PROMPTS]
+    query, ours = generate_tokens(policy, tokenizer, texts, 8, 0.0)
+    theirs = policy.generate(
+        query,
+        attention_mask=query != tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        suppress_tokens=[tokenizer.pad_token_id],
+    )[:, query.shape[1] :]
+    assert torch.equal(ours, theirs) and ours.shape[1] >= 2

@@ -218,7 +218,10 @@ def test_missing_eos_penalty_is_what_teaches_the_policy_to_end():
     control = train(causal_lm(0), RiggedReward(weight=0.0, bias=0.0), cfg.model_copy(update={"learning_rate": 0.0}))
     untrained_rate = 1 - (8 / 9) ** 4
     assert abs(control.metrics["final_eos_rate"] - untrained_rate) < 0.25, control.history
-    assert trained.metrics["final_eos_rate"] > untrained_rate + 0.5, [r["eos_rate"] for r in trained.history]
+    ended = [r["eos_rate"] for r in trained.history]
+    # the last fifth of training's rollouts (48) and the final check's samples (8: one without EOS is 0.875)
+    assert sum(ended[-3:]) / 3 > untrained_rate + 0.5, ended
+    assert trained.metrics["final_eos_rate"] > untrained_rate + 0.45, ended
 
 
 # ---------------------------------------------------------------- [PPO-1] / [PPO-10] KL and its adaptive coefficient

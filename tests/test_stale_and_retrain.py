@@ -81,6 +81,11 @@ def test_editing_comparisons_stales_exactly_four_assets_and_retrain_refreshes_th
         after = {k: instance.get_latest_materialization_event(dg.AssetKey(k)).run_id for k in ALL}
         assert {k for k in ALL if after[k] != before[k]} == materialized
         assert _stale(defs, instance) == {}
+        # the evaluation sampled only the new PPO policy: base and SFT are the same models on the same prompts
+        evaluation = instance.get_latest_materialization_event(dg.AssetKey("policy_evaluation"))
+        metadata = evaluation.asset_materialization.metadata
+        assert metadata["samples_reused"].value == "base, sft"
+        assert metadata["source_prompt_samples_reused"].value == "base, sft"
         # the retrained reward model was trained on the edited file
         dataset = result.output_for_node("comparison_dataset").metrics
         assert dataset["train_records"] + dataset["validation_records"] == original.count(b"\n") + 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 
 import dagster as dg
 
@@ -56,3 +57,38 @@ def short_console_logger(init_context) -> logging.Logger:
     handler.addFilter(PeopleFilter(level))
     logger.addHandler(handler)
     return logger
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def run_progress(asset: str, selection: Iterable[str], done: set[str], last_seconds: dict[str, float]) -> str:
+    """Where a run stands as `asset` starts: its place among the run's assets, and the time the rest took when each was
+    last materialized (`last_seconds`; an asset never materialized has none), the estimate of what is left."""
+    selection = sorted(selection)
+    left = [a for a in selection if a not in done]
+    known = [a for a in left if a in last_seconds]
+    line = f"{asset}: step {len(selection) - len(left) + 1} of {len(selection)} in this run"
+    if known:
+        line += f"; about {duration(sum(last_seconds[a] for a in known))} left by each step's last time"
+    unknown = [a for a in left if a not in last_seconds]
+    if unknown:
+        line += f" ({'no' if not known else 'and no'} earlier time of {', '.join(unknown)})"
+    return line
+
+
+def log_run_progress(context: dg.AssetExecutionContext, asset: str) -> None:
+    """`run_progress` for the running asset, from the instance: the run's asset selection, what this run has already
+    materialized, and the `seconds` each asset's latest materialization recorded (the publisher's metadata)."""
+    selection = {key.to_user_string() for key in (context.dagster_run.asset_selection or {context.asset_key})}
+    done, last_seconds = set(), {}
+    for name in selection:
+        event = context.instance.get_latest_materialization_event(dg.AssetKey.from_user_string(name))
+        if event is None:
+            continue
+        if event.run_id == context.run_id:
+            done.add(name)
+        elif "seconds" in event.asset_materialization.metadata:
+            last_seconds[name] = event.asset_materialization.metadata["seconds"].value
+    context.log.info(run_progress(asset, selection, done, last_seconds))

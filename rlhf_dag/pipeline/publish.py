@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..data.label_files import label_file
 from ..graph import upstream_labels  # noqa: F401  (the labeling location's asset reads it from here, as the training assets do)
 from ..training import steps
 from ..training.result import StepResult
+from .console import log_run_progress
 from .launch import StepLauncher
 from .resources import MlflowTracking
 
@@ -171,7 +173,8 @@ def publish(
     `register` (an evaluation's, registry.py) runs inside the MLflow run before the result is saved, and adds
     its decision to the result's tags, metrics and texts.
     """
-    asset = context.asset_key.path[-1]
+    asset, started = context.asset_key.path[-1], time.perf_counter()
+    log_run_progress(context, asset)
     labels = [name for name in graph.step(asset).inputs if name in graph.LABEL_FILES]
     cfg = resolve_config(context, config)
     inputs = {name: handle.path for name, handle in upstream.items()} | {
@@ -208,6 +211,7 @@ def publish(
         "mlflow_run_id": run.info.run_id,
         "mlflow": dg.MetadataValue.url(mlflow.run_url(run)),
         "config_hash": handle.config_hash,
+        "seconds": round(time.perf_counter() - started, 1),  # the step, saved and tracked: the next run's estimate
         **(
             {"launcher": launcher.resolved(), "world_size": int(result.metrics.get("world_size", 1))}
             if launcher is not None

@@ -12,7 +12,7 @@ import torch
 
 from ..config import EvalConfig, PolicyCheckSettings, SampleSettings, StepConfig
 from ..data.chat import base_prompt, format_prompt
-from .generate import Sample, sample
+from .generate import Sample, sample, sample_once
 from .judge import Judge, load_judge
 from .result import StepResult, markdown_cell, read_inputs, step
 from .reward import score_texts
@@ -128,23 +128,29 @@ def policy_checks(
 
 
 def evaluate_policies(
-    policies: dict[str, tuple[object, bool]],
+    policies: dict[str, tuple[object, bool, Path]],
     tokenizer,
     reward_model,
     prompts: list[str],
     cfg: EvalConfig,
     judge: Judge | None,
+    reused: list[str] | None = None,
 ) -> dict:
     """Sample every policy on every prompt (`samples_per_prompt` times) and score with the judge and the RM.
 
-    `policies` maps a name to (model, instruct); an instruct model is asked in
-    chat format, a base model with the bare request, as in the source.
+    `policies` maps a name to (model, instruct, its folder); an instruct model is asked in chat format, a base model
+    with the bare request, as in the source. A model's samples under the same settings are generated once
+    (`sample_once`); the names whose samples were reused are appended to `reused`.
     """
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     results = {}
-    for name, (model, instruct) in policies.items():
+    for name, (model, instruct, folder) in policies.items():
         texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
-        samples = sample(model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
+        samples, was_reused = sample_once(
+            folder, model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed
+        )
+        if was_reused and reused is not None:
+            reused.append(name)
         gold = judge_scores(samples, judge)
         rm = score_texts(reward_model, tokenizer, repeated, [s.response for s in samples])
         results[name] = {
@@ -161,20 +167,36 @@ def evaluate_policies(
 
 
 def source_prompt_pass_rates(
-    model, tokenizer, instruct: bool, cfg: EvalConfig, judge: Judge | None
+    model,
+    tokenizer,
+    instruct: bool,
+    cfg: EvalConfig,
+    judge: Judge | None,
+    folder: Path,
+    reused: list[str] | None = None,
 ) -> dict[str, float]:
     """Share of `source_prompt_samples` samples that answer each of the judge's source prompts right (`is_correct`),
-    keyed by the prompt's kind (in the judge's order) or, without one, its position; none without a judge."""
+    keyed by the prompt's kind (in the judge's order) or, without one, its position; none without a judge. Samples
+    come from `sample_once`: the source prompts whose samples were reused are appended to `reused`."""
     rates = {}
     for i, prompt in enumerate(judge.source_prompts if judge else ()):
         repeated = [prompt] * cfg.source_prompt_samples
         texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
-        samples = sample(
-            model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.source_prompt_temperature, seed=cfg.seed
+        samples, was_reused = sample_once(
+            folder,
+            model,
+            tokenizer,
+            repeated,
+            texts,
+            cfg.max_new_tokens,
+            cfg.source_prompt_temperature,
+            seed=cfg.seed,
         )
         rates[judge.kind(prompt) or f"prompt{i}"] = sum(
             bool(judge.is_correct(s.prompt, s.response)) for s in samples
         ) / len(samples)
+        if was_reused and reused is not None:
+            reused.append(prompt)
     return {
         kind: rates[kind]
         for kind in sorted(rates, key=lambda k: judge.kinds.index(k) if k in judge.kinds else len(judge.kinds))
@@ -302,13 +324,14 @@ def evaluate_against_sft(step: str, method: str, inputs: dict[str, str], cfg: Ev
     models = {}
     if "base_model" in inputs:  # asked with the bare request, as in the source
         base, tokenizer = load_causal_lm(inputs["base_model"])
-        models["base"] = (base, False)
+        models["base"] = (base, False, Path(inputs["base_model"]))
     sft, sft_tokenizer = load_causal_lm(inputs["sft_model"])
     tokenizer = tokenizer if models else sft_tokenizer
     policy, _ = load_causal_lm(inputs[policy_key])
-    models |= {"sft": (sft, True), method: (policy, True)}
+    models |= {"sft": (sft, True, Path(inputs["sft_model"])), method: (policy, True, Path(inputs[policy_key]))}
     scorer, _ = load_reward_model(inputs["reward_model"])
-    results = evaluate_policies(models, tokenizer, scorer, prompts, cfg, judge)
+    reused = []  # the models whose held-out samples an earlier evaluation generated under the same key
+    results = evaluate_policies(models, tokenizer, scorer, prompts, cfg, judge, reused)
     judged = results[method]["gold_judged"] > 0
     metrics = {}
     for a, b in ((method, "sft"), ("sft", "base"), (method, "base")):
@@ -335,8 +358,12 @@ def evaluate_against_sft(step: str, method: str, inputs: dict[str, str], cfg: Ev
         )
         if judged:
             metrics[f"{name}_gold_mean"] = r["gold_mean"]
-    for name, (model, instruct) in models.items():
-        for kind, rate in source_prompt_pass_rates(model, tokenizer, instruct, cfg, judge).items():
+    reused_source = {}
+    for name, (model, instruct, folder) in models.items():
+        reused_source[name] = []
+        for kind, rate in source_prompt_pass_rates(
+            model, tokenizer, instruct, cfg, judge, folder, reused_source[name]
+        ).items():
             metrics[f"{name}_source_pass_{kind}"] = rate
     metrics[f"{method}_kl_to_sft"] = sequence_kl(policy, sft, tokenizer, results[method]["samples"])
     trained = StepResult.load(inputs[policy_key])
@@ -375,6 +402,9 @@ def evaluate_against_sft(step: str, method: str, inputs: dict[str, str], cfg: Ev
         tags={
             "labels.eval_prompts.sha256": labels.sha256,
             "judge": cfg.judge if judged else f"{cfg.judge} (judged none)",
+            # what this evaluation did not generate: samples of the same model, prompts and settings made earlier
+            "samples_reused": ", ".join(reused) or "none",
+            "source_prompt_samples_reused": ", ".join(n for n, r in reused_source.items() if r) or "none",
         },
         texts={"side_by_side.md": side_by_side(results, prompts, judge)},
         figures={"rm_vs_gold.png": reward_hacking_figure(history, method.upper())} if history else {},

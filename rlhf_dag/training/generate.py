@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor, LogitsProcessorList
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -17,26 +22,72 @@ class Sample:
     n_tokens: int
 
 
-class InverseCDFSampler(LogitsProcessor):
-    """Draws each next token from softmax(scores / T) by inverse-CDF sampling, as `generate`'s last logits
-    processor under greedy decoding: the drawn token scores 0 and every other -inf, so greedy takes the draw.
+def draw(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(logits / T) by inverse-CDF sampling, and its log-prob under that distribution.
 
-    The distribution is `generate(do_sample=True)`'s (tests/test_ppo_speed_paths.py checks the frequencies);
-    the cost is not. `torch.multinomial` draws an exponential variate for every vocabulary entry of every row;
-    this draws one uniform per row, 13-23% less time per rollout on a CPU ([PPO-17], docs/ppo.md). It also keeps
-    each draw's log-prob, PPO's old log-prob ([PPO-12])."""
+    The distribution is `torch.multinomial`'s (tests/test_ppo_speed_paths.py checks the frequencies); the cost is
+    not: `multinomial` draws an exponential variate for every vocabulary entry of every row, this one uniform per
+    row, 13-23% less time per rollout on a CPU ([PPO-17], docs/ppo.md). The log-prob is PPO's old log-prob ([PPO-12])."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    cdf = logp.exp().cumsum(dim=-1)
+    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+    # the first entry whose cumulative probability exceeds u: a token of probability 0 (PAD) never is
+    tokens = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)
+    return tokens.squeeze(1), logp.gather(1, tokens).squeeze(1)
 
-    def __init__(self, temperature: float):
-        self.temperature, self.logprobs = temperature, []
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        cdf = logp.exp().cumsum(dim=-1)
-        u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
-        # the first entry whose cumulative probability exceeds u: a token of probability 0 (PAD) never is
-        tokens = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)
-        self.logprobs.append(logp.gather(1, tokens))
-        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
+@torch.no_grad()
+def decode(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    eos_id: int,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler every path uses: a KV-cached decoding loop over a left-padded batch.
+
+    Each step runs the model on one new token per row and draws from its last logits (`draw`; greedy at temperature
+    0). A row that draws EOS leaves the batch, its KV cache with it, so the model never runs on a finished response
+    (`generate` runs every row until the last one ends); the loop stops when none is left. It computes what
+    `generate(do_sample=True)` with PAD suppressed computes, without `generate`'s per-step machinery (logits
+    processors over the whole vocabulary, stopping criteria, input preparation). Returns (response ids [B, R], PAD
+    after a row's EOS; log-probs [B, R], 0 at PAD)."""
+    batch = len(input_ids)
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
+    logprobs = torch.zeros((batch, max_new_tokens), device=input_ids.device)
+    rows = torch.arange(batch, device=input_ids.device)  # the rows still writing, in the cache's order
+    position = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position, use_cache=True, logits_to_keep=1
+    )
+    cache, position, width = out.cache, position[:, -1:], 0
+    for step in range(max_new_tokens):
+        # PAD is not a word: sampled inside a response it would read as padding everywhere downstream
+        # (masks, response lengths, the RM's last token). PPO scores with the same exclusion (`ppo._token_logprobs`).
+        logits = out.logits[:, -1].float()
+        logits[:, pad_id] = float("-inf")
+        if temperature > 0:
+            token, logp = draw(logits, temperature)
+            logprobs[rows, step] = logp
+        else:
+            token = logits.argmax(dim=-1)
+        tokens[rows, step], width = token, step + 1
+        going = token != eos_id
+        if not bool(going.any()) or step == max_new_tokens - 1:
+            break
+        if not bool(going.all()):  # rows that ended leave the batch
+            keep = going.nonzero().squeeze(1)
+            rows, token, position, attention_mask = rows[keep], token[keep], position[keep], attention_mask[keep]
+            cache.batch_select_indices(keep)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        position = position + 1
+        out = model(
+            input_ids=token[:, None], attention_mask=attention_mask, position_ids=position, cache=cache, use_cache=True
+        )
+        cache = out.cache
+    return tokens[:, :width], logprobs[:, :width]
 
 
 @torch.no_grad()
@@ -49,7 +100,7 @@ def generate_tokens(
     generator_seed: int | None = None,
     return_logprobs: bool = False,
 ):
-    """Batched sampling with the KV cache (`model.generate`), left-padded.
+    """Batched sampling (`decode`), left-padded.
 
     Returns (query ids [B, Q], response ids [B, R]), and with `return_logprobs`
     the log-probability of each sampled token under the distribution it was
@@ -58,34 +109,24 @@ def generate_tokens(
     """
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
+    if return_logprobs and temperature <= 0:
+        raise ValueError(
+            "generate_tokens: log-probs of greedy decoding (temperature 0) are not defined; sample with a temperature > 0"
+        )
     tokenizer.padding_side = "left"
     # a prompt opens the sequence: with a BOS where the tokenizer adds one (Llama's), as TRL's trainers tokenize it
     batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
     tokenizer.padding_side = "right"
-    sampler = InverseCDFSampler(temperature) if temperature > 0 else None
-    out = model.generate(
-        **batch,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        # PAD is not a word: sampled inside a response it would read as padding everywhere downstream
-        # (masks, response lengths, the RM's last token). PPO scores with the same exclusion (`ppo._token_logprobs`).
-        suppress_tokens=[tokenizer.pad_token_id],
-        use_cache=True,
-        do_sample=False,  # the sampler draws; greedy decoding takes its draw
-        logits_processor=LogitsProcessorList([sampler] if sampler else []),
-        return_dict_in_generate=True,
+    response, logprobs = decode(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        max_new_tokens,
+        temperature,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
     )
-    response = out.sequences[:, batch["input_ids"].shape[1] :]
-    if not return_logprobs:
-        return batch["input_ids"], response
-    if sampler is None:
-        raise ValueError(
-            "generate_tokens: log-probs of greedy decoding (temperature 0) are not defined; sample with a temperature > 0"
-        )
-    # PAD is suppressed, so every PAD here is padding after a row's EOS: 0, as everywhere else
-    logprobs = torch.cat(sampler.logprobs, dim=1)[:, : response.shape[1]]
-    return batch["input_ids"], response, logprobs.masked_fill(response == tokenizer.pad_token_id, 0.0)
+    return (batch["input_ids"], response, logprobs) if return_logprobs else (batch["input_ids"], response)
 
 
 def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,21 +147,79 @@ def sample(
     batch_size: int = 32,
     seed: int = 0,
 ) -> list[Sample]:
-    """Sample one response per text; `prompts` are the plain requests the texts were built from."""
+    """Sample one response per text; `prompts` are the plain requests the texts were built from.
+
+    Texts are batched by length (the longest first), so a batch pads its prompts little; the samples come back in
+    the texts' order."""
     model.eval()
-    samples = []
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    samples: list[Sample | None] = [None] * len(texts)
     for start in range(0, len(texts), batch_size):
+        chunk = order[start : start + batch_size]
         _, responses = generate_tokens(
-            model, tokenizer, texts[start : start + batch_size], max_new_tokens, temperature, seed + start
+            model, tokenizer, [texts[i] for i in chunk], max_new_tokens, temperature, seed + start
         )
         responses, ended = truncate_after_eos(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        for i, row in enumerate(responses):
+        for i, row, row_ended in zip(chunk, responses, ended):
             ids = [t for t in row.tolist() if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
             # A tokenizer trained here starts each text with a space token (training/pretrain.py, `train_tokenizer`):
             # the response's text leaves it out; tokenized again after the prompt it gives the same ids.
             text = tokenizer.decode(ids, skip_special_tokens=True).removeprefix(" ")
-            samples.append(Sample(prompts[start + i], text, bool(ended[i]), len(ids)))
+            samples[i] = Sample(prompts[i], text, bool(row_ended), len(ids))
     return samples
+
+
+def sample_key(
+    model_dir: Path | str,
+    prompts: list[str],
+    texts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int,
+    seed: int,
+) -> str:
+    """What a model's samples are keyed by: the model's folder (one per materialization, written once: its data
+    version, `<artifacts>/<asset>/<run id>/`), the sha256 of the prompts and of how they were asked, and every
+    sampling setting."""
+    prompts_sha = hashlib.sha256(json.dumps([prompts, texts]).encode()).hexdigest()
+    settings = {
+        "model": str(Path(model_dir).resolve()),
+        "prompts_sha256": prompts_sha,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def sample_once(
+    model_dir: Path | str,
+    model,
+    tokenizer,
+    prompts: list[str],
+    texts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int = 32,
+    seed: int = 0,
+    store: Path | None = None,
+) -> tuple[list[Sample], bool]:
+    """`sample`, generated once per key (`sample_key`) and reused wherever the same key comes up again: the four method
+    evaluations sample SFT once between them, and after an edit of the comparisons the evaluation samples only the new
+    policy. Returns (samples, reused). The samples live in `store` (default `<RLHF_DAG_HOME>/samples/`)."""
+    from ..artifacts import atomic_path
+    from ..config import home_dir
+
+    key = sample_key(model_dir, prompts, texts, max_new_tokens, temperature, batch_size, seed)
+    path = Path(store or home_dir() / "samples") / f"{key}.json"
+    if path.exists():
+        return [Sample(**s) for s in json.loads(path.read_text(encoding="utf-8"))], True
+    samples = sample(model, tokenizer, prompts, texts, max_new_tokens, temperature, batch_size, seed)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps([asdict(s) for s in samples]), encoding="utf-8")
+    return samples, False
 
 
 @torch.no_grad()

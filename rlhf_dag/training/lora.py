@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..config import LoRAConfig
 
 ADAPTER_DIR = "adapter"
@@ -41,6 +43,39 @@ def is_adapted(model) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
+class MergedCopy:
+    """A plain copy of a LoRA model with its adapter merged in, refreshed before each rollout: sampling runs at the
+    plain model's speed (no adapter matmuls per layer and token: at 135M on a CPU, 56 vs 96 new tokens/s, issue #28)
+    while training keeps the adapter apart and the reference (the adapter disabled) exact. peft's own
+    `merge_adapter`/`unmerge_adapter` would add and subtract the adapter in the shared base weights, and the
+    rounding left behind each time would move the reference."""
+
+    def __init__(self, model):
+        import copy
+
+        from peft.tuners.lora import LoraLayer
+
+        base = model.get_base_model()
+        self.model = copy.deepcopy(base).eval().requires_grad_(False)
+        self._layers = []  # (the LoRA layer of the trained model, the plain Linear of the copy it is merged into)
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                parent, _, child = name.rpartition(".")
+                linear = self.model.get_submodule(name).base_layer
+                setattr(self.model.get_submodule(parent) if parent else self.model, child, linear)
+                self._layers.append((module, linear))
+
+    @torch.no_grad()
+    def refresh(self):
+        """The copy with the adapter's current weights merged in: W + scale * B @ A per layer."""
+        for layer, linear in self._layers:
+            merged = layer.base_layer.weight.detach().clone()
+            for adapter in layer.active_adapters:
+                merged += layer.get_delta_weight(adapter)
+            linear.weight.copy_(merged)
+        return self.model
 
 
 def parameter_counts(model) -> dict[str, int]:

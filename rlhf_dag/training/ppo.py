@@ -292,6 +292,7 @@ def ppo_train(
     parameter_counts = lora.parameter_counts(learner)  # policy and critic
     if distributed.world_size() > 1:
         learner = torch.nn.parallel.DistributedDataParallel(learner)
+    merged = lora.MergedCopy(policy) if lora.is_adapted(policy) else None
     kl_coef, history, order, resumed_from = cfg.kl_coef, [], [], 0
     resumed = resume.latest(checkpoints)
     if resumed is not None:
@@ -314,7 +315,7 @@ def ppo_train(
         policy.eval()
         # [PPO-12] the log-probs of the sampling pass ([PPO-17] sampler) are the rollout's old log-probs: no second policy forward
         query, response, logprobs = generate_tokens(
-            policy,
+            merged.refresh() if merged else policy,  # [PPO-18] a LoRA policy samples from its merged weights
             tokenizer,
             [format_prompt(p, tokenizer) for p in batch_prompts],
             cfg.max_new_tokens,

@@ -136,15 +136,22 @@ def load_gguf(path: Path):
     transformers refuses to save a model it loaded from GGUF ("quantized with gguf and is not serializable"): the
     same weights go into a fresh model built from its config, which saves as plain safetensors.
     """
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     logger.info("base_model: importing %s (dequantizing to float32)", path.name)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a bar per tensor, hundreds of lines in a run's log: one line above instead
+    bars, tqdm = hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
+    # a bar per tensor, hundreds of updates in a run's log: one line above instead. The dequantizing bar is plain tqdm,
+    # which transformers' switch does not reach.
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     finally:
+        gguf_utils.tqdm = tqdm
         if bars:
             hf_logging.enable_progress_bar()
     config = loaded.config

@@ -1,0 +1,53 @@
+"""A model's samples are generated once: keyed by the model's folder, the prompts and the sampling settings, and reused
+wherever the same key comes up again (issue: generation near the machine's limit)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf_dag.training import generate
+from rlhf_dag.training.generate import Sample, sample_once
+
+
+@pytest.fixture
+def generations(monkeypatch):
+    """Replaces the sampler: each call is recorded, and answers what a model would (a response per text)."""
+    calls = []
+
+    def fake_sample(model, tokenizer, prompts, texts, max_new_tokens, temperature, batch_size=32, seed=0):
+        calls.append((model, list(texts), max_new_tokens, temperature, seed))
+        return [Sample(p, f"{model} answers {t} ({seed})", True, 3) for p, t in zip(prompts, texts)]
+
+    monkeypatch.setattr(generate, "sample", fake_sample)
+    return calls
+
+
+def _sample(store, model="sft", folder="artifacts/sft_model/run-1", texts=("a?", "b?"), **settings):
+    settings = {"max_new_tokens": 8, "temperature": 1.0, "seed": 0} | settings
+    return sample_once(folder, model, None, list(texts), [f"<{t}>" for t in texts], store=store, **settings)
+
+
+def test_a_reused_key_runs_no_generation_and_gives_the_same_samples(tmp_path, generations):
+    first, reused = _sample(tmp_path)
+    assert (reused, len(generations)) == (False, 1)
+    again, reused = _sample(tmp_path)
+    assert reused is True
+    assert len(generations) == 1  # no generation ran for the reused key
+    assert again == first
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"folder": "artifacts/ppo_policy/run-2", "model": "ppo"},  # another model
+        {"texts": ("a?", "c?")},  # other prompts
+        {"max_new_tokens": 16},
+        {"temperature": 0.7},
+        {"seed": 1},
+    ],
+    ids=["model", "prompts", "max_new_tokens", "temperature", "seed"],
+)
+def test_any_other_model_prompt_or_setting_generates_anew(tmp_path, generations, change):
+    _sample(tmp_path)
+    _, reused = _sample(tmp_path, **change)
+    assert reused is False and len(generations) == 2
