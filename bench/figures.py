@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from harness import CORE_STEPS, REPO, bench_parser, isolated_env, machine, machine_line, run_child, warn_if_busy
 
@@ -84,6 +85,76 @@ def block(info: dict, profile: str, commit: str, wall: float, log: str, figures:
     )
 
 
+REAL_BEGIN, REAL_END = "<!-- real-model:begin -->", "<!-- real-model:end -->"
+MODELS = (("base", "SmolLM2-135M-Instruct"), ("sft", "SFT"), ("ppo", "PPO"))
+
+
+def real_model_block(home: Path, info: dict, commit: str, wall: float) -> str:
+    """The README's lead: each of the source's four prompts before (the instruct model) and after RLHF (PPO), one real
+    sample each (the evaluation's first, at its temperature), and the figures table, from the run's policy_evaluation
+    and reward_model folders in `home`."""
+    import json
+
+    from rlhf_dag.data.gold import GoldJudge
+
+    def latest(asset: str) -> Path:
+        return max((home / "artifacts" / asset).glob("[!.]*"), key=lambda d: d.stat().st_mtime)
+
+    evaluation = latest("policy_evaluation")
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    samples = json.loads((evaluation / "samples.json").read_text())
+    reward = json.loads((latest("reward_model") / "step.json").read_text())["metrics"]
+    judge, fence = GoldJudge(), "`" * 4  # a fence longer than any a response writes (code answers hold ```)
+    lines = [
+        REAL_BEGIN,
+        "SmolLM2-135M-Instruct as shipped, and after RLHF on this project's labels (LoRA SFT, reward model, PPO), on "
+        "the source's four prompts: one real sample of each, the gold labeler's verdict, and how often each model gets "
+        "each prompt right.",
+        "",
+    ]
+    for prompt in judge.source_prompts:
+        lines += [f"**{prompt}**", ""]
+        for name, title in (("base", "Before: SmolLM2-135M-Instruct"), ("ppo", "After: SFT + PPO (LoRA)")):
+            s = next(x for x in samples[name] if x["prompt"] == prompt)
+            verdict = "right" if judge.is_correct(prompt, s["response"]) else "wrong"
+            lines += [f"{title} ({verdict} by the gold labeler):", "", fence + "text", s["response"].strip(), fence, ""]
+    kinds = [judge.kind(p) for p in judge.source_prompts]
+    rows = [
+        "| | " + " | ".join(t for _, t in MODELS) + " |",
+        "|---|" + "---:|" * len(MODELS),
+        *(
+            f"| {kind} prompt right (16 samples, T = 0.7) | "
+            + " | ".join(f"{metrics.get(f'{m}_source_pass_{kind}', float('nan')):.2f}" for m, _ in MODELS)
+            + " |"
+            for kind in kinds
+        ),
+        "| gold mean on the held-out prompts | "
+        + " | ".join(f"{metrics.get(f'{m}_gold_mean', float('nan')):.3f}" for m, _ in MODELS)
+        + " |",
+        f"| gold win rate vs SFT [95% CI] | | | {metrics['win_rate_ppo_vs_sft']:.3f} "
+        f"[{metrics['win_rate_ppo_vs_sft_ci_low']:.3f}, {metrics['win_rate_ppo_vs_sft_ci_high']:.3f}] |",
+        f"| gold win rate of SFT vs the instruct model | | {metrics['win_rate_sft_vs_base']:.3f} | |",
+        f"| KL to SFT | | | {metrics['ppo_kl_to_sft']:.2f} |",
+    ]
+    per_kind = ", ".join(
+        f"{k.removeprefix('validation_accuracy_')} {v:.3f} ({reward[k.replace('accuracy', 'pairs')]:.0f} pairs)"
+        for k, v in reward.items()
+        if k.startswith("validation_accuracy_")
+    )
+    lines += [
+        *rows,
+        "",
+        f"The reward model's held-out accuracy: {reward['validation_accuracy']:.3f}"
+        + (f" ({per_kind})" if per_kind else "")
+        + ".",
+        f"One seed (0), measured by `make figures-real` on {machine_line(info)}; commit `{commit}`; the core graph took "
+        f"{wall / 60:.0f} min. The samples are each model's first answer in `policy_evaluation` (T = 1).",
+        "",
+        REAL_END,
+    ]
+    return "\n".join(lines)
+
+
 def replace_block(text: str, new: str, where: str, profile: str = "default") -> str:
     begin, end, _ = BLOCKS.get(profile, (BEGIN, END, None))
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
@@ -120,6 +191,14 @@ def main() -> int:
         f.write(replace_block(text, new, readme, args.profile))
     print(new)
     print(f"\n(written to {readme})")
+    if args.profile == "smollm2":  # the README leads with what RLHF did to the real model
+        lead = real_model_block(root / "home", info, commit, child.wall_seconds)
+        text = (REPO / "README.md").read_text(encoding="utf-8")
+        pattern = re.compile(re.escape(REAL_BEGIN) + r".*?" + re.escape(REAL_END), re.DOTALL)
+        if len(pattern.findall(text)) != 1:
+            raise ValueError(f"README.md: expected one block between {REAL_BEGIN!r} and {REAL_END!r}")
+        (REPO / "README.md").write_text(pattern.sub(lambda _: lead, text), encoding="utf-8")
+        print(f"(and README.md's {REAL_BEGIN} block)")
     return 0
 
 

@@ -9,11 +9,11 @@ bench's, or trained for it) on the profile's own prompts, at the profile's setti
 
 - `ppo_rollout`: one rollout batch (`rollout_batch_size` prompts, `max_new_tokens`) from the policy with a LoRA
   adapter when the profile trains one (its B drawn small, so that the adapter computes something);
-- `evaluation`: held-out prompts, `samples_per_prompt` each, at the evaluation's length and temperature, 32 a batch;
-- `labeling_candidates` (and `make-labels`, the same call): prompts x K responses at its settings.
+- `evaluation`: 64 held-out prompts, `samples_per_prompt` each, at the evaluation's length and temperature;
+- `labeling_candidates` (and `make-labels`, the same call): 16 prompts x K responses at its settings.
 
 Before: transformers' `generate(do_sample=True)` (`torch.multinomial`, PAD suppressed) on the model as the path
-holds it (the LoRA policy unmerged), prompts in file order, 32 a batch. After: the project's sampler
+holds it (the LoRA policy unmerged), prompts in file order, 32 a batch (`sample`'s batch before). After: the project's sampler
 (`generate.sample`, `generate_tokens`: the decoding loop, length-sorted batches, merged LoRA weights). New tokens
 are the response tokens written (EOS included, never PAD); before and after alternate, `--repeats` times each
 after a warm-up, and the figures are the medians. GRPO and RLOO sample inside TRL's trainers (their `generate`):
@@ -29,7 +29,7 @@ import time
 from harness import REPO, RESULTS, bench_parser, machine, machine_line, markdown_table, warn_if_busy
 from ppo import find_models
 
-BATCH = 32  # the evaluation's and the candidates' batch, before and after
+BATCH = 32  # the evaluation's and the candidates' batch before (after: generate.SAMPLE_BATCH)
 
 
 def forward_bound(model, vocab: int) -> dict:
@@ -117,7 +117,7 @@ def measure(profile: str, repeats: int) -> dict:
         flush=True,
     )
     prompts = [r["prompt"] for r in load_labels(labels / "prompts.jsonl", "prompts").records]
-    held_out = [r["prompt"] for r in load_labels(labels / "eval_prompts.jsonl", "eval_prompts").records][:32]
+    held_out = [r["prompt"] for r in load_labels(labels / "eval_prompts.jsonl", "eval_prompts").records][:64]
 
     policy = model
     if ppo_cfg.lora is not None:
@@ -129,7 +129,7 @@ def measure(profile: str, repeats: int) -> dict:
     merged = lora.MergedCopy(policy) if lora.is_adapted(policy) else None
     rollout = [format_prompt(p, tokenizer) for p in prompts[: ppo_cfg.rollout_batch_size]]
     evaluation = [format_prompt(p, tokenizer) for p in held_out for _ in range(eval_cfg.samples_per_prompt)]
-    candidates = [format_prompt(p, tokenizer) for p in prompts[:8] for _ in range(cand_cfg.responses_per_prompt)]
+    candidates = [format_prompt(p, tokenizer) for p in prompts[:16] for _ in range(cand_cfg.responses_per_prompt)]
 
     def rollout_after() -> int:
         _, response, _ = generate_tokens(
@@ -143,7 +143,7 @@ def measure(profile: str, repeats: int) -> dict:
         return new_tokens(response, tokenizer.pad_token_id, tokenizer.eos_token_id)
 
     def sampled(texts, cfg_max, temperature):
-        samples = sample(model, tokenizer, texts, texts, cfg_max, temperature, batch_size=BATCH)
+        samples = sample(model, tokenizer, texts, texts, cfg_max, temperature)
         return sum(s.n_tokens + s.ended_with_eos for s in samples)
 
     paths = {

@@ -467,7 +467,7 @@ MUTATIONS = [
     Mutation(
         "RM score read at the first token, not the EOS",
         "rlhf_dag/training/reward.py",
-        [("scores += all_scores[torch.arange(len(texts)), last].tolist()", "scores += all_scores[:, 0].tolist()")],
+        [("all_scores[torch.arange(len(chunk)), last].tolist()", "all_scores[:, 0].tolist()")],
         ["tests/test_reward_loss.py::test_each_text_is_scored_at_its_own_eos_in_a_padded_batch"],
     ),
     Mutation(

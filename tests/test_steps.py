@@ -127,7 +127,7 @@ def test_the_evaluation_compares_ppo_with_sft_samples(smoke_run, isolated_env, m
     inputs["eval_prompts"] = str(isolated_env / "labels" / "eval_prompts.jsonl")
     seen = {}
 
-    def known_scores(policies, tokenizer, reward_model, prompts, cfg, judge):
+    def known_scores(policies, tokenizer, reward_model, prompts, cfg, judge, reused=None):
         seen.update(policies)
         repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
         n = len(repeated)
@@ -157,7 +157,13 @@ def test_the_evaluation_compares_ppo_with_sft_samples(smoke_run, isolated_env, m
     assert metrics["win_rate_ppo_vs_sft"] == pytest.approx(0.375)
     assert metrics["win_rate_sft_vs_base"] == pytest.approx(0.75)
     assert metrics["win_rate_ppo_vs_base"] == pytest.approx(1.0)
-    assert {name: instruct for name, (_, instruct) in seen.items()} == {"base": False, "sft": True, "ppo": True}
+    assert {name: instruct for name, (_, instruct, _) in seen.items()} == {"base": False, "sft": True, "ppo": True}
+    # each model's samples are keyed by the folder its input names
+    assert {name: str(folder) for name, (_, _, folder) in seen.items()} == {
+        "base": inputs["base_model"],
+        "sft": inputs["sft_model"],
+        "ppo": inputs["ppo_policy"],
+    }
     for name in ("base", "sft", "ppo"):  # each model is the one its input names (PPO moved away from SFT)
         asset = {"base": "base_model", "sft": "sft_model", "ppo": "ppo_policy"}[name]
         expected = load_causal_lm(inputs[asset])[0].state_dict()

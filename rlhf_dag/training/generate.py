@@ -13,6 +13,11 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
+# Rows decoded together. A decoding step reads every weight once whatever the batch, so small batches are bound by
+# memory, not arithmetic: at 135M on 2 CPU cores a step takes 135 ms at 16 rows, 185 at 32, 243 at 64 (118, 173 and
+# 263 new tokens/s while every row is writing; bench/generation.py, docs/benchmarks.md).
+SAMPLE_BATCH = 64
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -144,7 +149,7 @@ def sample(
     texts: list[str],
     max_new_tokens: int,
     temperature: float,
-    batch_size: int = 32,
+    batch_size: int = SAMPLE_BATCH,
     seed: int = 0,
 ) -> list[Sample]:
     """Sample one response per text; `prompts` are the plain requests the texts were built from.
@@ -202,7 +207,7 @@ def sample_once(
     texts: list[str],
     max_new_tokens: int,
     temperature: float,
-    batch_size: int = 32,
+    batch_size: int = SAMPLE_BATCH,
     seed: int = 0,
     store: Path | None = None,
 ) -> tuple[list[Sample], bool]:

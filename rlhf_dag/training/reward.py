@@ -103,20 +103,23 @@ def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
-    """Reward of each (prompt, response): the score at the EOS closing prompt + response."""
+    """Reward of each (prompt, response): the score at the EOS closing prompt + response.
+
+    Scored in batches of similar length (the longest first), so that a batch pads little; the scores come back in
+    the order given."""
     model.eval()
-    scores: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            format_prompt(p, tokenizer) + r + tokenizer.eos_token
-            for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
-        ]
-        batch = tokenizer(texts, return_tensors="pt", padding=True).to(
+    texts = [format_prompt(p, tokenizer) + r + tokenizer.eos_token for p, r in zip(prompts, responses)]
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    scores = [0.0] * len(texts)
+    for start in range(0, len(texts), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True).to(
             model.device
         )  # with a BOS where the tokenizer adds one, as TRL trained
         all_scores = per_token_scores(model, batch["input_ids"], batch["attention_mask"])
         last = batch["attention_mask"].sum(dim=1) - 1
-        scores += all_scores[torch.arange(len(texts)), last].tolist()
+        for i, score in zip(chunk, all_scores[torch.arange(len(chunk)), last].tolist()):
+            scores[i] = score
     return scores
 
 
