@@ -33,6 +33,8 @@ def _figure(name: str, metadata: dict) -> str | None:
     value = metadata[name].value
     if not isinstance(value, (int, float)) or isinstance(value, bool) or name.endswith(("_ci_low", "_ci_high")):
         return None
+    if name == "seconds":  # the table above the figures has each step's seconds
+        return None
     if f"{name}_ci_low" in metadata:
         return f"{name} {value:.3f} [{metadata[name + '_ci_low'].value:.3f}, {metadata[name + '_ci_high'].value:.3f}]"
     return f"{name} {value}" if isinstance(value, int) else f"{name} {value:.4g}"

@@ -43,15 +43,15 @@ def test_a_steps_first_line_says_where_the_run_stands_and_how_long_the_rest_took
     selection = ["base_model", "sft_model", "reward_model", "ppo_policy"]
     last = {"sft_model": 300.0, "reward_model": 600.0, "ppo_policy": 900.0, "base_model": 40.0}
     assert run_progress("sft_model", selection, {"base_model"}, last) == (
-        "sft_model: step 2 of 4 in this run; about 30 min left by each step's last time"
+        "sft_model: asset 2 of 4 in this run; about 30 min left by each asset's last time"
     )
     assert run_progress("reward_model", selection, {"base_model", "sft_model"}, {"reward_model": 50.0}) == (
-        "reward_model: step 3 of 4 in this run; about 50 s left by each step's last time"
+        "reward_model: asset 3 of 4 in this run; about 50 s left by each asset's last time"
         " (and no earlier time of ppo_policy)"
     )
     assert run_progress("base_model", selection, set(), {}) == (
-        "base_model: step 1 of 4 in this run (no earlier time of base_model, ppo_policy, reward_model, sft_model)"
+        "base_model: asset 1 of 4 in this run (no earlier time of base_model, ppo_policy, reward_model, sft_model)"
     )
     assert run_progress("ppo_policy", selection, {"base_model", "sft_model", "reward_model"}, {"sft_model": 5.0}) == (
-        "ppo_policy: step 4 of 4 in this run (no earlier time of ppo_policy)"
+        "ppo_policy: asset 4 of 4 in this run (no earlier time of ppo_policy)"
     )

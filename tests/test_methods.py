@@ -158,6 +158,8 @@ def test_the_alternatives_train_pass_their_gates_and_fill_one_table(alternatives
             <= 1
         )
         assert evaluation["registry_version"] in table and evaluation["registry_why"]
+        # SFT was sampled once, by policy_evaluation, for every method's evaluation: same model, prompts, settings
+        assert evaluation["samples_reused"] == "sft"
     # GRPO and RLOO show their RM-vs-gold curve, as PPO does
     assert "rm_vs_gold_png" in _metadata(result, "grpo_evaluation") and "rm_vs_gold_png" in _metadata(
         result, "rloo_evaluation"

@@ -69,9 +69,9 @@ def run_progress(asset: str, selection: Iterable[str], done: set[str], last_seco
     selection = sorted(selection)
     left = [a for a in selection if a not in done]
     known = [a for a in left if a in last_seconds]
-    line = f"{asset}: step {len(selection) - len(left) + 1} of {len(selection)} in this run"
+    line = f"{asset}: asset {len(selection) - len(left) + 1} of {len(selection)} in this run"
     if known:
-        line += f"; about {duration(sum(last_seconds[a] for a in known))} left by each step's last time"
+        line += f"; about {duration(sum(last_seconds[a] for a in known))} left by each asset's last time"
     unknown = [a for a in left if a not in last_seconds]
     if unknown:
         line += f" ({'no' if not known else 'and no'} earlier time of {', '.join(unknown)})"
