@@ -597,6 +597,17 @@ MUTATIONS = [
             "tests/test_console.py::test_a_steps_first_line_says_where_the_run_stands_and_how_long_the_rest_took_last_time"
         ],
     ),
+    Mutation(
+        "a training step writes a line for every logged loss",
+        "rlhf_dag/training/monitor.py",
+        [
+            (
+                'if "loss" in logs and self.started is not None and state.global_step and due:',
+                'if "loss" in logs and self.started is not None and state.global_step:',
+            )
+        ],
+        ["tests/test_console.py::test_a_training_step_writes_a_line_at_each_fifth_of_its_run_not_at_every_logged_loss"],
+    ),
 ]
 
 

@@ -55,3 +55,25 @@ def test_a_steps_first_line_says_where_the_run_stands_and_how_long_the_rest_took
     assert run_progress("ppo_policy", selection, {"base_model", "sft_model", "reward_model"}, {"sft_model": 5.0}) == (
         "ppo_policy: asset 4 of 4 in this run (no earlier time of ppo_policy)"
     )
+
+
+def test_a_training_step_writes_a_line_at_each_fifth_of_its_run_not_at_every_logged_loss(caplog):
+    """100 optimizer steps, the loss logged at each (what a short run does): six lines, the first and the last step's
+    among them, each with the loss and the time left; the trainer's every value still goes to MLflow."""
+    from types import SimpleNamespace
+
+    from rlhf_dag.training.monitor import TrainingMonitor
+
+    monitor = TrainingMonitor("sft_model")
+    state = SimpleNamespace(global_step=0, max_steps=100)
+    args = SimpleNamespace(world_size=1, logging_steps=1)
+    with caplog.at_level(logging.INFO, logger="rlhf_dag.training.monitor"):
+        monitor.on_train_begin(args, state, None)
+        for step in range(1, 101):
+            state.global_step = step
+            monitor.on_log(args, state, None, logs={"loss": 1.0 / step})
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == [f"sft_model: step {n}/100" for n in (1, 21, 41, 61, 81, 100)], (
+        lines
+    )
+    assert lines[-1] == "sft_model: step 100/100, loss 0.010, 0 s left"

@@ -16,17 +16,20 @@ class TrainingDivergedError(RuntimeError):
 
 
 class TrainingMonitor(TrainerCallback):
-    """One log line per logged step (`<asset>: step N/M, loss L, T s left`, logger `rlhf_dag`) instead of the
-    trainer's raw dicts; a stop at the first logged NaN/inf loss, naming the asset and the global step,
-    before anything is saved; and a logged loss at every checkpoint."""
+    """A short log line (`<asset>: step N/M, loss L, T s left`, logger `rlhf_dag`) at each fifth of the run and at
+    least once a minute (the validation loss as often), instead of the trainer's raw dicts (MLflow still gets every logged loss); a stop at the
+    first logged NaN/inf loss, naming the asset and the global step, before anything is saved; and a logged loss
+    at every checkpoint."""
 
     def __init__(self, step: str):
         self.step = step
         self.started = None
         self.first_step = 0
+        self.next_line, self.next_eval, self.last_line = 0, 0, 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started, self.first_step = time.perf_counter(), state.global_step
+        self.next_line, self.next_eval, self.last_line = state.global_step + 1, state.global_step + 1, self.started
         if state.global_step:
             logger.info("%s: resumed from the checkpoint at step %d/%d", self.step, state.global_step, state.max_steps)
         if args.world_size > 1:
@@ -52,8 +55,12 @@ class TrainingMonitor(TrainerCallback):
                     f"{self.step}: non-finite training loss ({logs[key]}) at global step {state.global_step} of {state.max_steps}"
                     f"{window}; lower learning_rate, or look for a bad batch"
                 )
-        if "loss" in logs and self.started is not None and state.global_step:
-            elapsed = time.perf_counter() - self.started
+        now = time.perf_counter()
+        due = state.global_step >= self.next_line or state.global_step == state.max_steps or now - self.last_line > 60
+        if "loss" in logs and self.started is not None and state.global_step and due:
+            self.next_line = state.global_step + math.ceil(state.max_steps / 5)
+            self.last_line = now
+            elapsed = now - self.started
             left = elapsed / max(1, state.global_step - self.first_step) * (state.max_steps - state.global_step)
             logger.info(
                 "%s: step %d/%d, loss %.3f, %.0f s left",
@@ -63,7 +70,8 @@ class TrainingMonitor(TrainerCallback):
                 logs["loss"],
                 left,
             )
-        if "eval_loss" in logs and state.global_step < state.max_steps:
+        if "eval_loss" in logs and state.global_step < state.max_steps and state.global_step >= self.next_eval:
+            self.next_eval = state.global_step + math.ceil(state.max_steps / 5)
             extra = f", accuracy {logs['eval_accuracy']:.3f}" if "eval_accuracy" in logs else ""
             logger.info(
                 "%s: step %d/%d, validation loss %.3f%s",
