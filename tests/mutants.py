@@ -238,12 +238,6 @@ MUTATIONS = [
         [PRETRAINED + "test_a_users_tokenizer_keeps_its_eos_and_gets_a_distinct_pad_and_the_chat_tokens"],
     ),
     Mutation(
-        "a user's model: its sampling defaults kept in its generation config",
-        "rlhf_dag/training/pretrain.py",
-        [("    model.generation_config = GenerationConfig.from_model_config(model.config)\n", "")],
-        [PRETRAINED + "test_ppo_on_the_users_model_samples_from_the_distribution_it_optimizes"],
-    ),
-    Mutation(
         "a user's model: prompts sampled without the BOS its tokenizer adds",
         "rlhf_dag/training/generate.py",
         [
