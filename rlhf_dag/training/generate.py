@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-logger = logging.getLogger(__name__)
 
 # Rows decoded together. A decoding step reads every weight once whatever the batch, so small batches are bound by
 # memory, not arithmetic: at 135M on 2 CPU cores a step takes 135 ms at 16 rows, 185 at 32, 243 at 64 (118, 173 and
