@@ -602,6 +602,20 @@ MUTATIONS = [
         ],
         ["tests/test_console.py::test_a_training_step_writes_a_line_at_each_fifth_of_its_run_not_at_every_logged_loss"],
     ),
+    Mutation(
+        "model loads let transformers swap in kernels from the Hub",
+        "rlhf_dag/training/models.py",
+        [
+            (
+                'NO_HUB_CODE = {"trust_remote_code": False, "use_kernels": False}',
+                'NO_HUB_CODE = {"trust_remote_code": False}',
+            )
+        ],
+        [
+            "tests/test_safety.py::test_no_loader_swaps_in_kernels_from_the_hub[load_causal_lm]",
+            "tests/test_safety.py::test_no_loader_swaps_in_kernels_from_the_hub[base_model.pretrained]",
+        ],
+    ),
 ]
 
 

@@ -35,6 +35,29 @@ def test_a_pickle_only_model_directory_is_refused_with_an_explanation(tmp_path, 
         loader(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "loader",
+    [load_causal_lm, load_reward_model, load_pretrained],
+    ids=["load_causal_lm", "load_reward_model", "base_model.pretrained"],
+)
+def test_no_loader_swaps_in_kernels_from_the_hub(tmp_path, loader, monkeypatch):
+    """transformers 5.25 kernelizes every model it loads (layers replaced by code downloaded from the Hub) when the
+    `kernels` package is installed and USE_HUB_KERNELS is unset; on an H200 that stopped sft_model offline. Every
+    loader of ours asks for none. Recorded at `set_use_kernels`, which from_pretrained calls with what it decided."""
+    from toy import causal_lm, toy_tokenizer
+    from transformers import PreTrainedModel
+
+    asked = []
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
+    monkeypatch.setattr(
+        PreTrainedModel, "set_use_kernels", lambda self, use_kernels, *a, **k: asked.append(use_kernels)
+    )
+    causal_lm().save_pretrained(tmp_path)
+    toy_tokenizer().save_pretrained(tmp_path)
+    loader(str(tmp_path))
+    assert asked and not any(asked), asked
+
+
 def test_a_missing_model_directory_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         require_safetensors(tmp_path / "nope")

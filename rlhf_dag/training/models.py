@@ -8,6 +8,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from .device import device
 
+# Every model load of the graph: no code from the Hub. transformers 5.25 otherwise swaps layers for Hub kernels
+# ("kernels-community/rotary") on CUDA whenever the `kernels` package is installed (it is one of its requirements):
+# a download at run time, refused offline ("could not verify publisher trust status"), seen on an H200.
+NO_HUB_CODE = {"trust_remote_code": False, "use_kernels": False}
+
 
 def require_safetensors(path: Path) -> Path:
     """Refuse a model directory without safetensors weights: pickle `.bin` files can run code when loaded."""
@@ -36,7 +41,7 @@ def load_causal_lm(path: str | Path):
     """(model, tokenizer) from an upstream asset's directory, on the training device."""
     path = require_safetensors(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True).to(device())
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **NO_HUB_CODE).to(device())
     return model, tokenizer
 
 
@@ -44,7 +49,5 @@ def load_reward_model(path: str | Path):
     """(sequence-classification model with one score head, tokenizer)."""
     path = require_safetensors(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True).to(
-        device()
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **NO_HUB_CODE).to(device())
     return model, tokenizer

@@ -29,7 +29,7 @@ from transformers import (
 from ..config import PretrainConfig
 from ..data.chat import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, USER, has_own_template
 from ..data.label_files import file_sha256
-from .models import require_safetensors, set_special_token_ids
+from .models import NO_HUB_CODE, require_safetensors, set_special_token_ids
 from .monitor import monitored
 from .result import ModelCard, StepResult, TrainResult, step
 from .resume import output_dir, resumable_train
@@ -149,7 +149,9 @@ def load_gguf(path: Path):
     gguf_utils.tqdm = functools.partial(tqdm, disable=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, **NO_HUB_CODE
+        )
     finally:
         gguf_utils.tqdm = tqdm
         if bars:
@@ -172,7 +174,7 @@ def load_pretrained(source: str, keep_template: bool = True) -> tuple[object, Pr
         if Path(source).expanduser().exists():
             source = str(require_safetensors(Path(source)))
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **NO_HUB_CODE)
     tokenizer = wrap_tokenizer(tokenizer, keep_template)
     # Rows for the tokens wrap_tokenizer added (initialized around the mean of the trained ones). An embedding
     # already padded past the tokenizer (Qwen2: 151936 rows for 151665 tokens) holds them and keeps its size.

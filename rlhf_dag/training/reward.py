@@ -24,7 +24,7 @@ from ..data.chat import format_prompt
 from . import lora
 from .device import device
 from .judge import Judge, load_judge
-from .models import require_safetensors, set_special_token_ids
+from .models import NO_HUB_CODE, require_safetensors, set_special_token_ids
 from .monitor import monitored
 from .overlong import count_overlong, fit_responses
 from .result import ModelCard, StepResult, TrainResult, markdown_cell, step
@@ -158,7 +158,7 @@ def accuracy_by_kind(prompts: list[str], correct: list[bool], judge: Judge | Non
 def reward_model_from_sft(sft_path: str, tokenizer):
     """The SFT model's backbone with a fresh scalar head (num_labels=1), as InstructGPT initialises its RM."""
     model = AutoModelForSequenceClassification.from_pretrained(
-        require_safetensors(sft_path), num_labels=1, trust_remote_code=False, use_safetensors=True
+        require_safetensors(sft_path), num_labels=1, use_safetensors=True, **NO_HUB_CODE
     )
     set_special_token_ids(model, tokenizer)
     return model.to(device())
