@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -59,7 +60,7 @@ REFERENCE_TRL = "trl==1.12.*"
 
 def reference_requirements() -> list[str]:
     """TRL 1.12 on the same transformers/accelerate/datasets as ours: the comparison is of the PPO loops, not of two Llamas."""
-    return [REFERENCE_TRL] + [f"{p}=={metadata.version(p)}" for p in ("transformers", "accelerate", "datasets")]
+    return [REFERENCE_TRL] + [f"{p}=={metadata.version(p)}" for p in ("transformers", "accelerate", "datasets", "peft")]
 
 
 def reference_python() -> tuple[Path | None, str]:
@@ -128,7 +129,12 @@ def ours_worker(settings: dict, report: str) -> None:
     imports = time.perf_counter() - started
     cfg = resolve("ppo_policy", {"iterations": settings["iterations"]}, settings["profile"])
     policy, tokenizer = load_causal_lm(settings["sft_model"])
-    reference, _ = load_causal_lm(settings["sft_model"])
+    if cfg.lora:  # as the ppo_policy asset: the reference is the policy with its adapter disabled
+        from rlhf_dag.training.lora import adapt
+
+        policy, reference = adapt(policy, cfg.lora), None
+    else:
+        reference, _ = load_causal_lm(settings["sft_model"])
     scorer, _ = load_reward_model(settings["reward_model"])
     critic, _ = load_reward_model(settings["reward_model"])
     rss_after_load = current_rss_mb()
@@ -303,7 +309,10 @@ def main() -> int:
         ours_worker(json.loads(Path(args.settings).read_text()), args.report)
         return 0
 
-    from rlhf_dag.config import REPO_ROOT, resolve
+    os.environ["RLHF_DAG_PROFILE"] = args.profile  # labels_dir(): the profile's own labels (assets/smollm2/ there)
+    from transformers import AutoTokenizer
+
+    from rlhf_dag.config import labels_dir, resolve
     from rlhf_dag.data.chat import format_prompt
     from rlhf_dag.data.label_files import load_labels
 
@@ -312,14 +321,17 @@ def main() -> int:
     cfg = resolve("ppo_policy", {"iterations": args.iterations}, args.profile)
     sft_model, reward_model = find_models(args.profile)
     root, env = isolated_env("ppo-run", args.profile)
-    prompts = [r["prompt"] for r in load_labels(REPO_ROOT / "assets" / "prompts.jsonl", "prompts").records]
+    prompts = [r["prompt"] for r in load_labels(labels_dir() / "prompts.jsonl", "prompts").records]
+    tokenizer = AutoTokenizer.from_pretrained(sft_model)  # the prompts as PPO formats them: the model's own template
     settings = {
         # repo-relative (the workers run in the repo root), so that results JSON names no machine path
         "profile": args.profile,
         "sft_model": str(sft_model.relative_to(REPO)),
         "reward_model": str(reward_model.relative_to(REPO)),
         "prompts": prompts,
-        "prompt_texts": [format_prompt(p) for p in prompts],
+        "prompt_texts": [format_prompt(p, tokenizer) for p in prompts],
+        # the profile's LoRA (TRL: peft_config, its reference the adapter disabled), None for a full fine-tune
+        "lora": cfg.lora.model_dump() if cfg.lora else None,
         "iterations": args.iterations,
         **{
             k: getattr(cfg, k)

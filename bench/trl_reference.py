@@ -44,7 +44,22 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(s["sft_model"])
     tokenizer.padding_side = "left"  # TRL's PPO generates from left-padded queries
     policy = AutoModelForCausalLM.from_pretrained(s["sft_model"])
-    reference = AutoModelForCausalLM.from_pretrained(s["sft_model"])
+    peft_config = None
+    if s.get("lora"):  # the profile's LoRA; TRL's reference is then the policy with its adapter disabled, as ours
+        from peft import LoraConfig
+
+        lora = s["lora"]
+        modules = "all-linear" if lora["target_modules"] == ["all-linear"] else lora["target_modules"]
+        peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=modules,
+            task_type="CAUSAL_LM",
+        )
+        reference = None
+    else:
+        reference = AutoModelForCausalLM.from_pretrained(s["sft_model"])
     reward_model = AutoModelForSequenceClassification.from_pretrained(s["reward_model"], num_labels=1)
     value_model = AutoModelForSequenceClassification.from_pretrained(s["reward_model"], num_labels=1)
     prompts = s["prompt_texts"]
@@ -133,6 +148,7 @@ def main() -> int:
             reward_model=reward_model,
             value_model=value_model,
             train_dataset=dataset,
+            peft_config=peft_config,
             callbacks=[IterationClock()],
         )
         train_started = time.perf_counter()
