@@ -1,6 +1,6 @@
 """Our PPO against TRL 1.12's PPOTrainer at matched settings, and our sampling against plain `model.generate`.
 
-    .venv/bin/python bench/ppo.py [--profile default] [--iterations 5]
+    .venv/bin/python bench/ppo.py [--profile default] [--iterations 5] [--rounds 3] [--skip-sampling]
 
 Both implementations start from the same SFT model (policy and reference) and
 the same reward model (reward and critic), with the profile's rollout batch,
@@ -190,7 +190,9 @@ def ours_worker(settings: dict, report: str) -> None:
                 settings["prompt_texts"][: cfg.rollout_batch_size],
                 cfg.max_new_tokens,
                 cfg.temperature,
-            ),
+            )
+            if settings["sampling"]
+            else [],
         },
     )
 
@@ -303,6 +305,11 @@ def main() -> int:
         help="rounds of both implementations, alternating which runs first; figures are medians over rounds",
     )
     parser.add_argument("--skip-reference", action="store_true", help="only our figures (no TRL venv)")
+    parser.add_argument(
+        "--skip-sampling",
+        action="store_true",
+        help="no sampling comparison (at 135M its generate(use_cache=False) alone takes over ten minutes on 2 cores)",
+    )
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -333,6 +340,7 @@ def main() -> int:
         # the profile's LoRA (TRL: peft_config, its reference the adapter disabled), None for a full fine-tune
         "lora": cfg.lora.model_dump() if cfg.lora else None,
         "iterations": args.iterations,
+        "sampling": not args.skip_sampling,
         **{
             k: getattr(cfg, k)
             for k in (
@@ -475,16 +483,17 @@ def main() -> int:
         ]
     else:
         lines += [f"Reference: {reference_note.splitlines()[0]}", ""]
-    lines += [
-        f"#### Sampling: {len(settings['prompt_texts'][: cfg.rollout_batch_size])} prompts, up to {cfg.max_new_tokens} new tokens (median of 3)",
-        "",
-        markdown_table(
-            ["variant", "seconds", "decoding steps", "tokens/s (batch x steps / s)"],
-            [[s["variant"], s["seconds"], s["steps"], s["tokens_per_second"]] for s in sampling],
-        ),
-        "",
-        f"Machine: {machine_line(info)}",
-    ]
+    if sampling:
+        lines += [
+            f"#### Sampling: {len(settings['prompt_texts'][: cfg.rollout_batch_size])} prompts, up to {cfg.max_new_tokens} new tokens (median of 3)",
+            "",
+            markdown_table(
+                ["variant", "seconds", "decoding steps", "tokens/s (batch x steps / s)"],
+                [[s["variant"], s["seconds"], s["steps"], s["tokens_per_second"]] for s in sampling],
+            ),
+            "",
+        ]
+    lines += [f"Machine: {machine_line(info)}"]
     save_results(
         "ppo",
         args.profile,
