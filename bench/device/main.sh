@@ -12,7 +12,7 @@ T=bench/results/tmp
 pack() { tar czf $OUT/logs.tgz $T/gpu-smollm2/logs $T/gpu-smollm2/partial.json $T/gpu-smollm2/reports bench/results/gpu.* bench/results/quality* $OUT/q*.log 2>/dev/null; }
 cp bench/results/gpu.md $OUT/gpu-smollm2.md 2>/dev/null; cp bench/results/gpu.json $OUT/gpu-smollm2.json 2>/dev/null
 pack
-if [ $rc != 0 ]; then tail -30 $T/gpu-smollm2/logs/*.log; exit $rc; fi
+if [ $rc != 0 ]; then tail -n 30 $T/gpu-smollm2/logs/*.log; exit $rc; fi
 python3 - <<'PY'
 import json, pathlib
 root = pathlib.Path("bench/results/tmp")
@@ -27,5 +27,5 @@ for s in 1 2; do
 done
 wait
 echo "all done in $(( $(date +%s) - start )) s"
-tail -25 $OUT/q1.log $OUT/q2.log
+tail -n 25 $OUT/q1.log $OUT/q2.log
 pack

@@ -27,5 +27,5 @@ lscpu | grep 'Model name'
 timeout 150 python3 bench/gpu.py --profile smoke --torchrun-step '' 2>&1 | tee $OUT/smoke.log
 rc=${PIPESTATUS[0]}
 cp bench/results/gpu.md $OUT/smoke-gpu.md 2>/dev/null
-[ $rc = 0 ] || tail -40 bench/results/tmp/gpu-smoke/logs/*.log
+[ $rc = 0 ] || tail -n 40 bench/results/tmp/gpu-smoke/logs/*.log
 exit $rc
