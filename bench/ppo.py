@@ -124,19 +124,10 @@ def ours_worker(settings: dict, report: str) -> None:
     from rlhf_dag.config import resolve
     from rlhf_dag.training import ppo
     from rlhf_dag.training.generate import generate_tokens
-    from rlhf_dag.training.models import load_causal_lm, load_reward_model
 
     imports = time.perf_counter() - started
     cfg = resolve("ppo_policy", {"iterations": settings["iterations"]}, settings["profile"])
-    policy, tokenizer = load_causal_lm(settings["sft_model"])
-    if cfg.lora:  # as the ppo_policy asset: the reference is the policy with its adapter disabled
-        from rlhf_dag.training.lora import adapt
-
-        policy, reference = adapt(policy, cfg.lora), None
-    else:
-        reference, _ = load_causal_lm(settings["sft_model"])
-    scorer, _ = load_reward_model(settings["reward_model"])
-    critic, _ = load_reward_model(settings["reward_model"])
+    policy, reference, scorer, critic, tokenizer = ppo.ppo_models(settings["sft_model"], settings["reward_model"], cfg)
     rss_after_load = current_rss_mb()
 
     marks: list[dict] = []

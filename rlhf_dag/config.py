@@ -221,7 +221,11 @@ class PPOConfig(SampleSettings, CheckpointSettings):
     vf_coef: float = Field(0.1, description="weight of the value loss")
     lora: LoRAConfig | None = Field(
         None,
-        description=LORA_FIELD + "; the reference is the policy with its adapter disabled, the critic trains whole",
+        description=LORA_FIELD + "; the reference is the policy with its adapter disabled",
+    )
+    critic_lora: bool = Field(
+        True,
+        description="with `lora`: the critic trains an adapter of the same settings, its score head whole (False: every weight of the critic trains)",
     )
     missing_eos_penalty: float | None = Field(
         -1.0, description="score given instead of the RM's to a response that never emits EOS (None: no penalty)"

@@ -578,6 +578,40 @@ MUTATIONS = [
         ["tests/test_ppo_speed_paths.py::test_sampling_pass_log_probs_match_a_fresh_forward"],
     ),
     Mutation(
+        "with LoRA the critic still trains every weight",
+        "rlhf_dag/training/ppo.py",
+        [("    if cfg.lora and cfg.critic_lora:", "    if False:")],
+        [LORA + "test_with_lora_the_critic_trains_an_adapter_of_its_own_and_its_score_head_never_its_base_weights"],
+    ),
+    Mutation(
+        "rows that join a running batch attend to their left padding",
+        "rlhf_dag/training/generate.py",
+        [
+            (
+                "F.pad(joining_mask, (width - joining_mask.shape[1], 0))])",
+                "F.pad(torch.ones_like(joining_mask), (width - joining_mask.shape[1], 0))])",
+            )
+        ],
+        [
+            "tests/test_ppo_speed_paths.py::"
+            "test_rows_that_join_and_leave_a_running_batch_decode_what_generate_decodes_alone[3]"
+        ],
+    ),
+    Mutation(
+        "a row goes on writing after its EOS",
+        "rlhf_dag/training/generate.py",
+        [
+            (
+                "writing = writing & (token != eos_id) & (written < max_new_tokens)",
+                "writing = writing & (written < max_new_tokens)",
+            )
+        ],
+        [
+            "tests/test_ppo_speed_paths.py::"
+            "test_rows_that_join_and_leave_a_running_batch_decode_what_generate_decodes_alone[5]"
+        ],
+    ),
+    Mutation(
         "the decoding loop forgets the prompt and the tokens drawn so far (no KV cache)",
         "rlhf_dag/training/generate.py",
         [("position_ids=position, cache=cache, use_cache=True", "position_ids=position, cache=None, use_cache=True")],

@@ -24,8 +24,8 @@ from transformers import (
 
 from rlhf_dag.config import LoRAConfig
 from rlhf_dag.data.chat import format_prompt
-from rlhf_dag.training.lora import ADAPTER_DIR, adapt
-from rlhf_dag.training.ppo import ppo_train, reference, response_logprobs
+from rlhf_dag.training.lora import ADAPTER_DIR, adapt, is_adapted
+from rlhf_dag.training.ppo import ppo_models, ppo_train, reference, response_logprobs
 
 TOY_LORA = LoRAConfig(r=2, alpha=4.0)
 
@@ -111,6 +111,27 @@ def test_ppo_with_lora_trains_the_adapter_and_the_critic_never_the_base_weights(
     assert abs(kl[0]) < 1e-5 and kl[-1] > 1e-3, kl
 
 
+def test_with_lora_the_critic_trains_an_adapter_of_its_own_and_its_score_head_never_its_base_weights(tmp_path):
+    """[PPO-19] `ppo_models` as the ppo_policy step calls it: the critic starts as the reward model, and with `lora`
+    only its adapter and its score head train; with `critic_lora` off every weight of it does."""
+    sft, rm = tmp_path / "sft", tmp_path / "rm"
+    for folder, model in ((sft, causal_lm(seed=0)), (rm, value_model())):
+        model.save_pretrained(folder)
+        toy_tokenizer().save_pretrained(folder)
+    cfg = ppo_config(iterations=3, lora=TOY_LORA)
+    policy, ref, _, critic, tokenizer = ppo_models(str(sft), str(rm), cfg)
+    assert ref is None and is_adapted(policy) and is_adapted(critic)
+    base_before = _checksum({n: w for n, w in _base_weights(critic).items() if "score" not in n})
+    score_before = critic.get_base_model().score.weight.detach().clone()
+    adapter_before = {n: p.detach().clone() for n, p in critic.named_parameters() if "lora_B" in n}
+    ppo_train(policy, ref, RiggedReward(), critic, tokenizer, PROMPTS, cfg)
+    assert _checksum({n: w for n, w in _base_weights(critic).items() if "score" not in n}) == base_before
+    assert not torch.equal(critic.get_base_model().score.weight, score_before)
+    assert all(not torch.equal(p, adapter_before[n]) for n, p in critic.named_parameters() if "lora_B" in n)
+    whole = ppo_models(str(sft), str(rm), cfg.model_copy(update={"critic_lora": False}))[3]
+    assert not is_adapted(whole) and all(p.requires_grad for p in whole.parameters())
+
+
 # ---------------------------------------------------------------- through the graph, on the user's Qwen2 checkpoint
 
 
@@ -138,8 +159,7 @@ def test_a_lora_step_trains_only_its_adapter_and_saves_it_beside_merged_weights(
     folder, upstream_dir = Path(handle.path), Path(handle.lineage[upstream])
     metadata = instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
     assert metadata["fine_tune"].value.startswith("lora r=4 alpha=8")
-    if asset != "ppo_policy":  # PPO's figure counts the critic, which trains whole
-        assert handle.metrics["trainable_parameters"] < 0.2 * handle.metrics["parameters"]
+    assert handle.metrics["trainable_parameters"] < 0.2 * handle.metrics["parameters"]  # PPO's: policy and critic
 
     merged = cls.from_pretrained(folder)  # the handle's folder: a plain transformers model
     assert type(merged) is architecture and not (folder / "adapter_config.json").exists()
@@ -190,3 +210,4 @@ def test_the_graph_downstream_of_lora_models_runs_on_their_merged_weights(lora_r
     assert evaluation.lineage["base_model"] == full.output_for_node("base_model").path
     value_model_dir = Path(result.output_for_node("ppo_policy").path) / "value_model"
     assert type(AutoModelForSequenceClassification.from_pretrained(value_model_dir)) is Qwen2ForSequenceClassification
+    assert (value_model_dir / ADAPTER_DIR / "adapter_config.json").is_file()  # the critic's own adapter (PPO-19)

@@ -173,10 +173,12 @@ def test_the_sampler_draws_each_token_with_its_tempered_probability():
     assert total_variation(torch.softmax(logits, dim=-1)) > 0.06  # the check can fail: the temperature shows
 
 
-def test_the_decoding_loop_samples_what_generate_samples():
+@pytest.mark.parametrize("slots", [None, 37])
+def test_the_decoding_loop_samples_what_generate_samples(slots):
     """The sampler (`decode`) against transformers' `generate(do_sample=True)` at equal settings (T = 0.7, PAD
     suppressed): the second token of a response, whose distribution goes through the KV cache and the first draw,
-    is drawn by both with its exact marginal sum_t1 p(t1) p(t2 | t1), 4,000 draws each."""
+    is drawn by both with its exact marginal sum_t1 p(t1) p(t2 | t1), 4,000 draws each; with 37 slots the rows
+    write 37 at a time, joining as others leave."""
     policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
     with torch.no_grad():
         policy.lm_head.bias[4:] = torch.linspace(-2.0, 2.0, len(policy.lm_head.bias) - 4)
@@ -197,7 +199,7 @@ def test_the_decoding_loop_samples_what_generate_samples():
         return (p1[:, None] * p2).sum(dim=0)
 
     exact = marginal(0.7)
-    _, ours = generate_tokens(policy, tokenizer, [text] * 4000, 2, 0.7, generator_seed=0)
+    _, ours = generate_tokens(policy, tokenizer, [text] * 4000, 2, 0.7, generator_seed=0, slots=slots)
     torch.manual_seed(0)
     theirs = policy.generate(
         prompt.repeat(4000, 1),
@@ -236,3 +238,29 @@ def test_greedy_decoding_of_a_left_padded_batch_is_generates():
         suppress_tokens=[tokenizer.pad_token_id],
     )[:, query.shape[1] :]
     assert torch.equal(ours, theirs) and ours.shape[1] >= 2
+
+
+@pytest.mark.parametrize("slots", [3, 5])
+def test_rows_that_join_and_leave_a_running_batch_decode_what_generate_decodes_alone(slots):
+    """Continuous batching (`decode` with fewer slots than prompts): rows stop at EOS and leave, the waiting prompts
+    (of other lengths) join the running batch, left-padded to its width. Greedy, each row gives token for token what
+    `generate` gives for its prompt alone, unpadded."""
+    policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
+    letters = "abcdefgh"
+    texts = [format_prompt(" ".join(letters[(i * j) % 8] for j in range(1 + i % 5))) for i in range(12)]
+    _, ours = generate_tokens(policy, tokenizer, texts, 8, 0.0, slots=slots)
+    pad = tokenizer.pad_token_id
+    for text, row in zip(texts, ours):
+        prompt = tokenizer([text], return_tensors="pt")["input_ids"]
+        alone = policy.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=8,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            suppress_tokens=[pad],
+        )[0, prompt.shape[1] :]
+        assert row[: len(alone)].tolist() == alone.tolist() and bool((row[len(alone) :] == pad).all())
+    lengths = (ours != pad).sum(dim=1)
+    assert lengths.min() < 8 and lengths.max() == 8  # the check can fail: rows left early while others wrote on

@@ -177,26 +177,32 @@ def source_prompt_pass_rates(
 ) -> dict[str, float]:
     """Share of `source_prompt_samples` samples that answer each of the judge's source prompts right (`is_correct`),
     keyed by the prompt's kind (in the judge's order) or, without one, its position; none without a judge. Samples
-    come from `sample_once`: the source prompts whose samples were reused are appended to `reused`."""
+    come from one `sample_once` call for all of them; when it reuses earlier samples, the prompts are appended to
+    `reused`."""
+    source = list(judge.source_prompts) if judge else []
+    if not source:
+        return {}
+    # every prompt's samples in one call: the sampler keeps its batch full across them
+    repeated = [p for p in source for _ in range(cfg.source_prompt_samples)]
+    texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
+    samples, was_reused = sample_once(
+        folder,
+        model,
+        tokenizer,
+        repeated,
+        texts,
+        cfg.max_new_tokens,
+        cfg.source_prompt_temperature,
+        seed=cfg.seed,
+    )
+    if was_reused and reused is not None:
+        reused.extend(source)
     rates = {}
-    for i, prompt in enumerate(judge.source_prompts if judge else ()):
-        repeated = [prompt] * cfg.source_prompt_samples
-        texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
-        samples, was_reused = sample_once(
-            folder,
-            model,
-            tokenizer,
-            repeated,
-            texts,
-            cfg.max_new_tokens,
-            cfg.source_prompt_temperature,
-            seed=cfg.seed,
-        )
+    for i, prompt in enumerate(source):
+        answers = samples[i * cfg.source_prompt_samples : (i + 1) * cfg.source_prompt_samples]
         rates[judge.kind(prompt) or f"prompt{i}"] = sum(
-            bool(judge.is_correct(s.prompt, s.response)) for s in samples
-        ) / len(samples)
-        if was_reused and reused is not None:
-            reused.append(prompt)
+            bool(judge.is_correct(s.prompt, s.response)) for s in answers
+        ) / len(answers)
     return {
         kind: rates[kind]
         for kind in sorted(rates, key=lambda k: judge.kinds.index(k) if k in judge.kinds else len(judge.kinds))

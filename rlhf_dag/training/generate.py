@@ -38,6 +38,42 @@ def draw(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.
     return tokens.squeeze(1), logp.gather(1, tokens).squeeze(1)
 
 
+def _prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Run left-padded prompts through the model: (cache, mask, next positions [B, 1], last logits [B, V]), the
+    columns that are padding in every row left out."""
+    first = int(attention_mask.any(dim=0).long().argmax())
+    input_ids, attention_mask = input_ids[:, first:], attention_mask[:, first:]
+    position = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position, use_cache=True, logits_to_keep=1
+    )
+    return out.cache, attention_mask, position[:, -1:], out.logits[:, -1]
+
+
+def _join(cache, mask: torch.Tensor, joining, joining_mask: torch.Tensor) -> torch.Tensor:
+    """Append the rows of `joining` (a cache of newly prefilled prompts) to `cache`, each left-padded to the wider
+    of the two; returns the joint attention mask. A row's keys keep the positions they were computed at, so padding
+    on the left changes nothing but the mask (as in any left-padded batch)."""
+    width = max(mask.shape[1], joining_mask.shape[1])
+    widen = lambda t, w: F.pad(t, (0, 0, width - w, 0))  # noqa: E731  [B, H, W, D]: pad W on the left
+    for ours, theirs in zip(cache.layers, joining.layers):
+        ours.keys = torch.cat([widen(ours.keys, mask.shape[1]), widen(theirs.keys, joining_mask.shape[1])])
+        ours.values = torch.cat([widen(ours.values, mask.shape[1]), widen(theirs.values, joining_mask.shape[1])])
+    return torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(joining_mask, (width - joining_mask.shape[1], 0))])
+
+
+def _keep(cache, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Keep the rows `keep` of the cache, and drop the columns on the left that none of them attends to (a prompt
+    longer than any left); returns their mask."""
+    cache.batch_select_indices(keep)
+    mask = mask[keep]
+    first = int(mask.any(dim=0).long().argmax())
+    if first:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+    return mask[:, first:]
+
+
 @torch.no_grad()
 def decode(
     model,
@@ -47,48 +83,76 @@ def decode(
     temperature: float,
     eos_id: int,
     pad_id: int,
+    slots: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sampler every path uses: a KV-cached decoding loop over a left-padded batch.
+    """The sampler every path uses: a KV-cached decoding loop that keeps up to `slots` rows writing (all by default).
 
     Each step runs the model on one new token per row and draws from its last logits (`draw`; greedy at temperature
-    0). A row that draws EOS leaves the batch, its KV cache with it, so the model never runs on a finished response
-    (`generate` runs every row until the last one ends); the loop stops when none is left. It computes what
-    `generate(do_sample=True)` with PAD suppressed computes, without `generate`'s per-step machinery (logits
-    processors over the whole vocabulary, stopping criteria, input preparation). Returns (response ids [B, R], PAD
-    after a row's EOS; log-probs [B, R], 0 at PAD)."""
-    batch = len(input_ids)
-    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
-    logprobs = torch.zeros((batch, max_new_tokens), device=input_ids.device)
-    rows = torch.arange(batch, device=input_ids.device)  # the rows still writing, in the cache's order
-    position = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position, use_cache=True, logits_to_keep=1
-    )
-    cache, position, width = out.cache, position[:, -1:], 0
-    for step in range(max_new_tokens):
+    0). It computes what `generate(do_sample=True)` with PAD suppressed computes, without `generate`'s per-step
+    machinery (logits processors over the whole vocabulary, stopping criteria, input preparation), and without its
+    waste: `generate` runs every row of a batch until the last one ends, at a batch that is ever less full.
+    - A row that wrote EOS (or `max_new_tokens`) stops writing; once an eighth of the batch has, those rows leave it
+      with their KV cache (leaving copies the cache, so not one row at a time).
+    - Continuous batching: when a quarter of the slots are free and prompts are waiting, the next prompts are
+      prefilled together and join the batch, so a decoding step runs at a full batch, not at the last few rows of
+      one: a step reads every weight whatever the batch, and on a CPU costs little more at 64 rows than at 16.
+    Returns (response ids [B, R], PAD after a row's EOS; log-probs [B, R], 0 at PAD), rows in the order given."""
+    total, device = len(input_ids), input_ids.device
+    slots = min(slots or total, total)
+    tokens = torch.full((total, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((total, max_new_tokens), device=device)
+    rows = torch.zeros(0, dtype=torch.long, device=device)  # the prompt each row of the batch writes for
+    written = torch.zeros(0, dtype=torch.long, device=device)  # tokens each row has written
+    writing = torch.zeros(0, dtype=torch.bool, device=device)
+    cache = mask = position = logits = None
+    queued = 0
+    while True:
+        free = slots - int(writing.sum())
+        if queued < total and (free == slots or free >= max(1, slots // 4)):
+            if not bool(writing.all()):
+                keep = writing.nonzero().squeeze(1)
+                mask = _keep(cache, mask, keep)
+                rows, written, writing, position, logits = (t[keep] for t in (rows, written, writing, position, logits))
+            joining = slice(queued, min(queued + free, total))
+            new_cache, new_mask, new_position, new_logits = _prefill(model, input_ids[joining], attention_mask[joining])
+            if len(rows):
+                mask = _join(cache, mask, new_cache, new_mask)
+                position, logits = torch.cat([position, new_position]), torch.cat([logits, new_logits])
+            else:
+                cache, mask, position, logits = new_cache, new_mask, new_position, new_logits
+            rows = torch.cat([rows, torch.arange(joining.start, joining.stop, device=device)])
+            written = torch.cat([written, torch.zeros(joining.stop - joining.start, dtype=torch.long, device=device)])
+            writing = torch.cat([writing, torch.ones(joining.stop - joining.start, dtype=torch.bool, device=device)])
+            queued = joining.stop
         # PAD is not a word: sampled inside a response it would read as padding everywhere downstream
         # (masks, response lengths, the RM's last token). PPO scores with the same exclusion (`ppo._token_logprobs`).
-        logits = out.logits[:, -1].float()
+        logits = logits.float()
         logits[:, pad_id] = float("-inf")
         if temperature > 0:
             token, logp = draw(logits, temperature)
-            logprobs[rows, step] = logp
         else:
-            token = logits.argmax(dim=-1)
-        tokens[rows, step], width = token, step + 1
-        going = token != eos_id
-        if not bool(going.any()) or step == max_new_tokens - 1:
+            token, logp = logits.argmax(dim=-1), torch.zeros(len(logits), device=device)
+        now = writing.nonzero().squeeze(1)
+        tokens[rows[now], written[now]] = token[now]
+        logprobs[rows[now], written[now]] = logp[now]
+        written = written + writing.long()
+        writing = writing & (token != eos_id) & (written < max_new_tokens)
+        if not bool(writing.any()) and queued == total:
             break
-        if not bool(going.all()):  # rows that ended leave the batch
-            keep = going.nonzero().squeeze(1)
-            rows, token, position, attention_mask = rows[keep], token[keep], position[keep], attention_mask[keep]
-            cache.batch_select_indices(keep)
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        if not bool(writing.any()) or int((~writing).sum()) >= max(1, len(rows) // 8):
+            if bool(writing.any()):  # rows that stopped writing leave the batch
+                keep = writing.nonzero().squeeze(1)
+                mask = _keep(cache, mask, keep)
+                rows, written, writing, position, token = (t[keep] for t in (rows, written, writing, position, token))
+            else:  # all stopped and prompts are waiting: the next ones start a batch of their own
+                rows, written, writing = rows[:0], written[:0], writing[:0]
+                cache = mask = position = logits = None
+                continue
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         position = position + 1
-        out = model(
-            input_ids=token[:, None], attention_mask=attention_mask, position_ids=position, cache=cache, use_cache=True
-        )
-        cache = out.cache
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+    width = int((tokens != pad_id).any(dim=0).nonzero().max()) + 1 if bool((tokens != pad_id).any()) else 1
     return tokens[:, :width], logprobs[:, :width]
 
 
@@ -101,8 +165,9 @@ def generate_tokens(
     temperature: float,
     generator_seed: int | None = None,
     return_logprobs: bool = False,
+    slots: int | None = None,
 ):
-    """Batched sampling (`decode`), left-padded.
+    """Batched sampling (`decode`, up to `slots` rows writing at a time: all by default), left-padded.
 
     Returns (query ids [B, Q], response ids [B, R]), and with `return_logprobs`
     the log-probability of each sampled token under the distribution it was
@@ -127,6 +192,7 @@ def generate_tokens(
         temperature,
         tokenizer.eos_token_id,
         tokenizer.pad_token_id,
+        slots,
     )
     return (batch["input_ids"], response, logprobs) if return_logprobs else (batch["input_ids"], response)
 
@@ -151,24 +217,22 @@ def sample(
 ) -> list[Sample]:
     """Sample one response per text; `prompts` are the plain requests the texts were built from.
 
-    Texts are batched by length (the longest first), so a batch pads its prompts little; the samples come back in
-    the texts' order."""
+    Up to `batch_size` rows write at a time (`decode`'s continuous batching); the texts join the longest first, so
+    the rows that join together pad their prompts little. The samples come back in the texts' order."""
     model.eval()
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    _, responses = generate_tokens(
+        model, tokenizer, [texts[i] for i in order], max_new_tokens, temperature, seed, slots=batch_size
+    )
+    responses, ended = truncate_after_eos(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
     samples: list[Sample | None] = [None] * len(texts)
-    for start in range(0, len(texts), batch_size):
-        chunk = order[start : start + batch_size]
-        _, responses = generate_tokens(
-            model, tokenizer, [texts[i] for i in chunk], max_new_tokens, temperature, seed + start
-        )
-        responses, ended = truncate_after_eos(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        for i, row, row_ended in zip(chunk, responses, ended):
-            ids = [t for t in row.tolist() if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
-            # A tokenizer trained here starts each text with a space token (training/pretrain.py, `train_tokenizer`):
-            # the response's text leaves it out; tokenized again after the prompt it gives the same ids.
-            text = tokenizer.decode(ids, skip_special_tokens=True).removeprefix(" ")
-            samples[i] = Sample(prompts[i], text, bool(row_ended), len(ids))
+    for i, row, row_ended in zip(order, responses, ended):
+        ids = [t for t in row.tolist() if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
+        # A tokenizer trained here starts each text with a space token (training/pretrain.py, `train_tokenizer`):
+        # the response's text leaves it out; tokenized again after the prompt it gives the same ids.
+        text = tokenizer.decode(ids, skip_special_tokens=True).removeprefix(" ")
+        samples[i] = Sample(prompts[i], text, bool(row_ended), len(ids))
     return samples
 
 

@@ -32,11 +32,12 @@ def peft_config(cfg: LoRAConfig, task_type: str):
     )
 
 
-def adapt(model, cfg: LoRAConfig):
-    """`model` wrapped with fresh LoRA adapters (B = 0: it still computes exactly what `model` does); base weights frozen."""
+def adapt(model, cfg: LoRAConfig, task_type: str = "CAUSAL_LM"):
+    """`model` wrapped with fresh LoRA adapters (B = 0: it still computes exactly what `model` does); base weights
+    frozen (a reward model's score head, "SEQ_CLS", trains whole)."""
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(cfg, "CAUSAL_LM"))
+    return get_peft_model(model, peft_config(cfg, task_type))
 
 
 def is_adapted(model) -> bool:

@@ -465,24 +465,34 @@ def ppo_train(
     return PPOResult(policy, value_model, history, metrics)
 
 
+def ppo_models(sft_model: str, reward_model: str, cfg: PPOConfig):
+    """(policy, reference, scorer, critic, tokenizer) as PPO trains them, from the SFT and reward model folders."""
+    from .lora import adapt
+    from .models import load_causal_lm, load_reward_model
+
+    policy, tokenizer = load_causal_lm(sft_model)
+    if cfg.lora:  # [PPO-14] the reference is the policy with its adapter disabled: one frozen copy of the SFT weights
+        policy, reference = adapt(policy, cfg.lora), None
+    else:
+        reference, _ = load_causal_lm(sft_model)
+    scorer, _ = load_reward_model(reward_model)
+    critic, _ = load_reward_model(reward_model)  # [PPO-11] the value model starts as the reward model
+    if cfg.lora and cfg.critic_lora:  # [PPO-19] and trains an adapter of its own, its score head whole
+        critic = adapt(critic, cfg.lora, "SEQ_CLS")
+    return policy, reference, scorer, critic, tokenizer
+
+
 @step
 def ppo_policy(inputs: dict[str, str], cfg: PPOConfig) -> StepResult:
     from ..data.label_files import load_labels
     from .evaluate import judge_monitor, source_prompt_texts
     from .judge import load_judge
-    from .lora import adapt, fine_tune_tag
-    from .models import load_causal_lm, load_reward_model
+    from .lora import fine_tune_tag
     from .resume import checkpointing
 
     labels = load_labels(inputs["prompts"], "prompts")
     prompts = [r["prompt"] for r in labels.records]
-    policy, tokenizer = load_causal_lm(inputs["sft_model"])
-    if cfg.lora:  # [PPO-14] the reference is the policy with its adapter disabled: one frozen copy of the SFT weights
-        policy, reference = adapt(policy, cfg.lora), None
-    else:
-        reference, _ = load_causal_lm(inputs["sft_model"])
-    scorer, _ = load_reward_model(inputs["reward_model"])
-    critic, _ = load_reward_model(inputs["reward_model"])  # [PPO-11] the value model starts as the reward model
+    policy, reference, scorer, critic, tokenizer = ppo_models(inputs["sft_model"], inputs["reward_model"], cfg)
     with checkpointing("ppo_policy", inputs, cfg) as checkpoints:
         result = ppo_train(
             policy,

@@ -68,7 +68,7 @@ class StepResult:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
         for sub, model in self.submodels.items():
-            model.save_pretrained(folder / sub, safe_serialization=True)
+            self.submodels[sub] = save_pretrained(model, folder / sub)
         for name, frame in self.frames.items():
             frame.to_parquet(folder / name, index=False)
         for name, text in self.texts.items():
