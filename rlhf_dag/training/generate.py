@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +16,10 @@ import torch.nn.functional as F
 # memory, not arithmetic: at 135M on 2 CPU cores a step takes 135 ms at 16 rows, 185 at 32, 243 at 64 (118, 173 and
 # 263 new tokens/s while every row is writing; bench/generation.py, docs/benchmarks.md).
 SAMPLE_BATCH = 64
+# A sampling call that takes longer says what it did (the evaluation samples for minutes at 135M on a CPU).
+REPORT_AFTER_S = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,7 @@ def sample(
     Up to `batch_size` rows write at a time (`decode`'s continuous batching); the texts join the longest first, so
     the rows that join together pad their prompts little. The samples come back in the texts' order."""
     model.eval()
+    started = time.perf_counter()
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     _, responses = generate_tokens(
@@ -233,6 +240,17 @@ def sample(
         # the response's text leaves it out; tokenized again after the prompt it gives the same ids.
         text = tokenizer.decode(ids, skip_special_tokens=True).removeprefix(" ")
         samples[i] = Sample(prompts[i], text, bool(row_ended), len(ids))
+    seconds = time.perf_counter() - started
+    if seconds >= REPORT_AFTER_S:
+        written = sum(s.n_tokens + s.ended_with_eos for s in samples)
+        logger.info(
+            "sampled %d responses at T=%g: %d new tokens in %.0f s (%.0f tokens/s)",
+            len(samples),
+            temperature,
+            written,
+            seconds,
+            written / seconds,
+        )
     return samples
 
 
