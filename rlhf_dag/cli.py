@@ -33,7 +33,7 @@ def _figure(name: str, metadata: dict) -> str | None:
     value = metadata[name].value
     if not isinstance(value, (int, float)) or isinstance(value, bool) or name.endswith(("_ci_low", "_ci_high")):
         return None
-    if name == "seconds":  # the table above the figures has each step's seconds
+    if name == "seconds" or name.startswith("generate_"):  # the table above the figures has each step's seconds
         return None
     if f"{name}_ci_low" in metadata:
         return f"{name} {value:.3f} [{metadata[name + '_ci_low'].value:.3f}, {metadata[name + '_ci_high'].value:.3f}]"
@@ -168,11 +168,19 @@ def cmd_run(args) -> int:
     selection = list(graph.resolve(defs.resolve_asset_graph()))
     result = job.execute_in_process(instance=instance, asset_selection=selection, raise_on_error=False, run_config=logs)
     total = time.perf_counter() - started
-    print(f"\n{'asset / check':<40} {'seconds':>8}")
+    materialized = _materialized(result)
+    print(f"\n{'asset / check':<40} {'seconds':>8}  generating (share, new tokens/s)")
     for event in result.get_step_success_events():
-        print(f"{event.step_key:<40} {event.event_specific_data.duration_ms / 1000:>8.1f}")
+        metadata = materialized.get(event.step_key, {})
+        generating = (
+            f"  {metadata['generate_seconds'].value:>6.1f} s ({metadata['generate_share'].value:.0%}, "
+            f"{metadata['generate_tokens_per_s'].value:.0f})"
+            if "generate_tokens_per_s" in metadata
+            else ""
+        )
+        print(f"{event.step_key:<40} {event.event_specific_data.duration_ms / 1000:>8.1f}{generating}")
     print(f"{'total (wall, imports excluded)':<40} {total:>8.1f}")
-    for key, metadata in _materialized(result).items():
+    for key, metadata in materialized.items():
         figures = [f for f in (_figure(name, metadata) for name in metadata) if f]
         if figures:
             print(f"\n{key}: " + ", ".join(figures))

@@ -584,6 +584,15 @@ MUTATIONS = [
         [LORA + "test_with_lora_the_critic_trains_an_adapter_of_its_own_and_its_score_head_never_its_base_weights"],
     ),
     Mutation(
+        "the sampler's clock counts responses, not the tokens written",
+        "rlhf_dag/training/generate.py",
+        [("CLOCK.new_tokens += int(written_at.sum())", "CLOCK.new_tokens += int(written_at.any(dim=1).sum())")],
+        [
+            "tests/test_ppo_speed_paths.py::"
+            "test_a_step_that_samples_reports_its_generating_time_and_tokens_and_one_that_does_not_reports_none"
+        ],
+    ),
+    Mutation(
         "rows that join a running batch attend to their left padding",
         "rlhf_dag/training/generate.py",
         [

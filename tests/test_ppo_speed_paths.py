@@ -264,3 +264,31 @@ def test_rows_that_join_and_leave_a_running_batch_decode_what_generate_decodes_a
         assert row[: len(alone)].tolist() == alone.tolist() and bool((row[len(alone) :] == pad).all())
     lengths = (ours != pad).sum(dim=1)
     assert lengths.min() < 8 and lengths.max() == 8  # the check can fail: rows left early while others wrote on
+
+
+def test_a_step_that_samples_reports_its_generating_time_and_tokens_and_one_that_does_not_reports_none():
+    """`result.step` adds what a step spent in the sampler: seconds, their share of the step, new tokens/s."""
+    import time
+
+    from rlhf_dag.training.result import GENERATION_FIGURES, StepResult, step
+
+    policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
+    written = []
+
+    @step
+    def sampling(inputs, cfg):
+        _, response = generate_tokens(policy, tokenizer, [format_prompt(p) for p in PROMPTS], 8, 1.0, 0)
+        written.append(int((response != tokenizer.pad_token_id).sum()))
+        time.sleep(0.2)  # the step's own work, outside the sampler
+        return StepResult("sampling", {"loss": 1.0}, ["loss"])
+
+    @step
+    def training(inputs, cfg):
+        return StepResult("training", {"loss": 1.0}, ["loss"])
+
+    figures = sampling({}, None).metrics
+    assert set(GENERATION_FIGURES) <= set(figures)
+    seconds, share, rate = (figures[k] for k in GENERATION_FIGURES)
+    assert seconds > 0 and 0 < share <= seconds / (seconds + 0.2)  # the sleep is the step's, not the sampler's
+    assert rate == pytest.approx(written[0] / seconds)
+    assert not set(GENERATION_FIGURES) & set(training({}, None).metrics)

@@ -22,6 +22,18 @@ REPORT_AFTER_S = 5.0
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class GenerationClock:
+    """Seconds spent in `decode` and the new tokens it wrote, in this process so far: a step's generation figures are
+    the difference across it (`result.step`)."""
+
+    seconds: float = 0.0
+    new_tokens: int = 0
+
+
+CLOCK = GenerationClock()
+
+
 @dataclass(frozen=True)
 class Sample:
     prompt: str
@@ -103,7 +115,7 @@ def decode(
       prefilled together and join the batch, so a decoding step runs at a full batch, not at the last few rows of
       one: a step reads every weight whatever the batch, and on a CPU costs little more at 64 rows than at 16.
     Returns (response ids [B, R], PAD after a row's EOS; log-probs [B, R], 0 at PAD), rows in the order given."""
-    total, device = len(input_ids), input_ids.device
+    started, total, device = time.perf_counter(), len(input_ids), input_ids.device
     slots = min(slots or total, total)
     tokens = torch.full((total, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((total, max_new_tokens), device=device)
@@ -158,7 +170,10 @@ def decode(
         position = position + 1
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, cache=cache, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1]
-    width = int((tokens != pad_id).any(dim=0).nonzero().max()) + 1 if bool((tokens != pad_id).any()) else 1
+    written_at = tokens != pad_id
+    CLOCK.seconds += time.perf_counter() - started
+    CLOCK.new_tokens += int(written_at.sum())
+    width = int(written_at.any(dim=0).nonzero().max()) + 1 if bool(written_at.any()) else 1
     return tokens[:, :width], logprobs[:, :width]
 
 

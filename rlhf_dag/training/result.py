@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,10 +138,15 @@ def write_model_card(path: Path, card: ModelCard, lineage: dict, metrics: dict) 
     (Path(path) / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+# What a step that samples reports of it: seconds in `generate.decode`, their share of the step, new tokens/s.
+GENERATION_FIGURES = ("generate_seconds", "generate_share", "generate_tokens_per_s")
+
+
 def step(function):
     """A step function: before it runs, datasets' and transformers' progress bars and load reports are turned off
     (the steps log their own progress: TrainingMonitor, PPO's iteration lines); RLHF_DAG_VERBOSE=1 keeps them.
-    Done at the first call, not at import, so that `rlhf-dag status` never imports transformers."""
+    Done at the first call, not at import, so that `rlhf-dag status` never imports transformers. A step that samples
+    (through `generate.decode`) gets GENERATION_FIGURES among its metrics and headline (`rlhf-dag run`'s table)."""
 
     @functools.wraps(function)
     def run(inputs: dict[str, str], cfg):
@@ -151,7 +157,17 @@ def step(function):
             datasets.disable_progress_bars()
             transformers.utils.logging.disable_progress_bar()
             transformers.utils.logging.set_verbosity_error()
-        return function(inputs, cfg)
+        from .generate import CLOCK
+
+        started, generating, generated = time.perf_counter(), CLOCK.seconds, CLOCK.new_tokens
+        result = function(inputs, cfg)
+        generated = CLOCK.new_tokens - generated
+        if generated and isinstance(result, StepResult):  # the step sampled through `generate.decode`
+            generating = CLOCK.seconds - generating
+            figures = (generating, generating / (time.perf_counter() - started), generated / generating)
+            result.metrics |= dict(zip(GENERATION_FIGURES, figures))
+            result.headline += [k for k in GENERATION_FIGURES if k not in result.headline]
+        return result
 
     return run
 
