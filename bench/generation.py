@@ -9,8 +9,10 @@ bench's, or trained for it) on the profile's own prompts, at the profile's setti
 
 - `ppo_rollout`: one rollout batch (`rollout_batch_size` prompts, `max_new_tokens`) from the policy with a LoRA
   adapter when the profile trains one (its B drawn small, so that the adapter computes something);
-- `evaluation`: 64 held-out prompts, `samples_per_prompt` each, at the evaluation's length and temperature;
-- `labeling_candidates` (and `make-labels`, the same call): 16 prompts x K responses at its settings.
+- `evaluation`: one model's samples as `policy_evaluation` makes them: every held-out prompt, `samples_per_prompt`
+  each, at the evaluation's length and temperature, then the source's four prompts, `source_prompt_samples` each,
+  at theirs (two calls);
+- `labeling_candidates` (and `make-labels`, the same call): one batch, `prompts_per_batch` prompts x K responses.
 
 Before: transformers' `generate(do_sample=True)` (`torch.multinomial`, PAD suppressed) on the model as the path
 holds it (the LoRA policy unmerged), prompts in file order, 32 a batch (`sample`'s batch before). After: the project's sampler
@@ -100,6 +102,7 @@ def measure(profile: str, repeats: int) -> dict:
 
     from rlhf_dag.config import PROFILE_LABELS, REPO_ROOT, resolve
     from rlhf_dag.data.chat import format_prompt
+    from rlhf_dag.data.gold import GoldJudge
     from rlhf_dag.data.label_files import load_labels
     from rlhf_dag.training import lora
     from rlhf_dag.training.generate import generate_tokens, sample
@@ -117,7 +120,7 @@ def measure(profile: str, repeats: int) -> dict:
         flush=True,
     )
     prompts = [r["prompt"] for r in load_labels(labels / "prompts.jsonl", "prompts").records]
-    held_out = [r["prompt"] for r in load_labels(labels / "eval_prompts.jsonl", "eval_prompts").records][:64]
+    held_out = [r["prompt"] for r in load_labels(labels / "eval_prompts.jsonl", "eval_prompts").records]
 
     policy = model
     if ppo_cfg.lora is not None:
@@ -129,7 +132,14 @@ def measure(profile: str, repeats: int) -> dict:
     merged = lora.MergedCopy(policy) if lora.is_adapted(policy) else None
     rollout = [format_prompt(p, tokenizer) for p in prompts[: ppo_cfg.rollout_batch_size]]
     evaluation = [format_prompt(p, tokenizer) for p in held_out for _ in range(eval_cfg.samples_per_prompt)]
-    candidates = [format_prompt(p, tokenizer) for p in prompts[:16] for _ in range(cand_cfg.responses_per_prompt)]
+    source = [
+        format_prompt(p, tokenizer) for p in GoldJudge.source_prompts for _ in range(eval_cfg.source_prompt_samples)
+    ]
+    candidates = [
+        format_prompt(p, tokenizer)
+        for p in prompts[: cand_cfg.prompts_per_batch]
+        for _ in range(cand_cfg.responses_per_prompt)
+    ]
 
     def rollout_after() -> int:
         _, response, _ = generate_tokens(
@@ -151,9 +161,15 @@ def measure(profile: str, repeats: int) -> dict:
             lambda: generate_before(policy, tokenizer, rollout, ppo_cfg.max_new_tokens, ppo_cfg.temperature),
             rollout_after,
         ),
-        "evaluation": (
-            lambda: generate_before(model, tokenizer, evaluation, eval_cfg.max_new_tokens, eval_cfg.temperature),
-            lambda: sampled(evaluation, eval_cfg.max_new_tokens, eval_cfg.temperature),
+        "evaluation": (  # one model's samples, as policy_evaluation makes them: two calls
+            lambda: (
+                generate_before(model, tokenizer, evaluation, eval_cfg.max_new_tokens, eval_cfg.temperature)
+                + generate_before(model, tokenizer, source, eval_cfg.max_new_tokens, eval_cfg.source_prompt_temperature)
+            ),
+            lambda: (
+                sampled(evaluation, eval_cfg.max_new_tokens, eval_cfg.temperature)
+                + sampled(source, eval_cfg.max_new_tokens, eval_cfg.source_prompt_temperature)
+            ),
         ),
         "labeling_candidates": (
             lambda: generate_before(model, tokenizer, candidates, cand_cfg.max_new_tokens, cand_cfg.temperature),
@@ -184,7 +200,11 @@ def measure(profile: str, repeats: int) -> dict:
     return {
         **bound,
         "paths": results,
-        "texts": {"ppo_rollout": len(rollout), "evaluation": len(evaluation), "labeling_candidates": len(candidates)},
+        "texts": {
+            "ppo_rollout": len(rollout),
+            "evaluation": len(evaluation) + len(source),
+            "labeling_candidates": len(candidates),
+        },
     }
 
 

@@ -593,6 +593,26 @@ MUTATIONS = [
         ],
     ),
     Mutation(
+        "prompts prefilled after a shared prefix count their positions from 0",
+        "rlhf_dag/training/generate.py",
+        [
+            (
+                "position = (mask.long().cumsum(dim=1) - 1).clamp(min=0) + shared",
+                "position = (mask.long().cumsum(dim=1) - 1).clamp(min=0)",
+            )
+        ],
+        ["tests/test_ppo_speed_paths.py::test_sampling_pass_log_probs_match_a_fresh_forward[shared-prefix]"],
+    ),
+    Mutation(
+        "a prompt asked twice gets another prompt's cache",
+        "rlhf_dag/training/generate.py",
+        [("        cache.batch_select_indices(inverse)\n", "        pass\n")],
+        [
+            "tests/test_ppo_speed_paths.py::"
+            "test_rows_that_join_and_leave_a_running_batch_decode_what_generate_decodes_alone[shared-prefix]"
+        ],
+    ),
+    Mutation(
         "rows that join a running batch attend to their left padding",
         "rlhf_dag/training/generate.py",
         [

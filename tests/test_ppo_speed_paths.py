@@ -14,12 +14,20 @@ from rlhf_dag.training.reward import per_token_scores
 PROMPTS = ["a b", "c d e f", "g", "h a b c d e", "b", "c c c"]
 
 
-@pytest.fixture(scope="session")
-def rollout():
+@pytest.fixture(scope="session", params=["", "h a b c "], ids=["plain", "shared-prefix"])
+def rollout(request):
+    """Sampled rollouts of PROMPTS; with an opening every prompt shares, which the sampler prefills once. There the
+    attention is sharpened (queries and keys x 30), so that a token's position shows in the log-probs (in the toy
+    model as it is, a prompt's tokens shifted by 5 positions move no logit by more than 4e-5)."""
     torch.manual_seed(0)
     policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
+    if request.param:
+        with torch.no_grad():
+            for layer in policy.model.layers:
+                layer.self_attn.q_proj.weight.mul_(30)
+                layer.self_attn.k_proj.weight.mul_(30)
     query, response, sampled = generate_tokens(
-        policy, tokenizer, [format_prompt(p) for p in PROMPTS], 10, 0.7, return_logprobs=True
+        policy, tokenizer, [format_prompt(request.param + p) for p in PROMPTS], 10, 0.7, return_logprobs=True
     )
     response, _ = truncate_after_eos(response, tokenizer.eos_token_id, tokenizer.pad_token_id)
     query_response = torch.cat([query, response], dim=1)
@@ -240,14 +248,16 @@ def test_greedy_decoding_of_a_left_padded_batch_is_generates():
     assert torch.equal(ours, theirs) and ours.shape[1] >= 2
 
 
-@pytest.mark.parametrize("slots", [3, 5])
-def test_rows_that_join_and_leave_a_running_batch_decode_what_generate_decodes_alone(slots):
+@pytest.mark.parametrize("slots,opening", [(3, ""), (5, ""), (4, "h a b c ")], ids=["3", "5", "shared-prefix"])
+def test_rows_that_join_and_leave_a_running_batch_decode_what_generate_decodes_alone(slots, opening):
     """Continuous batching (`decode` with fewer slots than prompts): rows stop at EOS and leave, the waiting prompts
-    (of other lengths) join the running batch, left-padded to its width. Greedy, each row gives token for token what
-    `generate` gives for its prompt alone, unpadded."""
+    (of other lengths) join the running batch, left-padded to its width. With an opening every prompt shares, its KV
+    cache is computed once and each row prefills only what follows; a prompt asked twice prefills once. Greedy, each
+    row gives token for token what `generate` gives for its prompt alone, unpadded."""
     policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
     letters = "abcdefgh"
-    texts = [format_prompt(" ".join(letters[(i * j) % 8] for j in range(1 + i % 5))) for i in range(12)]
+    texts = [format_prompt(opening + " ".join(letters[(i * j) % 8] for j in range(1 + i % 5))) for i in range(12)]
+    texts += texts[:3]  # asked twice
     _, ours = generate_tokens(policy, tokenizer, texts, 8, 0.0, slots=slots)
     pad = tokenizer.pad_token_id
     for text, row in zip(texts, ours):
