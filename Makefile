@@ -108,7 +108,8 @@ label-studio-setup: $(LS_STAMP)  ## Label Studio 1.23.2 in .venv-label-studio (a
 $(LS_STAMP):
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install --quiet --upgrade pip
-	$(LS_VENV)/bin/pip install --quiet label-studio==1.23.2
+	# sentry-sdk 3 (2026-12) refuses the options Label Studio 1.23.2 starts it with ("Unknown option 'send_default_pii'")
+	$(LS_VENV)/bin/pip install --quiet label-studio==1.23.2 "sentry-sdk>=2.16,<3"
 	touch $(LS_STAMP)
 
 label-studio: $(LS_STAMP)  ## Label Studio on http://127.0.0.1:8080 (LABEL_STUDIO_PORT), its SQLite store in RLHF_DAG_HOME/label-studio (docs/labeling.md)

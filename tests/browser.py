@@ -106,8 +106,12 @@ def run_in_chromium(chromium: str, port: int, script) -> object:
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Stop a server started with `start_new_session=True` and everything it spawned: SIGTERM, then SIGKILL."""
-    os.killpg(proc.pid, signal.SIGTERM)
+    """Stop a server started with `start_new_session=True` and everything it spawned: SIGTERM, then SIGKILL. A group
+    that has already ended (a server that failed to start) has nothing to stop: its own error is the one to show."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
