@@ -33,7 +33,9 @@ def _figure(name: str, metadata: dict) -> str | None:
     value = metadata[name].value
     if not isinstance(value, (int, float)) or isinstance(value, bool) or name.endswith(("_ci_low", "_ci_high")):
         return None
-    if name == "seconds" or name.startswith("generate_"):  # the table above the figures has each step's seconds
+    from .training.result import GENERATION_FIGURES
+
+    if name == "seconds" or name in GENERATION_FIGURES:  # the table above the figures has them, step by step
         return None
     if f"{name}_ci_low" in metadata:
         return f"{name} {value:.3f} [{metadata[name + '_ci_low'].value:.3f}, {metadata[name + '_ci_high'].value:.3f}]"

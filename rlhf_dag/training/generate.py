@@ -66,8 +66,6 @@ def _shared_prefix(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     first = rows[0]
     for row in rows[1:]:
         shared = next((i for i in range(shared) if row[i] != first[i]), shared)
-        if shared < 2:
-            return None
     if shared < 2:
         return None
     ids = torch.tensor([first[:shared]], device=input_ids.device)
