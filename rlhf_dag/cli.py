@@ -69,7 +69,7 @@ def _sampler(model, tokenizer, args):
 def _train_sft(profile: str, labels: Path, root: Path) -> tuple[str, dict]:
     """The SFT model `profile` trains on the demonstrations in `labels` (its base_model a pretrained checkpoint), as the
     graph would: its folder, and the facts for provenance.json."""
-    from .config import resolve
+    from .config import PROFILES, resolve
     from .training.steps import run_chain
 
     os.environ["RLHF_DAG_PROFILE"] = profile
@@ -84,14 +84,24 @@ def _train_sft(profile: str, labels: Path, root: Path) -> tuple[str, dict]:
         configs={"base_model": quiet, "sft_model": {**quiet, "gold_sample_prompts": 2}},
         paths={"pretraining_corpus": "unused: base_model imports a checkpoint"},
     )
-    facts = {"policy": f"sft_model of the {profile} profile, trained on these demonstrations", "base": pretrained}
+    facts = {
+        "policy": f"sft_model of the {profile} profile, trained on these demonstrations",
+        "base": pretrained,
+        # the settings it trained with (the profile's), and their hash: a change of either changes what is sampled
+        "sft_settings": PROFILES[profile].get("sft_model", {}),
+        "sft_training_hash": resolve("sft_model").training_hash(),
+    }
     if "data_version" in results["base_model"].tags:
         facts["base_sha256"] = results["base_model"].tags["data_version"]
     return paths["sft_model"], facts
 
 
 def cmd_make_labels(args) -> int:
+    import logging
     import tempfile
+
+    # sampling a real model takes minutes: its progress lines (rounds of ranked pairs, sampling calls) are shown
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from .data.synthetic_labels import make_label_files
 
@@ -111,9 +121,10 @@ def cmd_make_labels(args) -> int:
 
             if args.policy_sft:
                 # InstructGPT's labelers ranked their SFT model's samples: write the demonstrations first (the same
-                # seed writes them again, byte for byte, below), train the profile's SFT model on them, sample it
-                make_label_files(args.out, seed=args.seed, **sizes)
-                policy, facts = _train_sft(args.policy_sft, Path(args.out), Path(scratch))
+                # seed writes them again, byte for byte, below), train the profile's SFT model on them, sample it.
+                # They go to the scratch folder: the files in --out stay as they were until the new ones are complete
+                make_label_files(Path(scratch) / "labels", seed=args.seed, **sizes)
+                policy, facts = _train_sft(args.policy_sft, Path(scratch) / "labels", Path(scratch))
                 model, tokenizer = load_causal_lm(policy)
             else:
                 # a materialized model folder, or a checkpoint as base_model imports it (the smollm2 profile's GGUF)

@@ -338,6 +338,26 @@ MUTATIONS = [
         ["tests/test_datasets.py::test_a_write_failing_halfway_leaves_the_previous_file_and_no_temp_file"],
     ),
     Mutation(
+        "make-labels ranks the policy's samples without a share per kind",
+        "rlhf_dag/data/synthetic_labels.py",
+        [
+            (
+                "if key not in seen and len(pairs) < n and per_kind[task.kind] < quota:",
+                "if key not in seen and len(pairs) < n:",
+            )
+        ],
+        ["tests/test_domain_and_gold.py::test_policy_comparisons_give_each_kind_an_equal_share_of_the_pairs"],
+    ),
+    Mutation(
+        "a kind with no held-out prompt stays unmeasured",
+        "rlhf_dag/data/datasets.py",
+        [("    if groups is not None:\n        sets +=", "    if False:\n        sets +=")],
+        [
+            "tests/test_datasets.py::test_every_group_of_two_prompts_or_more_gets_held_out_rows_and_the_others_keep_their_split",
+            "tests/test_datasets.py::test_the_smollm2_comparisons_hold_out_pairs_of_every_kind",
+        ],
+    ),
+    Mutation(
         "a human ranking's pairs in reverse order",
         "rlhf_dag/data/feedback.py",
         [

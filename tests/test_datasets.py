@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rlhf_dag.data.datasets import build_dataset, split_of, splits, write_parquet
+from rlhf_dag.data.datasets import _position, build_dataset, split_of, splits, write_parquet
 from rlhf_dag.data.label_files import LabelFile
 
 SALT = "salt"
@@ -72,6 +72,36 @@ def test_tiny_file_fallback_keeps_a_prompt_in_one_split():
     assert split_of(prompt, 0.05, SALT) == "train"
     frame = build_dataset(labels(demos([prompt] * 3)), 0.05, SALT)
     assert frame["split"].nunique() == 1
+
+
+def test_every_group_of_two_prompts_or_more_gets_held_out_rows_and_the_others_keep_their_split():
+    """A kind whose prompts all hash into train (the smollm2 labels' stories: 12 prompts, none held out) would leave
+    the reward model unmeasured on it: its lowest-hash prompt moves to validation; a one-prompt group stays whole."""
+    prompts = many_prompts(40)
+    alone = [p for p in prompts if split_of(p, 0.1, SALT) == "train"]
+    groups = {p: "a" for p in prompts} | {p: "b" for p in alone[:5]} | {alone[5]: "single"}
+    assert {split_of(p, 0.1, SALT) for p, g in groups.items() if g == "b"} == {"train"}
+    plain = build_dataset(labels(demos(prompts)), 0.1, SALT)
+    frame = build_dataset(labels(demos(prompts)), 0.1, SALT, groups.get)
+    held_b = [p for p, s in zip(frame["prompt"], frame["split"]) if s == "validation" and groups[p] == "b"]
+    assert held_b == [min(alone[:5], key=lambda p: _position(p, SALT))]
+    moved = [p for p, a, b in zip(frame["prompt"], plain["split"], frame["split"]) if a != b]
+    assert moved == held_b  # nothing else moved: the "single" group and group "a" (held out by its hash) kept theirs
+
+
+def test_the_smollm2_comparisons_hold_out_pairs_of_every_kind():
+    """comparison_dataset splits with the judge's kinds: the shipped smollm2 pairs give the RM's accuracy per kind."""
+    from rlhf_dag.config import resolve
+    from rlhf_dag.data.gold import GoldJudge
+    from rlhf_dag.data.label_files import load_labels
+
+    cfg = resolve("comparison_dataset", profile="smollm2")
+    comparisons = load_labels(
+        Path(__file__).resolve().parent.parent / "assets/smollm2/comparisons.jsonl", "comparisons"
+    )
+    frame = build_dataset(comparisons, cfg.validation_fraction, cfg.split_salt, GoldJudge().kind)
+    held_out = frame[frame["split"] == "validation"]
+    assert set(map(GoldJudge().kind, held_out["prompt"])) == {"story", "email", "math", "code"}
 
 
 def test_write_parquet_round_trips_and_leaves_no_temp_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_dag.data.domain import SOURCE_PROMPTS, parse_task, pretraining_documents
+from rlhf_dag.data.domain import KINDS, SOURCE_PROMPTS, ideal_response, parse_task, pretraining_documents
 from rlhf_dag.data.gold import gold_score, is_correct
-from rlhf_dag.data.synthetic_labels import make_label_files
+from rlhf_dag.data.synthetic_labels import _policy_comparisons, make_label_files
 
 REPO = Path(__file__).resolve().parent.parent
 STORY, EMAIL, MATH, CODE = SOURCE_PROMPTS
@@ -95,6 +96,40 @@ def test_make_label_files_does_not_depend_on_the_interpreter_hash_seed():
 
 def test_policy_comparisons_do_not_depend_on_the_interpreter_hash_seed():
     assert len(_digests("policy")) == 1
+
+
+def _sampler_with(story_answers):
+    """Three responses to each prompt: a right answer and two wrong ones of different gold scores (three ranked pairs);
+    `story_answers(prompt)` instead for stories."""
+
+    def sampler(prompts):
+        out = []
+        for p in prompts:
+            task = parse_task(p)
+            good = [ideal_response(task, random.Random(0)), "foo bar", "I do not know."]
+            out.append(story_answers(good) if task.kind == "story" else good)
+        return out
+
+    return sampler
+
+
+def test_policy_comparisons_give_each_kind_an_equal_share_of_the_pairs():
+    """A model whose stories rarely end (here: a story's responses end in one round of three) would leave the reward
+    model almost no story pair; each kind gets n / 4 of the pairs, sampling more rounds for the short ones."""
+    rounds = iter(range(1000))
+
+    def rarely(good):
+        return good if next(rounds) % 3 == 0 else ["", "", ""]
+
+    pairs = _policy_comparisons(_sampler_with(rarely), random.Random(0), set(), 24, all_pairs=True)
+    kinds = [parse_task(p["prompt"]).kind for p in pairs]
+    assert len(pairs) == 24
+    assert {kind: kinds.count(kind) for kind in KINDS} == dict.fromkeys(KINDS, 6)
+
+
+def test_policy_comparisons_name_the_kinds_a_model_never_gives_pairs_for():
+    with pytest.raises(RuntimeError, match=r"fall short of 2 for: story \(0\)\. Its responses"):
+        _policy_comparisons(_sampler_with(lambda good: ["", "", ""]), random.Random(0), set(), 8)
 
 
 # ---------------------------------------------------------------- prompts

@@ -7,13 +7,17 @@ include the source's four prompts verbatim) never appear in a training file.
 
 from __future__ import annotations
 
+import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from .domain import KINDS, RESPONSE_STYLES, SOURCE_PROMPTS, parse_task, sample_task
 from .gold import gold_score
 from .label_files import write_jsonl
+
+logger = logging.getLogger(__name__)
 
 # (better style, worse style) pairs shown to the labeler, and how often.
 PAIR_STYLES = (
@@ -50,9 +54,9 @@ def _eval_prompts(rng: random.Random, per_kind: int) -> list[str]:
     return prompts
 
 
-def _training_task(rng: random.Random, held_out: set[str]):
+def _training_task(rng: random.Random, held_out: set[str], kind: str | None = None):
     while True:
-        task = sample_task(rng)
+        task = sample_task(rng, kind)
         if task.prompt not in held_out:
             return task
 
@@ -69,17 +73,35 @@ def _unique_records(n: int, make) -> list[dict]:
     return records
 
 
+# rounds of sampling after which a kind that still lacks its share of the pairs is an error, not a wait
+MAX_POLICY_ROUNDS = 12
+
+
 def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int, all_pairs: bool = False) -> list[dict]:
     """Pairs of a model's own samples for a prompt, ranked by gold score: best vs worst, or with `all_pairs`
     every pair of different scores among the samples (InstructGPT's K-way ranking as its C(K, 2) comparisons).
-    Prompts whose samples all tie are skipped."""
+    Prompts whose samples all tie are skipped. Each kind gets an equal share of the n pairs: a model whose stories
+    rarely end would otherwise leave the reward model almost no story to learn from."""
     pairs, seen = [], set()
+    quota, per_kind = -(-n // len(KINDS)), Counter()
     # a ranking of K gives up to C(K, 2) pairs: with all_pairs a round samples a third as many prompts (a real model's
-    # samples cost minutes), and the rounds go on until n pairs
+    # samples cost minutes), and the rounds go on until n pairs, drawing prompts only of kinds short of their share
     per_round = -(-n // 3) if all_pairs else n
-    while len(pairs) < n:
-        prompts = [_training_task(rng, held_out).prompt for _ in range(per_round)]
-        for prompt, responses in zip(prompts, sampler(prompts)):
+    for round_ in range(MAX_POLICY_ROUNDS):
+        if len(pairs) >= n:
+            return pairs
+        if round_:
+            logger.info(
+                "ranked pairs after round %d: %s (%d of %d)",
+                round_,
+                ", ".join(f"{kind} {per_kind[kind]}" for kind in KINDS),
+                len(pairs),
+                n,
+            )
+        short = [kind for kind in KINDS if per_kind[kind] < quota]
+        tasks = [_training_task(rng, held_out, rng.choice(short)) for _ in range(per_round)]
+        for task, responses in zip(tasks, sampler([t.prompt for t in tasks])):
+            prompt = task.prompt
             unique = list(
                 dict.fromkeys(r.strip() for r in responses if r.strip())
             )  # keeps sampling order: ties stay reproducible
@@ -97,10 +119,18 @@ def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int,
             for chosen, rejected in candidates:
                 record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
                 key = tuple(record.values())
-                if key not in seen and len(pairs) < n:
+                if key not in seen and len(pairs) < n and per_kind[task.kind] < quota:
                     seen.add(key)
                     pairs.append(record)
-    return pairs
+                    per_kind[task.kind] += 1
+    if len(pairs) >= n:
+        return pairs
+    short = ", ".join(f"{kind} ({per_kind[kind]})" for kind in KINDS if per_kind[kind] < quota)
+    raise RuntimeError(
+        f"make-labels: after {MAX_POLICY_ROUNDS} rounds of sampling, the policy's ranked pairs fall short of {quota} "
+        f"for: {short}. Its responses to those prompts rarely end (only ended responses are ranked) or all score "
+        "alike; raise --max-new-tokens or --samples-per-prompt, or lower --policy-comparisons"
+    )
 
 
 def make_label_files(

@@ -34,8 +34,8 @@ def pretraining_corpus(inputs: dict[str, str], cfg: CorpusConfig) -> StepResult:
     )
 
 
-def _dataset(step: str, labels, inputs: dict[str, str], cfg: DatasetConfig) -> StepResult:
-    frame = build_dataset(labels, cfg.validation_fraction, cfg.split_salt)
+def _dataset(step: str, labels, inputs: dict[str, str], cfg: DatasetConfig, group_of=None) -> StepResult:
+    frame = build_dataset(labels, cfg.validation_fraction, cfg.split_salt, group_of)
     n_val = int((frame["split"] == "validation").sum())
     metrics = {
         "train_records": len(frame) - n_val,
@@ -68,10 +68,11 @@ def comparison_dataset(inputs: dict[str, str], cfg: DatasetConfig) -> StepResult
     from .judge import load_judge
 
     labels = load_labels(inputs["comparisons"], "comparisons")
-    result = _dataset("comparison_dataset", labels, inputs, cfg)
+    judge = load_judge(cfg.judge)
+    # every kind the judge knows gets held-out pairs, so the reward model's accuracy is measured on each
+    result = _dataset("comparison_dataset", labels, inputs, cfg, judge.kind if judge else None)
     human = [r for r in labels.records if r.get("labeler")]
     if human:
-        judge = load_judge(cfg.judge)
         figures = agreement(human, judge.score if judge else None)
         result.metrics.update(
             {"human_pairs": len(human), "human_rankings": len({r["ranking"] for r in human}), **figures["metrics"]}
