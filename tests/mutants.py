@@ -358,6 +358,17 @@ MUTATIONS = [
         ],
     ),
     Mutation(
+        "samples are keyed by the model's folder alone",
+        "rlhf_dag/training/generate.py",
+        [
+            (
+                '"weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],',
+                '"weights": [w.name for w in weights],',
+            )
+        ],
+        ["tests/test_sample_cache.py::test_a_folder_written_again_is_another_model"],
+    ),
+    Mutation(
         "a human ranking's pairs in reverse order",
         "rlhf_dag/data/feedback.py",
         [
@@ -582,7 +593,7 @@ MUTATIONS = [
     Mutation(
         "samples keyed without the model they came from",
         "rlhf_dag/training/generate.py",
-        [('"model": str(Path(model_dir).resolve()),', '"model": "",')],
+        [('"model": str(folder),', '"model": "",')],
         ["tests/test_sample_cache.py::test_any_other_model_prompt_or_setting_generates_anew[model]"],
     ),
     Mutation(

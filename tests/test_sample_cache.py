@@ -51,3 +51,18 @@ def test_any_other_model_prompt_or_setting_generates_anew(tmp_path, generations,
     _sample(tmp_path)
     _, reused = _sample(tmp_path, **change)
     assert reused is False and len(generations) == 2
+
+
+def test_a_folder_written_again_is_another_model(tmp_path, generations):
+    """bench/quality.py writes each seed's PPO policy to the same folder, run after run: samples of the policy a
+    previous run left there must not come back for the new one (they did, and a seed's evaluation judged them)."""
+    folder = tmp_path / "quality" / "seed-1" / "ppo_policy"
+    folder.mkdir(parents=True)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"the policy of an earlier run")
+    _sample(tmp_path / "store", folder=folder)
+    weights.write_bytes(b"this run's policy, trained anew")
+    _, reused = _sample(tmp_path / "store", folder=folder)
+    assert reused is False and len(generations) == 2
+    _, reused = _sample(tmp_path / "store", folder=folder)
+    assert reused is True and len(generations) == 2  # the new weights' samples are reused in their turn

@@ -321,12 +321,16 @@ def sample_key(
     batch_size: int,
     seed: int,
 ) -> str:
-    """What a model's samples are keyed by: the model's folder (one per materialization, written once: its data
-    version, `<artifacts>/<asset>/<run id>/`), the sha256 of the prompts and of how they were asked, and every
-    sampling setting."""
+    """What a model's samples are keyed by: the model's folder (one per materialization in the graph,
+    `<artifacts>/<asset>/<run id>/`) and its weights files' size and modification time (a benchmark or a spec run
+    writes its steps to fixed folders, again and again: a rewritten folder is another model), the sha256 of the
+    prompts and of how they were asked, and every sampling setting."""
     prompts_sha = hashlib.sha256(json.dumps([prompts, texts]).encode()).hexdigest()
+    folder = Path(model_dir).resolve()
+    weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     settings = {
-        "model": str(Path(model_dir).resolve()),
+        "model": str(folder),
+        "weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
         "prompts_sha256": prompts_sha,
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
