@@ -75,7 +75,7 @@ def test_tiny_file_fallback_keeps_a_prompt_in_one_split():
 
 
 def test_every_group_of_two_prompts_or_more_gets_held_out_rows_and_the_others_keep_their_split():
-    """A kind whose prompts all hash into train (the smollm2 labels' stories: 12 prompts, none held out) would leave
+    """A kind whose prompts all hash into train (the smollm2 labels' stories: 10 prompts, none held out) would leave
     the reward model unmeasured on it: its lowest-hash prompt moves to validation; a one-prompt group stays whole."""
     prompts = many_prompts(40)
     alone = [p for p in prompts if split_of(p, 0.1, SALT) == "train"]
