@@ -87,18 +87,25 @@ def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int,
     # a ranking of K gives up to C(K, 2) pairs: with all_pairs a round samples a third as many prompts (a real model's
     # samples cost minutes), and the rounds go on until n pairs, drawing prompts only of kinds short of their share
     per_round = -(-n // 3) if all_pairs else n
-    for round_ in range(MAX_POLICY_ROUNDS):
-        if len(pairs) >= n:
-            return pairs
-        if round_:
+    rounds = 0
+    while len(pairs) < n:
+        short = [kind for kind in KINDS if per_kind[kind] < quota]
+        if rounds == MAX_POLICY_ROUNDS:
+            raise RuntimeError(
+                f"make-labels: after {rounds} rounds of sampling, the policy's ranked pairs fall short of {quota} for: "
+                f"{', '.join(f'{kind} ({per_kind[kind]})' for kind in short)}. Its responses to those prompts rarely "
+                "end (only ended responses are ranked) or all score alike; raise --max-new-tokens or "
+                "--samples-per-prompt, or lower --policy-comparisons"
+            )
+        if rounds:
             logger.info(
                 "ranked pairs after round %d: %s (%d of %d)",
-                round_,
+                rounds,
                 ", ".join(f"{kind} {per_kind[kind]}" for kind in KINDS),
                 len(pairs),
                 n,
             )
-        short = [kind for kind in KINDS if per_kind[kind] < quota]
+        rounds += 1
         tasks = [_training_task(rng, held_out, rng.choice(short)) for _ in range(per_round)]
         for task, responses in zip(tasks, sampler([t.prompt for t in tasks])):
             prompt = task.prompt
@@ -123,14 +130,7 @@ def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int,
                     seen.add(key)
                     pairs.append(record)
                     per_kind[task.kind] += 1
-    if len(pairs) >= n:
-        return pairs
-    short = ", ".join(f"{kind} ({per_kind[kind]})" for kind in KINDS if per_kind[kind] < quota)
-    raise RuntimeError(
-        f"make-labels: after {MAX_POLICY_ROUNDS} rounds of sampling, the policy's ranked pairs fall short of {quota} "
-        f"for: {short}. Its responses to those prompts rarely end (only ended responses are ranked) or all score "
-        "alike; raise --max-new-tokens or --samples-per-prompt, or lower --policy-comparisons"
-    )
+    return pairs
 
 
 def make_label_files(
