@@ -112,6 +112,7 @@ def cmd_make_labels(args) -> int:
         "n_demonstrations": args.demonstrations,
     }
     sizes = {k: v for k, v in sizes.items() if v is not None}
+    kind_weights = _kind_weights(args.kind_weight)  # refused before minutes of training and sampling
     sampler, facts = None, {"policy": args.policy}
     with tempfile.TemporaryDirectory(prefix="rlhf_dag_labels_") as scratch:
         if args.policy or args.policy_sft:
@@ -133,7 +134,12 @@ def cmd_make_labels(args) -> int:
                 facts |= {"policy_sha256": file_sha256(gguf)} if gguf else {}
             sampler = _sampler(model, tokenizer, args)
         counts = make_label_files(
-            args.out, seed=args.seed, policy_sampler=sampler, all_policy_pairs=args.all_pairs, **sizes
+            args.out,
+            seed=args.seed,
+            policy_sampler=sampler,
+            all_policy_pairs=args.all_pairs,
+            kind_weights=kind_weights,
+            **sizes,
         )
     for name, n in counts.items():
         print(f"{Path(args.out) / (name + '.jsonl')}: {n} records")
@@ -142,6 +148,25 @@ def cmd_make_labels(args) -> int:
     provenance["counts"] = counts
     (Path(args.out) / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return 0
+
+
+def _kind_weights(words: list[str] | None) -> dict[str, float] | None:
+    """`--kind-weight story=2` (repeatable) as {"story": 2.0}; a word that is not KIND=NUMBER is refused by name."""
+    weights = {}
+    for word in words or []:
+        kind, _, value = word.partition("=")
+        try:
+            weights[kind.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"make-labels --kind-weight {word!r}: expected KIND=NUMBER, e.g. story=2") from None
+    if weights:
+        from .data.synthetic_labels import kind_quotas
+
+        try:
+            kind_quotas(1, weights)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    return weights or None
 
 
 def argv_of(args) -> list[str]:
@@ -161,6 +186,7 @@ def argv_of(args) -> list[str]:
     if not (args.policy or args.policy_sft):  # sampling options mean nothing without a policy
         del options["--samples-per-prompt"], options["--max-new-tokens"]
     words = [w for key, value in options.items() if value is not None for w in (key, str(value))]
+    words += [w for weight in args.kind_weight or [] for w in ("--kind-weight", weight)]
     return words + (["--all-pairs"] if args.all_pairs else [])
 
 
@@ -379,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="with --policy: how many of them rank the policy's samples (default 512)",
+    )
+    p.add_argument(
+        "--kind-weight",
+        action="append",
+        default=None,
+        metavar="KIND=W",
+        help="with --policy: a task kind's weight in the policy's pairs (repeatable; each kind weighs 1 unless given), e.g. story=2 for twice the story pairs of any other kind",
     )
     p.add_argument(
         "--all-pairs",

@@ -342,11 +342,22 @@ MUTATIONS = [
         "rlhf_dag/data/synthetic_labels.py",
         [
             (
-                "if key not in seen and len(pairs) < n and per_kind[task.kind] < quota:",
+                "if key not in seen and len(pairs) < n and per_kind[task.kind] < quota[task.kind]:",
                 "if key not in seen and len(pairs) < n:",
             )
         ],
         ["tests/test_domain_and_gold.py::test_policy_comparisons_give_each_kind_an_equal_share_of_the_pairs"],
+    ),
+    Mutation(
+        "make-labels ignores --kind-weight (every kind an equal share)",
+        "rlhf_dag/data/synthetic_labels.py",
+        [
+            (
+                "return {kind: math.ceil(n * weights.get(kind, 1.0) / total) for kind in KINDS}",
+                "return {kind: math.ceil(n / len(KINDS)) for kind in KINDS}",
+            )
+        ],
+        ["tests/test_domain_and_gold.py::test_policy_comparisons_give_a_weighted_kind_its_weight_in_pairs"],
     ),
     Mutation(
         "a kind with no held-out prompt stays unmeasured",

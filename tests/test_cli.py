@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -65,6 +66,39 @@ def test_make_labels_writes_four_valid_files_and_says_how_many_records(tmp_path)
     assert again.returncode == 0
     for name in LABEL_FILES:  # a seed gives byte-identical files
         assert (out / f"{name}.jsonl").read_bytes() == (tmp_path / "again" / f"{name}.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "weight,message",
+    [("story", "expected KIND=NUMBER"), ("story=two", "expected KIND=NUMBER"), ("poem=2", "unknown kind poem")],
+)
+def test_make_labels_refuses_a_kind_weight_it_cannot_read(tmp_path, weight, message):
+    """Before anything is sampled or written: the weight is named, and --out stays empty."""
+    with pytest.raises(SystemExit, match=message):
+        main(["make-labels", "--out", str(tmp_path / "out"), "--policy", "unused", "--kind-weight", weight])
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_labels_provenance_names_its_kind_weights():
+    """The command in provenance.json, run again, makes the same files: it must carry every --kind-weight."""
+    from rlhf_dag.cli import _kind_weights, argv_of
+
+    args = argparse.Namespace(
+        seed=0,
+        out="assets/x",
+        policy=None,
+        policy_sft="smollm2",
+        samples_per_prompt=4,
+        max_new_tokens=96,
+        prompts=None,
+        demonstrations=None,
+        comparisons=320,
+        policy_comparisons=320,
+        kind_weight=["story=2", "code=1.5"],
+        all_pairs=True,
+    )
+    assert argv_of(args)[-5:] == ["--kind-weight", "story=2", "--kind-weight", "code=1.5", "--all-pairs"]
+    assert _kind_weights(args.kind_weight) == {"story": 2.0, "code": 1.5}
 
 
 def test_step_runs_a_spec_without_dagster(tmp_path, isolated_env, capsys):

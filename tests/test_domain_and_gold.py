@@ -13,7 +13,7 @@ import pytest
 
 from rlhf_dag.data.domain import KINDS, SOURCE_PROMPTS, ideal_response, parse_task, pretraining_documents
 from rlhf_dag.data.gold import gold_score, is_correct
-from rlhf_dag.data.synthetic_labels import _policy_comparisons, make_label_files
+from rlhf_dag.data.synthetic_labels import _policy_comparisons, kind_quotas, make_label_files
 
 REPO = Path(__file__).resolve().parent.parent
 STORY, EMAIL, MATH, CODE = SOURCE_PROMPTS
@@ -127,8 +127,33 @@ def test_policy_comparisons_give_each_kind_an_equal_share_of_the_pairs():
     assert {kind: kinds.count(kind) for kind in KINDS} == dict.fromkeys(KINDS, 6)
 
 
+def test_policy_comparisons_give_a_weighted_kind_its_weight_in_pairs():
+    """`--kind-weight story=2` puts the labeling budget where the policy is weakest: twice the story pairs of any
+    other kind, the rest shared equally, the same rounds of sampling otherwise."""
+    rounds = iter(range(1000))
+
+    def rarely(good):
+        return good if next(rounds) % 3 == 0 else ["", "", ""]
+
+    pairs = _policy_comparisons(
+        _sampler_with(rarely), random.Random(0), set(), 25, all_pairs=True, kind_weights={"story": 2}
+    )
+    kinds = [parse_task(p["prompt"]).kind for p in pairs]
+    assert len(pairs) == 25
+    assert {kind: kinds.count(kind) for kind in KINDS} == {"story": 10, "email": 5, "math": 5, "code": 5}
+
+
+@pytest.mark.parametrize(
+    "weights,message",
+    [({"poem": 2}, r"unknown kind poem \(the kinds: story, email, math, code\)"), ({"story": 0}, "must be above 0")],
+)
+def test_kind_weights_that_mean_nothing_are_refused(weights, message):
+    with pytest.raises(ValueError, match=message):
+        kind_quotas(8, weights)
+
+
 def test_policy_comparisons_name_the_kinds_a_model_never_gives_pairs_for():
-    with pytest.raises(RuntimeError, match=r"fall short of 2 for: story \(0\)\. Its responses"):
+    with pytest.raises(RuntimeError, match=r"fall short of their share for: story \(0 of 2\)\. Its responses"):
         _policy_comparisons(_sampler_with(lambda good: ["", "", ""]), random.Random(0), set(), 8)
 
 

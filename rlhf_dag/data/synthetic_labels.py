@@ -8,6 +8,7 @@ include the source's four prompts verbatim) never appear in a training file.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -77,23 +78,45 @@ def _unique_records(n: int, make) -> list[dict]:
 MAX_POLICY_ROUNDS = 12
 
 
-def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int, all_pairs: bool = False) -> list[dict]:
+def kind_quotas(n: int, weights: dict[str, float] | None = None) -> dict[str, int]:
+    """Each kind's share of n pairs: equal by default, or in proportion to `weights` (a kind left out weighs 1), so
+    that a labeling budget can go where the policy is weakest. Rounded up: the shares add up to n or a little more."""
+    weights = weights or {}
+    unknown = sorted(set(weights) - set(KINDS))
+    if unknown:
+        raise ValueError(
+            f"make-labels --kind-weight: unknown kind {', '.join(unknown)} (the kinds: {', '.join(KINDS)})"
+        )
+    if any(w <= 0 for w in weights.values()):
+        raise ValueError(f"make-labels --kind-weight: a weight must be above 0, got {weights}")
+    total = sum(weights.get(kind, 1.0) for kind in KINDS)
+    return {kind: math.ceil(n * weights.get(kind, 1.0) / total) for kind in KINDS}
+
+
+def _policy_comparisons(
+    sampler,
+    rng: random.Random,
+    held_out: set[str],
+    n: int,
+    all_pairs: bool = False,
+    kind_weights: dict[str, float] | None = None,
+) -> list[dict]:
     """Pairs of a model's own samples for a prompt, ranked by gold score: best vs worst, or with `all_pairs`
     every pair of different scores among the samples (InstructGPT's K-way ranking as its C(K, 2) comparisons).
-    Prompts whose samples all tie are skipped. Each kind gets an equal share of the n pairs: a model whose stories
-    rarely end would otherwise leave the reward model almost no story to learn from."""
+    Prompts whose samples all tie are skipped. Each kind gets its share of the n pairs (`kind_quotas`: equal unless
+    weighted): a model whose stories rarely end would otherwise leave the reward model almost no story to learn from."""
     pairs, seen = [], set()
-    quota, per_kind = -(-n // len(KINDS)), Counter()
+    quota, per_kind = kind_quotas(n, kind_weights), Counter()
     # a ranking of K gives up to C(K, 2) pairs: with all_pairs a round samples a third as many prompts (a real model's
     # samples cost minutes), and the rounds go on until n pairs, drawing prompts only of kinds short of their share
     per_round = -(-n // 3) if all_pairs else n
     rounds = 0
     while len(pairs) < n:
-        short = [kind for kind in KINDS if per_kind[kind] < quota]
+        short = [kind for kind in KINDS if per_kind[kind] < quota[kind]]
         if rounds == MAX_POLICY_ROUNDS:
             raise RuntimeError(
-                f"make-labels: after {rounds} rounds of sampling, the policy's ranked pairs fall short of {quota} for: "
-                f"{', '.join(f'{kind} ({per_kind[kind]})' for kind in short)}. Its responses to those prompts rarely "
+                f"make-labels: after {rounds} rounds of sampling, the policy's ranked pairs fall short of their share for: "
+                f"{', '.join(f'{kind} ({per_kind[kind]} of {quota[kind]})' for kind in short)}. Its responses to those prompts rarely "
                 "end (only ended responses are ranked) or all score alike; raise --max-new-tokens or "
                 "--samples-per-prompt, or lower --policy-comparisons"
             )
@@ -126,7 +149,7 @@ def _policy_comparisons(sampler, rng: random.Random, held_out: set[str], n: int,
             for chosen, rejected in candidates:
                 record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
                 key = tuple(record.values())
-                if key not in seen and len(pairs) < n and per_kind[task.kind] < quota:
+                if key not in seen and len(pairs) < n and per_kind[task.kind] < quota[task.kind]:
                     seen.add(key)
                     pairs.append(record)
                     per_kind[task.kind] += 1
@@ -144,6 +167,7 @@ def make_label_files(
     policy_sampler: Callable[[list[str]], list[list[str]]] | None = None,
     n_policy_comparisons: int = 512,
     all_policy_pairs: bool = False,
+    kind_weights: dict[str, float] | None = None,
 ) -> dict[str, int]:
     """Write prompts, demonstrations, comparisons and eval_prompts .jsonl files; return their record counts.
 
@@ -187,7 +211,7 @@ def make_label_files(
     if policy_sampler is not None:
         files["comparisons"][1].extend(
             _policy_comparisons(
-                policy_sampler, random.Random(seed + 1), held_out, n_policy_comparisons, all_policy_pairs
+                policy_sampler, random.Random(seed + 1), held_out, n_policy_comparisons, all_policy_pairs, kind_weights
             )
         )
     counts = {}
