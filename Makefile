@@ -80,10 +80,10 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:5000
 labels: setup  ## regenerate assets/*.jsonl with the synthetic domain and the gold labeler
 	$(BIN)/rlhf-dag make-labels --seed 0 --out assets
 
-labels-real: setup-real  ## regenerate assets/smollm2/: samples of SmolLM2's SFT model (4 per prompt) ranked by the gold labeler, all C(4, 2) pairs, twice the story pairs of any other kind (15 min)
+labels-real: setup-real  ## regenerate assets/smollm2/: samples of SmolLM2's SFT model (4 per prompt) ranked by the gold labeler, all C(4, 2) pairs (15 min)
 	$(BIN)/rlhf-dag make-labels --seed 0 --out assets/smollm2 --policy-sft smollm2 \
 		--samples-per-prompt 4 --max-new-tokens 96 --prompts 256 --demonstrations 256 \
-		--comparisons 320 --policy-comparisons 320 --kind-weight story=2 --all-pairs
+		--comparisons 256 --policy-comparisons 256 --all-pairs
 
 figures-real: setup-real  ## docs/smollm2.md's run figures: `rlhf-dag run` at the smollm2 profile in an isolated home (about 40 min)
 	$(BIN)/python bench/figures.py --profile smollm2
