@@ -20,6 +20,10 @@ holds it (the LoRA policy unmerged), prompts in file order, 32 a batch (`sample`
 are the response tokens written (EOS included, never PAD); before and after alternate, `--repeats` times each
 after a warm-up, and the figures are the medians. GRPO and RLOO sample inside TRL's trainers (their `generate`):
 not a path of ours, not measured here.
+
+After, bf16 (`after_bf16`, the evaluation and the candidates: `sample_precision: bf16`): the same sampler on a
+bfloat16 copy of the weights (the copy's making counted). Its share is given of the fp32 bound (the issue's) and of
+a bf16 bound measured the same way (`bound_bf16_tokens_per_s`). PPO's rollout stays fp32: its log-probs are PPO's.
 """
 
 from __future__ import annotations
@@ -102,10 +106,10 @@ def measure(profile: str, repeats: int) -> dict:
 
     from rlhf_dag.config import PROFILE_LABELS, REPO_ROOT, resolve
     from rlhf_dag.data.chat import format_prompt
-    from rlhf_dag.data.gold import GoldJudge
+    from rlhf_dag.data.gold import GoldJudge, gold_score
     from rlhf_dag.data.label_files import load_labels
     from rlhf_dag.training import lora
-    from rlhf_dag.training.generate import generate_tokens, sample
+    from rlhf_dag.training.generate import at_precision, generate_tokens, sample
     from rlhf_dag.training.models import load_causal_lm
 
     ppo_cfg, eval_cfg = resolve("ppo_policy", {}, profile), resolve("policy_evaluation", {}, profile)
@@ -115,8 +119,11 @@ def measure(profile: str, repeats: int) -> dict:
     model, tokenizer = load_causal_lm(sft_model)
     model.eval()
     bound = forward_bound(model, len(tokenizer))
+    bf16_bound = forward_bound(at_precision(model, "bf16"), len(tokenizer))
+    bound["bound_bf16_tokens_per_s"] = bf16_bound["bound_tokens_per_s"]
     print(
-        f"{profile}: forward {bound['forward_gflops']:.1f} GFLOP/s -> bound {bound['bound_tokens_per_s']:.0f} new tokens/s",
+        f"{profile}: forward {bound['forward_gflops']:.1f} GFLOP/s -> bound {bound['bound_tokens_per_s']:.0f} new tokens/s"
+        f" (bf16: {bf16_bound['forward_gflops']:.1f} GFLOP/s -> {bf16_bound['bound_tokens_per_s']:.0f})",
         flush=True,
     )
     prompts = [r["prompt"] for r in load_labels(labels / "prompts.jsonl", "prompts").records]
@@ -152,8 +159,18 @@ def measure(profile: str, repeats: int) -> dict:
         )
         return new_tokens(response, tokenizer.pad_token_id, tokenizer.eos_token_id)
 
-    def sampled(texts, cfg_max, temperature):
-        samples = sample(model, tokenizer, texts, texts, cfg_max, temperature)
+    asked = {
+        text: prompt
+        for prompt in held_out + list(GoldJudge.source_prompts)
+        for text in [format_prompt(prompt, tokenizer)]
+    }
+    judged = {"fp32": [], "bf16": []}  # the evaluation path's gold scores at each precision, every timed call
+
+    def sampled(texts, cfg_max, temperature, precision="fp32", judge=False):
+        samples = sample(model, tokenizer, texts, texts, cfg_max, temperature, precision=precision)
+        if judge:  # as the evaluation judges them: the gold labeler's score of each response to its request
+            scores = (gold_score(asked[s.prompt], s.response, s.ended_with_eos) for s in samples)
+            judged[precision].extend(g.score for g in scores if g is not None)
         return sum(s.n_tokens + s.ended_with_eos for s in samples)
 
     paths = {
@@ -167,21 +184,26 @@ def measure(profile: str, repeats: int) -> dict:
                 + generate_before(model, tokenizer, source, eval_cfg.max_new_tokens, eval_cfg.source_prompt_temperature)
             ),
             lambda: (
-                sampled(evaluation, eval_cfg.max_new_tokens, eval_cfg.temperature)
+                sampled(evaluation, eval_cfg.max_new_tokens, eval_cfg.temperature, judge=True)
                 + sampled(source, eval_cfg.max_new_tokens, eval_cfg.source_prompt_temperature)
+            ),
+            lambda: (
+                sampled(evaluation, eval_cfg.max_new_tokens, eval_cfg.temperature, "bf16", judge=True)
+                + sampled(source, eval_cfg.max_new_tokens, eval_cfg.source_prompt_temperature, "bf16")
             ),
         ),
         "labeling_candidates": (
             lambda: generate_before(model, tokenizer, candidates, cand_cfg.max_new_tokens, cand_cfg.temperature),
             lambda: sampled(candidates, cand_cfg.max_new_tokens, cand_cfg.temperature),
+            lambda: sampled(candidates, cand_cfg.max_new_tokens, cand_cfg.temperature, "bf16"),
         ),
     }
     generate_before(policy, tokenizer, rollout[:2], 4, 1.0)  # warm-up of both
     generate_tokens(merged.refresh() if merged else policy, tokenizer, rollout[:2], 4, 1.0)
     results = {}
-    for name, (before, after) in paths.items():
+    for name, calls in paths.items():
         rows = {}
-        for label, call in (("before", before), ("after", after)):
+        for label, call in zip(("before", "after", "after_bf16"), calls):
             seconds, written = timed(call, repeats)
             rows[label] = {
                 "seconds": seconds,
@@ -189,14 +211,30 @@ def measure(profile: str, repeats: int) -> dict:
                 "tokens_per_s": written / seconds,
                 "share_of_bound": written / seconds / bound["bound_tokens_per_s"],
             }
+            if label == "after_bf16":
+                rows[label]["share_of_bf16_bound"] = written / seconds / bound["bound_bf16_tokens_per_s"]
         rows["speedup"] = rows["after"]["tokens_per_s"] / rows["before"]["tokens_per_s"]
         results[name] = rows
+        bf16 = rows.get("after_bf16")
         print(
             f"{profile} {name}: before {rows['before']['tokens_per_s']:.1f} tokens/s "
             f"({rows['before']['share_of_bound']:.0%} of the bound), after {rows['after']['tokens_per_s']:.1f} "
-            f"({rows['after']['share_of_bound']:.0%}), {rows['speedup']:.2f}x",
+            f"({rows['after']['share_of_bound']:.0%}), {rows['speedup']:.2f}x"
+            + (
+                f"; bf16 {bf16['tokens_per_s']:.1f} ({bf16['share_of_bound']:.0%} of the fp32 bound, "
+                f"{bf16['share_of_bf16_bound']:.0%} of the bf16 bound)"
+                if bf16
+                else ""
+            ),
             flush=True,
         )
+    # what bf16 does to what is sampled: the held-out samples' gold mean at each precision (the same model and prompts)
+    results["evaluation"]["gold_mean"] = {k: sum(v) / len(v) for k, v in judged.items() if v}
+    print(
+        f"{profile} evaluation, held-out gold mean: "
+        + ", ".join(f"{k} {v:.3f} ({len(judged[k])} samples)" for k, v in results["evaluation"]["gold_mean"].items()),
+        flush=True,
+    )
     return {
         **bound,
         "paths": results,
@@ -227,13 +265,17 @@ def main() -> int:
             r["after"]["tokens_per_s"],
             f"{r['after']['share_of_bound']:.0%}",
             f"{r['speedup']:.2f}x",
+            f"{r['after_bf16']['tokens_per_s']:.1f}" if "after_bf16" in r else "(fp32 only)",
+            f"{r['after_bf16']['share_of_bound']:.0%} / {r['after_bf16']['share_of_bf16_bound']:.0%}"
+            if "after_bf16" in r
+            else "",
         ]
         for profile, m in measured.items()
         for name, r in m["paths"].items()
     ]
     bounds = "; ".join(
         f"{p}: {m['parameters'] / 1e6:.1f}M parameters, forward {m['forward_gflops']:.1f} GFLOP/s, bound "
-        f"{m['bound_tokens_per_s']:.0f} new tokens/s"
+        f"{m['bound_tokens_per_s']:.0f} new tokens/s (bf16: {m['bound_bf16_tokens_per_s']:.0f})"
         for p, m in measured.items()
     )
     table = "\n".join(
@@ -241,7 +283,18 @@ def main() -> int:
             f"Measured on {machine_line(info)}. {bounds}.",
             "",
             markdown_table(
-                ["profile", "path", "before tokens/s", "of bound", "after tokens/s", "of bound", "speedup"], rows
+                [
+                    "profile",
+                    "path",
+                    "before tokens/s",
+                    "of bound",
+                    "after tokens/s",
+                    "of bound",
+                    "speedup",
+                    "after, bf16 tokens/s",
+                    "of fp32 / bf16 bound",
+                ],
+                rows,
             ),
         ]
     )
@@ -249,7 +302,15 @@ def main() -> int:
     payload = {
         "machine": info,
         "command": "bench/generation.py --profile " + args.profile,
-        **({"bound_tokens_per_s": real["bound_tokens_per_s"], "paths": real["paths"]} if real else {}),
+        **(
+            {
+                "bound_tokens_per_s": real["bound_tokens_per_s"],
+                "bound_bf16_tokens_per_s": real["bound_bf16_tokens_per_s"],
+                "paths": real["paths"],
+            }
+            if real
+            else {}
+        ),
         "profiles": measured,
     }
     (RESULTS / "generation.json").write_text(json.dumps(payload, indent=1, default=str))

@@ -721,6 +721,27 @@ MUTATIONS = [
             "tests/test_safety.py::test_no_loader_swaps_in_kernels_from_the_hub[base_model.pretrained]",
         ],
     ),
+    Mutation(
+        "the sampler ignores its precision (samples at fp32 whatever it is asked)",
+        "rlhf_dag/training/generate.py",
+        [("    model = at_precision(model, precision).eval()", "    model = model.eval()")],
+        [
+            "tests/test_ppo_speed_paths.py::"
+            "test_bf16_sampling_draws_close_to_the_fp32_distribution_and_leaves_the_model_fp32"
+        ],
+    ),
+    Mutation(
+        "bf16 samples are stored under the fp32 samples' key",
+        "rlhf_dag/training/generate.py",
+        [('        "precision": precision,\n', "")],
+        ["tests/test_sample_cache.py::test_any_other_model_prompt_or_setting_generates_anew[precision]"],
+    ),
+    Mutation(
+        "the evaluation's sample_precision never reaches the sampler",
+        "rlhf_dag/training/evaluate.py",
+        [("            precision=cfg.sample_precision,\n", "")],
+        ["tests/test_sample_cache.py::test_the_evaluation_samples_at_its_configured_precision"],
+    ),
 ]
 
 

@@ -181,6 +181,43 @@ def test_the_sampler_draws_each_token_with_its_tempered_probability():
     assert total_variation(torch.softmax(logits, dim=-1)) > 0.06  # the check can fail: the temperature shows
 
 
+def test_bf16_sampling_draws_close_to_the_fp32_distribution_and_leaves_the_model_fp32(monkeypatch):
+    """`sample(precision="bf16")` draws from a bfloat16 copy: its first tokens (4,000 draws, T = 0.7) follow the fp32
+    model's distribution within what bf16's rounding moves, and the model given keeps its fp32 weights."""
+    from rlhf_dag.training import generate
+    from rlhf_dag.training.generate import at_precision, sample
+
+    drawn_with, decode = [], generate.decode
+
+    def spy(model, *args, **kwargs):
+        drawn_with.append(next(model.parameters()).dtype)
+        return decode(model, *args, **kwargs)
+
+    monkeypatch.setattr(generate, "decode", spy)
+
+    policy, tokenizer = causal_lm(seed=3).eval(), toy_tokenizer()
+    with torch.no_grad():
+        policy.lm_head.bias[4:] = torch.linspace(-2.0, 2.0, len(policy.lm_head.bias) - 4)
+    before = {name: p.clone() for name, p in policy.state_dict().items()}
+    text = format_prompt("a b")
+    samples = sample(policy, tokenizer, [text] * 4000, [text] * 4000, 1, 0.7, precision="bf16")
+    with torch.no_grad():
+        logits = policy(**tokenizer([text], return_tensors="pt")).logits[0, -1]
+    logits[tokenizer.pad_token_id] = float("-inf")
+    vocab = tokenizer.get_vocab()
+    first = torch.tensor([vocab.get(s.response, tokenizer.eos_token_id) for s in samples])  # one token or EOS
+    observed = torch.bincount(first, minlength=len(logits)).float() / len(first)
+    total_variation = lambda p: float((observed - p).abs().sum() / 2)  # noqa: E731
+    assert total_variation(torch.softmax(logits / 0.7, dim=-1)) < 0.04
+    assert total_variation(torch.softmax(logits, dim=-1)) > 0.06  # the check can fail: the temperature shows
+    assert drawn_with == [torch.bfloat16]
+    assert all(torch.equal(before[name], p) for name, p in policy.state_dict().items())
+    assert next(policy.parameters()).dtype == torch.float32
+    assert next(at_precision(policy, "bf16").parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="one of fp32, bf16, got 'fp16'"):
+        at_precision(policy, "fp16")
+
+
 @pytest.mark.parametrize("slots", [None, 37])
 def test_the_decoding_loop_samples_what_generate_samples(slots):
     """The sampler (`decode`) against transformers' `generate(do_sample=True)` at equal settings (T = 0.7, PAD

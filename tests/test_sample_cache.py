@@ -14,8 +14,10 @@ def generations(monkeypatch):
     """Replaces the sampler: each call is recorded, and answers what a model would (a response per text)."""
     calls = []
 
-    def fake_sample(model, tokenizer, prompts, texts, max_new_tokens, temperature, batch_size=32, seed=0):
-        calls.append((model, list(texts), max_new_tokens, temperature, seed))
+    def fake_sample(
+        model, tokenizer, prompts, texts, max_new_tokens, temperature, batch_size=32, seed=0, precision="fp32"
+    ):
+        calls.append((model, list(texts), max_new_tokens, temperature, seed, precision))
         return [Sample(p, f"{model} answers {t} ({seed})", True, 3) for p, t in zip(prompts, texts)]
 
     monkeypatch.setattr(generate, "sample", fake_sample)
@@ -44,8 +46,9 @@ def test_a_reused_key_runs_no_generation_and_gives_the_same_samples(tmp_path, ge
         {"max_new_tokens": 16},
         {"temperature": 0.7},
         {"seed": 1},
+        {"precision": "bf16"},
     ],
-    ids=["model", "prompts", "max_new_tokens", "temperature", "seed"],
+    ids=["model", "prompts", "max_new_tokens", "temperature", "seed", "precision"],
 )
 def test_any_other_model_prompt_or_setting_generates_anew(tmp_path, generations, change):
     _sample(tmp_path)
@@ -66,3 +69,19 @@ def test_a_folder_written_again_is_another_model(tmp_path, generations):
     assert reused is False and len(generations) == 2
     _, reused = _sample(tmp_path / "store", folder=folder)
     assert reused is True and len(generations) == 2  # the new weights' samples are reused in their turn
+
+
+def test_the_evaluation_samples_at_its_configured_precision(tmp_path, generations, monkeypatch):
+    """`sample_precision` reaches the sampler from the evaluation's config, for the held-out prompts and the source
+    prompts alike (a setting that is logged but never used would make bf16 figures read as fp32 ones)."""
+    from rlhf_dag.config import EvalConfig
+    from rlhf_dag.data.gold import GoldJudge
+    from rlhf_dag.training import evaluate
+
+    monkeypatch.setenv("RLHF_DAG_HOME", str(tmp_path))
+    monkeypatch.setattr(evaluate, "score_texts", lambda rm, tok, prompts, responses: [0.0] * len(responses))
+    monkeypatch.setattr(evaluate, "format_prompt", lambda p, tok: f"<{p}>")
+    cfg = EvalConfig(sample_precision="bf16", samples_per_prompt=1, source_prompt_samples=1)
+    evaluate.evaluate_policies({"sft": ("sft", True, tmp_path / "sft")}, None, None, ["What is 1 + 2?"], cfg, None)
+    evaluate.source_prompt_pass_rates("sft", None, True, cfg, GoldJudge(), tmp_path / "sft")
+    assert [call[-1] for call in generations] == ["bf16", "bf16"]

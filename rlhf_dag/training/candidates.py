@@ -36,6 +36,7 @@ def labeling_candidates(inputs: dict[str, str], cfg: LabelingConfig) -> StepResu
         cfg.max_new_tokens,
         cfg.temperature,
         seed=seed,
+        precision=cfg.sample_precision,
     )
     candidates, duplicates, left_out = [], 0, 0
     for n, record in enumerate(prompts):

@@ -147,7 +147,15 @@ def evaluate_policies(
     for name, (model, instruct, folder) in policies.items():
         texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
         samples, was_reused = sample_once(
-            folder, model, tokenizer, repeated, texts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed
+            folder,
+            model,
+            tokenizer,
+            repeated,
+            texts,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            seed=cfg.seed,
+            precision=cfg.sample_precision,
         )
         if was_reused and reused is not None:
             reused.append(name)
@@ -194,6 +202,7 @@ def source_prompt_pass_rates(
         cfg.max_new_tokens,
         cfg.source_prompt_temperature,
         seed=cfg.seed,
+        precision=cfg.sample_precision,
     )
     if was_reused and reused is not None:
         reused.extend(source)

@@ -22,6 +22,12 @@ REPORT_AFTER_S = 5.0
 
 logger = logging.getLogger(__name__)
 
+# The weights a sampler may draw with. bf16 halves what a decoding step reads and, on a CPU with AVX512-BF16 (or a
+# GPU), runs its matrix products natively: 1.5-1.9x a step at 135M on this box (docs/benchmarks.md section 7). Its
+# logits differ from fp32's in the third digit, so its samples are another (close) distribution: the evaluation and
+# the labeling candidates may use it; PPO's rollouts never do (their log-probs are PPO's old log-probs, [PPO-12]).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 @dataclass
 class GenerationClock:
@@ -269,6 +275,18 @@ def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tup
     return responses.masked_fill(after, pad_id), ended
 
 
+def at_precision(model, precision: str):
+    """The model to sample from at `precision` (`PRECISIONS`): the model itself when its weights already are, else a
+    copy of it cast (the model given keeps its weights: casting back and forth would round them)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"sample precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if next(model.parameters()).dtype == PRECISIONS[precision]:
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(PRECISIONS[precision])
+
+
 def sample(
     model,
     tokenizer,
@@ -278,12 +296,14 @@ def sample(
     temperature: float,
     batch_size: int = SAMPLE_BATCH,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> list[Sample]:
     """Sample one response per text; `prompts` are the plain requests the texts were built from.
 
     Up to `batch_size` rows write at a time (`decode`'s continuous batching); the texts join the longest first, so
-    the rows that join together pad their prompts little. The samples come back in the texts' order."""
-    model.eval()
+    the rows that join together pad their prompts little. The samples come back in the texts' order. With `precision`
+    "bf16" they are drawn from a bfloat16 copy of the model (`at_precision`)."""
+    model = at_precision(model, precision).eval()
     started = time.perf_counter()
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
@@ -320,6 +340,7 @@ def sample_key(
     temperature: float,
     batch_size: int,
     seed: int,
+    precision: str = "fp32",
 ) -> str:
     """What a model's samples are keyed by: the model's folder (one per materialization in the graph,
     `<artifacts>/<asset>/<run id>/`) and its weights files' size and modification time (a benchmark or a spec run
@@ -336,6 +357,7 @@ def sample_key(
         "temperature": temperature,
         "batch_size": batch_size,
         "seed": seed,
+        "precision": precision,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
@@ -351,6 +373,7 @@ def sample_once(
     batch_size: int = SAMPLE_BATCH,
     seed: int = 0,
     store: Path | None = None,
+    precision: str = "fp32",
 ) -> tuple[list[Sample], bool]:
     """`sample`, generated once per key (`sample_key`) and reused wherever the same key comes up again: the four method
     evaluations sample SFT once between them, and after an edit of the comparisons the evaluation samples only the new
@@ -358,11 +381,11 @@ def sample_once(
     from ..artifacts import atomic_path
     from ..config import home_dir
 
-    key = sample_key(model_dir, prompts, texts, max_new_tokens, temperature, batch_size, seed)
+    key = sample_key(model_dir, prompts, texts, max_new_tokens, temperature, batch_size, seed, precision)
     path = Path(store or home_dir() / "samples") / f"{key}.json"
     if path.exists():
         return [Sample(**s) for s in json.loads(path.read_text(encoding="utf-8"))], True
-    samples = sample(model, tokenizer, prompts, texts, max_new_tokens, temperature, batch_size, seed)
+    samples = sample(model, tokenizer, prompts, texts, max_new_tokens, temperature, batch_size, seed, precision)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps([asdict(s) for s in samples]), encoding="utf-8")
     return samples, False
