@@ -278,9 +278,15 @@ def main() -> int:
         f"{m['bound_tokens_per_s']:.0f} new tokens/s (bf16: {m['bound_bf16_tokens_per_s']:.0f})"
         for p, m in measured.items()
     )
+    gold = "; ".join(
+        f"{p}: " + ", ".join(f"{k} {v:.3f}" for k, v in m["paths"]["evaluation"]["gold_mean"].items())
+        for p, m in measured.items()
+    )
     table = "\n".join(
         [
             f"Measured on {machine_line(info)}. {bounds}.",
+            "",
+            f"The evaluation path's held-out samples, gold mean by precision: {gold}.",
             "",
             markdown_table(
                 [

@@ -14,7 +14,6 @@ import json
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -123,6 +122,13 @@ class PretrainConfig(SampleSettings, CheckpointSettings):
     )
     learning_rate: float = Field(2e-3, description="peak AdamW learning rate (cosine decay)")
     seed: int = Field(0, description="initialization and data-order seed")
+
+
+class SamplePrecision(StrEnum):
+    """The weights a model's samples are drawn with (`training/generate.py` `PRECISIONS`, `at_precision`)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 class Overlong(StrEnum):
@@ -312,8 +318,8 @@ class EvalConfig(JudgeSettings):
     )
     source_prompt_temperature: float = Field(0.7, description="sampling temperature of those samples")
     seed: int = Field(0, description="sampling seed")
-    sample_precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
+    sample_precision: SamplePrecision = Field(
+        SamplePrecision.fp32,
         description="weights the samples are drawn with: 'bf16' samples from a bfloat16 copy, 1.5-1.9x faster where the CPU has AVX512-BF16 or on a GPU, slower on a CPU without it; its logits differ from fp32's in the third digit (docs/benchmarks.md section 7)",
     )
 
@@ -336,8 +342,8 @@ class LabelingConfig(StepConfig):
     temperature: float = Field(1.0, description="sampling temperature (1.0: the policy's own distribution)")
     max_new_tokens: int = Field(48, description="response length cap (a labeler sees a cut-off response as it is)")
     seed: int = Field(0, description="sampling seed (combined with the batch name)")
-    sample_precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
+    sample_precision: SamplePrecision = Field(
+        SamplePrecision.fp32,
         description="weights the samples are drawn with: 'bf16' samples from a bfloat16 copy, 1.5-1.9x faster where the CPU has AVX512-BF16 or on a GPU, slower on a CPU without it; its logits differ from fp32's in the third digit (docs/benchmarks.md section 7)",
     )
 
