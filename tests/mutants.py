@@ -739,7 +739,7 @@ MUTATIONS = [
     Mutation(
         "the evaluation's sample_precision never reaches the sampler",
         "rlhf_dag/training/evaluate.py",
-        [("            precision=cfg.sample_precision,\n", "")],
+        [("        precision=cfg.sample_precision,\n", "")],
         ["tests/test_sample_cache.py::test_the_evaluation_samples_at_its_configured_precision"],
     ),
 ]

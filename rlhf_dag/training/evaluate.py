@@ -127,6 +127,24 @@ def policy_checks(
     return metrics
 
 
+def _samples(model, tokenizer, instruct: bool, folder: Path, prompts: list[str], cfg: EvalConfig, temperature: float):
+    """One model's samples of `prompts` as the evaluation asks them (an instruct model in chat format, a base model
+    with the bare request, as in the source) at `temperature` and the evaluation's other settings, generated once
+    (`sample_once`): (samples, reused)."""
+    texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in prompts]
+    return sample_once(
+        folder,
+        model,
+        tokenizer,
+        prompts,
+        texts,
+        cfg.max_new_tokens,
+        temperature,
+        seed=cfg.seed,
+        precision=cfg.sample_precision,
+    )
+
+
 def evaluate_policies(
     policies: dict[str, tuple[object, bool, Path]],
     tokenizer,
@@ -145,18 +163,7 @@ def evaluate_policies(
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     results = {}
     for name, (model, instruct, folder) in policies.items():
-        texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
-        samples, was_reused = sample_once(
-            folder,
-            model,
-            tokenizer,
-            repeated,
-            texts,
-            cfg.max_new_tokens,
-            cfg.temperature,
-            seed=cfg.seed,
-            precision=cfg.sample_precision,
-        )
+        samples, was_reused = _samples(model, tokenizer, instruct, folder, repeated, cfg, cfg.temperature)
         if was_reused and reused is not None:
             reused.append(name)
         gold = judge_scores(samples, judge)
@@ -192,18 +199,7 @@ def source_prompt_pass_rates(
         return {}
     # every prompt's samples in one call: the sampler keeps its batch full across them
     repeated = [p for p in source for _ in range(cfg.source_prompt_samples)]
-    texts = [format_prompt(p, tokenizer) if instruct else base_prompt(p, tokenizer) for p in repeated]
-    samples, was_reused = sample_once(
-        folder,
-        model,
-        tokenizer,
-        repeated,
-        texts,
-        cfg.max_new_tokens,
-        cfg.source_prompt_temperature,
-        seed=cfg.seed,
-        precision=cfg.sample_precision,
-    )
+    samples, was_reused = _samples(model, tokenizer, instruct, folder, repeated, cfg, cfg.source_prompt_temperature)
     if was_reused and reused is not None:
         reused.extend(source)
     rates = {}
