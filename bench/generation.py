@@ -159,11 +159,7 @@ def measure(profile: str, repeats: int) -> dict:
         )
         return new_tokens(response, tokenizer.pad_token_id, tokenizer.eos_token_id)
 
-    asked = {
-        text: prompt
-        for prompt in held_out + list(GoldJudge.source_prompts)
-        for text in [format_prompt(prompt, tokenizer)]
-    }
+    asked = {format_prompt(p, tokenizer): p for p in held_out + list(GoldJudge.source_prompts)}  # text -> request
     judged = {"fp32": [], "bf16": []}  # the evaluation path's gold scores at each precision, every timed call
 
     def sampled(texts, cfg_max, temperature, precision="fp32", judge=False):
