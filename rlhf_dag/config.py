@@ -451,10 +451,10 @@ PROFILES: dict[str, dict[str, dict]] = {
             "lora": {"r": 16, "alpha": 32},
             "checkpoint_every": 0,
         },
-        # 24 iterations of 16 rollouts (was 12): at seeds 1 and 2, on the same SFT model and RM, PPO vs SFT 0.594 ->
-        # 0.713 and 0.662 -> 0.750, the held-out stories right 8 -> 14 and 9 -> 14 of 19 (docs/smollm2.md)
+        # 12 iterations of 16 rollouts. 24 raised PPO vs SFT to 0.70-0.75 at seeds 0-2, and taught it the reward model's
+        # blind spots on the source prompts ("2 + 2 = 2", "n % 2 == 1"): tried and not kept (docs/smollm2.md)
         "ppo_policy": {
-            "iterations": 24,
+            "iterations": 12,
             "rollout_batch_size": 16,
             "minibatch_size": 8,
             "max_new_tokens": 64,
