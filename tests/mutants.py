@@ -104,6 +104,34 @@ MUTATIONS = [
         ],
     ),
     Mutation(
+        "rows after a shared opening count their positions from 0",
+        "rlhf_dag/training/ppo.py",
+        [("        position_ids=position_ids + shared,\n", "        position_ids=position_ids,\n")],
+        ["tests/test_ppo_speed_paths.py::test_a_packed_minibatch_scores_as_the_padded_rollout[shared-prefix]"],
+    ),
+    Mutation(
+        "rows after a shared opening do not attend to it",
+        "rlhf_dag/training/ppo.py",
+        [
+            (
+                "mask = torch.cat([mb.attention_mask.new_ones((rows, shared)), mb.attention_mask], dim=1)",
+                "mask = torch.cat([mb.attention_mask.new_zeros((rows, shared)), mb.attention_mask], dim=1)",
+            )
+        ],
+        ["tests/test_ppo_speed_paths.py::test_a_packed_minibatch_scores_as_the_padded_rollout[shared-prefix]"],
+    ),
+    Mutation(
+        "a shared opening run once takes no gradient (its keys and values detached)",
+        "rlhf_dag/training/ppo.py",
+        [
+            (
+                "layer.keys, layer.values = layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)",
+                "layer.keys, layer.values = layer.keys.detach().expand(rows, -1, -1, -1), layer.values.detach().expand(rows, -1, -1, -1)",
+            )
+        ],
+        ["tests/test_ppo_speed_paths.py::test_a_shared_opening_run_once_trains_as_if_every_row_ran_it[shared-prefix]"],
+    ),
+    Mutation(
         "the sampler ignores the temperature",
         "rlhf_dag/training/generate.py",
         [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from toy import causal_lm, toy_tokenizer, value_model
@@ -64,32 +66,69 @@ def test_length_buckets_cover_every_rollout_once_with_similar_lengths():
     assert len(orders) > 1  # the minibatch order is shuffled each epoch
 
 
-def test_a_packed_minibatch_scores_as_the_padded_rollout(rollout):
+def packed(rollout, mb: torch.Tensor, share_prefix: bool = True):
+    from rlhf_dag.training.ppo import pack_minibatch
+
+    _, tokenizer, n_query, query_response, attention, mask, _ = rollout
+    return pack_minibatch(
+        query_response[mb, :n_query],
+        attention[mb, :n_query],
+        query_response[mb, n_query:],
+        mask.sum(dim=1)[mb],
+        tokenizer.pad_token_id,
+        share_prefix,
+    )
+
+
+def test_a_packed_minibatch_scores_as_the_padded_rollout(rollout, request):
     """Queries without their left padding and responses without their right padding, rows left-padded to the
-    minibatch's longest ([PPO-13]): every response token's log-prob and value is what the padded rollout gives."""
-    from rlhf_dag.training.ppo import pack_minibatch, packed_logprobs_and_values
+    minibatch's longest ([PPO-13]); the opening every query shares runs once before them ([PPO-20]): every response
+    token's log-prob and value is what the padded rollout gives."""
+    from rlhf_dag.training.ppo import packed_logprobs_and_values
 
     policy, tokenizer, n_query, query_response, attention, mask, _ = rollout
     critic = value_model()
     mb = torch.tensor([0, 2, 4, 5])
-    lengths = mask.sum(dim=1)
-    packed = pack_minibatch(
-        query_response[mb, :n_query],
-        attention[mb, :n_query],
-        query_response[mb, n_query:],
-        lengths[mb],
-        tokenizer.pad_token_id,
-    )
-    assert packed.input_ids.shape[1] < n_query + mask.shape[1]  # padding really dropped
-    assert (packed.attention_mask.sum(dim=1) == attention[mb].sum(dim=1)).all()  # and no real token lost
+    packed_mb = packed(rollout, mb)
+    shared = 0 if packed_mb.prefix is None else len(packed_mb.prefix)
+    assert (shared > 4) == ("shared-prefix" in request.node.name)  # the opening "h a b c" and the template's
+    assert packed_mb.input_ids.shape[1] + shared < n_query + mask.shape[1]  # padding really dropped
+    assert (packed_mb.attention_mask.sum(dim=1) + shared == attention[mb].sum(dim=1)).all()  # and no real token lost
     with torch.no_grad():
         padded, _ = response_logprobs(policy, query_response[mb], attention[mb], n_query, 0.7)
         padded_values = per_token_scores(critic, query_response[mb], attention[mb])[:, n_query - 1 : -1]
-        logprobs, _, values = packed_logprobs_and_values(policy, critic, packed, 0.7)
-    m = mask[mb, : packed.width]
+        logprobs, _, values = packed_logprobs_and_values(policy, critic, packed_mb, 0.7)
+    m = mask[mb, : packed_mb.width]
     assert m.sum() > len(mb)
-    assert torch.allclose(padded[:, : packed.width] * m, logprobs * m, atol=1e-5)
-    assert torch.allclose(padded_values[:, : packed.width] * m, values * m, atol=1e-5)
+    assert torch.allclose(padded[:, : packed_mb.width] * m, logprobs * m, atol=1e-5)
+    assert torch.allclose(padded_values[:, : packed_mb.width] * m, values * m, atol=1e-5)
+
+
+@pytest.mark.parametrize("rollout", ["h a b c "], indirect=True, ids=["shared-prefix"])
+def test_a_shared_opening_run_once_trains_as_if_every_row_ran_it(rollout):
+    """[PPO-20] With the queries' opening run once and its keys and values serving every row, the PPO loss's
+    gradient for every weight of the policy and the critic is the one of the rows each running the whole query."""
+    from rlhf_dag.training.ppo import packed_logprobs_and_values
+
+    policy, critic = copy.deepcopy(rollout[0]).train(), value_model()
+    mb = torch.tensor([0, 1, 3, 5])
+
+    def gradients(share_prefix: bool) -> dict[str, torch.Tensor]:
+        policy.zero_grad(), critic.zero_grad()
+        minibatch = packed(rollout, mb, share_prefix)
+        assert (minibatch.prefix is not None) == share_prefix
+        logprobs, _, values = packed_logprobs_and_values(policy, critic, minibatch, 0.7)
+        m = rollout[5][mb, : minibatch.width]
+        ((logprobs * m).sum() + (values * m).pow(2).sum()).backward()
+        return {
+            n: p.grad.clone() for model in (policy, critic) for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    shared, whole = gradients(True), gradients(False)
+    assert shared.keys() == whole.keys() and len(whole) > 10
+    for name in whole:
+        assert torch.allclose(shared[name], whole[name], rtol=1e-4, atol=1e-6), name
+    assert any(whole[n].abs().sum() > 0 for n in whole if "layers.0.self_attn.k_proj" in n)  # the opening's keys train
 
 
 def test_pad_is_never_sampled_and_scoring_excludes_it_as_sampling_did():

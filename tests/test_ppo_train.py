@@ -44,7 +44,8 @@ class RiggedReward(nn.Module):
     def counter(self, input_ids, attention_mask=None, **_):
         in_response = (input_ids == ASSISTANT_ID).cumsum(dim=1) > 0
         hits = ((input_ids == self.token) & in_response).cumsum(dim=1)
-        return SimpleNamespace(last_hidden_state=hits.float().unsqueeze(-1))
+        # a counter keeps no keys or values: after a prompt opening run once ([PPO-20]) it counts in the rows alone
+        return SimpleNamespace(last_hidden_state=hits.float().unsqueeze(-1), cache=SimpleNamespace(layers=[]))
 
 
 def ppo_config(**overrides) -> PPOConfig:

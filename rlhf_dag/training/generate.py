@@ -63,18 +63,25 @@ def draw(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.
     return tokens.squeeze(1), logp.gather(1, tokens).squeeze(1)
 
 
-def _shared_prefix(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """The prompts' longest common prefix (their real tokens, short of the shortest prompt's last) and its KV cache,
-    computed once: a chat template opens every prompt with the same tokens (SmolLM2's system prompt is half of a
-    short request). None below two tokens."""
-    rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """The length of the rows' longest common prefix, short of the shortest row's last token (so that every row
+    keeps a token of its own after it); 0 below two tokens, where sharing saves nothing."""
     shared = min(len(r) for r in rows) - 1
     first = rows[0]
     for row in rows[1:]:
         shared = next((i for i in range(shared) if row[i] != first[i]), shared)
-    if shared < 2:
+    return shared if shared >= 2 else 0
+
+
+def _shared_prefix(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The prompts' longest common prefix (their real tokens, `shared_prefix_length`) and its KV cache, computed
+    once: a chat template opens every prompt with the same tokens (SmolLM2's system prompt is half of a short
+    request). None below two tokens."""
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
+    shared = shared_prefix_length(rows)
+    if not shared:
         return None
-    ids = torch.tensor([first[:shared]], device=input_ids.device)
+    ids = torch.tensor([rows[0][:shared]], device=input_ids.device)
     out = model(input_ids=ids, position_ids=torch.arange(shared, device=ids.device)[None], use_cache=True)
     return out.cache
 

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from ..config import PPOConfig
 from ..data.chat import format_prompt
 from . import distributed, lora, resume
-from .generate import generate_tokens, truncate_after_eos
+from .generate import generate_tokens, shared_prefix_length, truncate_after_eos
 from .monitor import TrainingDivergedError
 from .result import ModelCard, StepResult, step
-from .reward import per_token_scores
+from .reward import backbone_and_head, head_scores
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,14 @@ def _token_logprobs(
 class PackedMinibatch:
     """Rollouts laid out without inner padding ([PPO-13]): each row is its query's real tokens then its
     response's, left-padded to the minibatch's longest row. `slots` [B, W] picks, among the last W + 1
-    positions, the one whose output predicts response token j of row i."""
+    positions, the one whose output predicts response token j of row i. With a `prefix` ([PPO-20]), the
+    tokens every row opens with are not in the rows: they run once, before them."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     responses: torch.Tensor  # [B, W] the response tokens, right-padded, as in the rollout
     slots: torch.Tensor
+    prefix: torch.Tensor | None = None  # [P] the opening shared by every row's query (a chat template's)
 
     @property
     def width(self) -> int:
@@ -146,19 +148,72 @@ class PackedMinibatch:
 
 
 def pack_minibatch(
-    query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, response_lengths: torch.Tensor, pad_id: int
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    response: torch.Tensor,
+    response_lengths: torch.Tensor,
+    pad_id: int,
+    share_prefix: bool = True,
 ) -> PackedMinibatch:
-    """Drop the query's left padding and the response's right padding of each rollout, then left-pad the rows to one width."""
-    q_lengths, r_lengths = query_mask.sum(dim=1).long(), response_lengths.long()
-    width, total = int(r_lengths.max()), int((q_lengths + r_lengths).max())
-    rows = [torch.cat([q[m], r[:n]]) for q, m, r, n in zip(query, query_mask, response, r_lengths.tolist())]
+    """Drop the query's left padding and the response's right padding of each rollout, then left-pad the rows to one
+    width; with `share_prefix`, the queries' common opening (`shared_prefix_length`) moves out of the rows."""
+    queries = [q[m] for q, m in zip(query, query_mask)]
+    shared = shared_prefix_length([q.tolist() for q in queries]) if share_prefix else 0
+    r_lengths = response_lengths.long()
+    width = int(r_lengths.max())
+    rows = [torch.cat([q[shared:], r[:n]]) for q, r, n in zip(queries, response, r_lengths.tolist())]
+    row_lengths = torch.tensor([len(row) for row in rows], device=query.device)
+    total = int(row_lengths.max())
     input_ids = torch.full((len(rows), total), pad_id, dtype=query.dtype, device=query.device)
     for i, row in enumerate(rows):
         input_ids[i, total - len(row) :] = row
-    attention_mask = torch.arange(total, device=query.device) >= (total - (q_lengths + r_lengths)).unsqueeze(1)
+    attention_mask = torch.arange(total, device=query.device) >= (total - row_lengths).unsqueeze(1)
     j = torch.arange(width, device=query.device)
     slots = (width - r_lengths.unsqueeze(1) + j).clamp(max=width)  # past a row's end: masked out anyway
-    return PackedMinibatch(input_ids, attention_mask, response[:, :width], slots)
+    return PackedMinibatch(
+        input_ids, attention_mask, response[:, :width], slots, queries[0][:shared] if shared else None
+    )
+
+
+def packed_forward(model, mb: PackedMinibatch, **kwargs):
+    """`model` (a causal LM, or a score model's backbone) over a packed minibatch, positions counted from each row's
+    first real token. With a prefix ([PPO-20]) the opening runs once, as a batch of one, and its keys and values,
+    expanded (not copied) to every row, are the cache the rows run after: the same attention as if each row ran
+    it, and under autograd the same gradient (the expansion's backward sums the rows' gradients into it)."""
+    position_ids = (mb.attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    if mb.prefix is None:
+        return model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **kwargs,
+        )
+    shared, rows = len(mb.prefix), len(mb.input_ids)
+    opening = model(
+        input_ids=mb.prefix[None],
+        position_ids=torch.arange(shared, device=mb.prefix.device)[None],
+        use_cache=True,
+        **({"logits_to_keep": 1} if "logits_to_keep" in kwargs else {}),  # the opening's logits predict nothing kept
+    )
+    cache = opening.cache
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)
+    mask = torch.cat([mb.attention_mask.new_ones((rows, shared)), mb.attention_mask], dim=1)
+    return model(
+        input_ids=mb.input_ids,
+        attention_mask=mask,
+        position_ids=position_ids + shared,
+        cache=cache,
+        use_cache=False,
+        **kwargs,
+    )
+
+
+def packed_scores(model, mb: PackedMinibatch) -> torch.Tensor:
+    """A reward or value model's score at every position of the packed rows [B, T] (`reward.per_token_scores`)."""
+    backbone, head = backbone_and_head(model)
+    return head_scores(head, packed_forward(backbone, mb).last_hidden_state)
 
 
 def packed_logprobs_and_values(
@@ -166,18 +221,11 @@ def packed_logprobs_and_values(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-probs, entropy, values) [B, W] of a packed minibatch; the policy's vocabulary projection runs only
     on the W + 1 last positions (`logits_to_keep`), not on the queries."""
-    position_ids = (mb.attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     keep = mb.width + 1
-    logits = policy(
-        input_ids=mb.input_ids,
-        attention_mask=mb.attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-        logits_to_keep=keep,
-    ).logits
+    logits = packed_forward(policy, mb, logits_to_keep=keep).logits
     logits = logits.gather(1, mb.slots.unsqueeze(-1).expand(-1, -1, logits.shape[-1])) / temperature  # [PPO-2]
     logprobs, entropy = _token_logprobs(logits, mb.responses, pad_id)
-    values = per_token_scores(value_model, mb.input_ids, mb.attention_mask)[:, -keep:].gather(1, mb.slots)
+    values = packed_scores(value_model, mb)[:, -keep:].gather(1, mb.slots)
     return logprobs, entropy, values
 
 
@@ -213,7 +261,7 @@ def score_rollouts(
             packed = pack_minibatch(query[idx], query_mask[idx], response[idx], lengths[idx], pad_id)
             chunk_logprobs, _, chunk_values = packed_logprobs_and_values(ref, value_model, packed, temperature, pad_id)
             ref_logprobs[idx, : packed.width], values[idx, : packed.width] = chunk_logprobs, chunk_values
-            rm_scores = per_token_scores(reward_model, packed.input_ids, packed.attention_mask)
+            rm_scores = packed_scores(reward_model, packed)
             scores[idx] = rm_scores[:, -1]  # rows are left-padded: the last column is each one's last token
     mask = torch.arange(response.shape[1], device=response.device) < lengths.unsqueeze(1)
     return ref_logprobs * mask, values * mask, scores

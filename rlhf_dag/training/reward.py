@@ -83,6 +83,20 @@ class RankingBatches(torch.utils.data.Sampler):
         return len(self._batches(list(range(len(self.groups)))))
 
 
+def backbone_and_head(model):
+    """(transformer, score head) of a sequence-classification model: the backbone's last hidden states, through the
+    head, give a score at every position."""
+    if hasattr(
+        model, "get_base_model"
+    ):  # a LoRA reward model in training: the transformers model inside, its adapters active
+        model = model.get_base_model()
+    return getattr(model, model.base_model_prefix), model.score
+
+
+def head_scores(head, hidden: torch.Tensor) -> torch.Tensor:
+    return head(hidden).squeeze(-1).float()  # fp32 for GAE and the losses, also under bf16 autocast
+
+
 def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The score head applied at every position [B, T]: the reward at the last token, or a critic's values.
 
@@ -90,15 +104,11 @@ def per_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     rollouts are scored as the right-padded training batches were.
     """
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    if hasattr(
-        model, "get_base_model"
-    ):  # a LoRA reward model in training: the transformers model inside, its adapters active
-        model = model.get_base_model()
-    backbone = getattr(model, model.base_model_prefix)
+    backbone, head = backbone_and_head(model)
     hidden = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state
-    return model.score(hidden).squeeze(-1).float()  # fp32 for GAE and the losses, also under bf16 autocast
+    return head_scores(head, hidden)
 
 
 @torch.no_grad()
