@@ -1,6 +1,6 @@
 """Our PPO against TRL 1.12's PPOTrainer at matched settings, and our sampling against plain `model.generate`.
 
-    .venv/bin/python bench/ppo.py [--profile default] [--iterations 5] [--rounds 3] [--skip-sampling]
+    .venv/bin/python bench/ppo.py [--profile default] [--iterations 5] [--rounds 3] [--skip-sampling] [--ablation]
 
 Both implementations start from the same SFT model (policy and reference) and
 the same reward model (reward and critic), with the profile's rollout batch,
@@ -27,6 +27,7 @@ optimization time) and peak RSS. The first iteration is reported apart (warm-up)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -145,8 +146,10 @@ def ours_worker(settings: dict, report: str) -> None:
             marks[-1]["optimize_start"] = time.perf_counter()
         return original_minibatch(*a, **k)
 
-    original_minibatch = ppo.packed_logprobs_and_values
+    original_minibatch, original_pack = ppo.packed_logprobs_and_values, ppo.pack_minibatch
     ppo.generate_tokens, ppo.packed_logprobs_and_values = timed_generation, marked_minibatch
+    if not settings.get("share_prefix", True):  # --ablation: [PPO-20] off, every packed row runs its whole query
+        ppo.pack_minibatch = functools.partial(original_pack, share_prefix=False)
     prompts = settings["prompts"]
     train_started = time.perf_counter()
     ppo.ppo_train(policy, reference, scorer, critic, tokenizer, prompts, cfg)
@@ -164,11 +167,13 @@ def ours_worker(settings: dict, report: str) -> None:
             }
         )
     ppo.generate_tokens, ppo.packed_logprobs_and_values = generate_tokens, original_minibatch
+    ppo.pack_minibatch = original_pack
     peak_after_training = peak_rss_mb()  # before the sampling comparison below allocates anything
     write_report(
         report,
         {
-            "implementation": "ours (rlhf_dag/training/ppo.py)",
+            "implementation": "ours (rlhf_dag/training/ppo.py)"
+            + ("" if settings.get("share_prefix", True) else " without [PPO-20] (every row its whole query)"),
             "imports_seconds": imports,
             "train_seconds": end - train_started,
             "iterations": iterations,
@@ -297,6 +302,11 @@ def main() -> int:
     )
     parser.add_argument("--skip-reference", action="store_true", help="only our figures (no TRL venv)")
     parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also ours with [PPO-20] off (every packed row runs its whole query) in each round: what the shared opening saves",
+    )
+    parser.add_argument(
         "--skip-sampling",
         action="store_true",
         help="no sampling comparison (at 135M its generate(use_cache=False) alone takes over ten minutes on 2 cores)",
@@ -354,6 +364,7 @@ def main() -> int:
         "missing_eos_penalty": abs(cfg.missing_eos_penalty) if cfg.missing_eos_penalty is not None else None,
     }
     (root / "settings.json").write_text(json.dumps(settings))
+    (root / "settings-whole.json").write_text(json.dumps({**settings, "share_prefix": False}))
     print(
         f"bench/ppo.py: profile '{args.profile}', {args.iterations} iterations of rollout {cfg.rollout_batch_size}, minibatch {cfg.minibatch_size}, "
         f"{cfg.ppo_epochs} epochs, {cfg.max_new_tokens} new tokens; models {sft_model.parent.parent.name}/…/{sft_model.name}",
@@ -371,24 +382,28 @@ def main() -> int:
     rounds = []
     for n in range(args.rounds):
         this_round = {}
-        for implementation in ("ours", "trl") if n % 2 == 0 else ("trl", "ours"):
-            if implementation == "ours":
-                ours = run_child(
+        order = ("ours", "ours-whole", "trl") if args.ablation else ("ours", "trl")
+        for implementation in order if n % 2 == 0 else order[::-1]:
+            if implementation in ("ours", "ours-whole"):
+                suffix = "" if implementation == "ours" else "-whole"
+                child = run_child(
                     [
                         sys.executable,
                         __file__,
                         "--worker",
                         "ours",
                         "--settings",
-                        str(root / "settings.json"),
+                        str(root / f"settings{suffix}.json"),
                         "--report",
-                        str(root / "ours.json"),
+                        str(root / f"ours{suffix}.json"),
                     ],
                     env,
-                    root / "ours.log",
-                    root / "ours.json",
+                    root / f"ours{suffix}.log",
+                    root / f"ours{suffix}.json",
                 )
-                this_round["ours"] = summarize(ours.report, cfg.rollout_batch_size, cfg.ppo_epochs)
+                this_round[implementation] = summarize(child.report, cfg.rollout_batch_size, cfg.ppo_epochs)
+                if implementation == "ours":
+                    ours = child
             elif python is not None:
                 ref = run_child(
                     [
@@ -417,9 +432,15 @@ def main() -> int:
                 f"ratio {this_round['ours']['iteration_seconds'] / this_round['trl']['iteration_seconds']:.2f}",
                 flush=True,
             )
+        if "ours-whole" in this_round:
+            print(
+                f"bench/ppo.py: round {n + 1}/{args.rounds}: ours without [PPO-20] {this_round['ours-whole']['iteration_seconds']:.3f} s, "
+                f"with / without {this_round['ours']['iteration_seconds'] / this_round['ours-whole']['iteration_seconds']:.2f}",
+                flush=True,
+            )
     results = {
         name: median_over_rounds([r[name] for r in rounds if name in r])
-        for name in ("ours", "trl")
+        for name in ("ours", "ours-whole", "trl")
         if all(name in r for r in rounds)
     }
     if "trl" not in results:
@@ -474,6 +495,20 @@ def main() -> int:
         ]
     else:
         lines += [f"Reference: {reference_note.splitlines()[0]}", ""]
+    if "ours-whole" in results:
+        ablation = [r["ours"]["iteration_seconds"] / r["ours-whole"]["iteration_seconds"] for r in rounds]
+        lines += [
+            f"Ours with / without [PPO-20] (the shared opening run once), median over {len(rounds)} rounds: "
+            f"**{statistics.median(ablation):.2f}**; each round: {', '.join(f'{r:.2f}' for r in ablation)}.",
+            "",
+        ]
+        if "trl" in results:
+            whole = [r["ours-whole"]["iteration_seconds"] / r["trl"]["iteration_seconds"] for r in rounds]
+            lines += [
+                f"Ours without [PPO-20] / TRL: **{statistics.median(whole):.2f}** ({statistics.median(whole) ** -1:.2f}× faster); "
+                f"each round: {', '.join(f'{r:.2f}' for r in whole)}.",
+                "",
+            ]
     if sampling:
         lines += [
             f"#### Sampling: {len(settings['prompt_texts'][: cfg.rollout_batch_size])} prompts, up to {cfg.max_new_tokens} new tokens (median of 3)",

@@ -7,7 +7,12 @@
 - [PPO-16] the optimizer step: `torch.optim.AdamW` as PyTorch defaults it on a CPU (the per-tensor loop)
   against `AdamW(fused=True)`, on the policy's and critic's parameters with fixed gradients;
 - [PPO-17] sampling a rollout with its log-probs: `model.generate(do_sample=True, output_scores=True)`
-  (`torch.multinomial`, as TRL's rollout) against `generate.generate_tokens` (the inverse-CDF sampler).
+  (`torch.multinomial`, as TRL's rollout) against `generate.generate_tokens` (the inverse-CDF sampler);
+- [PPO-20] the queries' shared opening: packed rows that each run the whole query (before) against the opening
+  run once before them, on the models as `ppo_policy` trains them (LoRA where the profile says so): scoring the
+  rollout batch, and one epoch of the optimization's forward and backward passes (every minibatch, in length order).
+
+`--savings PPO-20,...` measures only those (at 135M the others take minutes).
 
 Before and after alternate, `--repeats` times each, after one warm-up call of each; the figures are
 medians. The per-iteration saving multiplies the optimizer step's by the steps per iteration
@@ -16,11 +21,15 @@ medians. The per-iteration saving multiplies the optimizer step's by the steps p
 
 from __future__ import annotations
 
+import functools
+import os
 import statistics
 import time
 
 from harness import bench_parser, machine, machine_line, markdown_table, save_results, warn_if_busy
 from ppo import find_models
+
+SAVINGS = ["PPO-15", "PPO-16", "PPO-17", "PPO-20"]
 
 
 def alternate(before, after, repeats: int) -> tuple[float, float]:
@@ -41,13 +50,21 @@ def alternate(before, after, repeats: int) -> tuple[float, float]:
 def main() -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=7, help="timed calls of each variant (after one warm-up)")
+    parser.add_argument(
+        "--savings", default=",".join(SAVINGS), help=f"which to measure, comma-separated (default: all of {SAVINGS})"
+    )
     args = parser.parse_args()
+    wanted = set(args.savings.split(","))
+    if wanted - set(SAVINGS):
+        parser.error(f"--savings: unknown {sorted(wanted - set(SAVINGS))}; known: {SAVINGS}")
+    os.environ["RLHF_DAG_PROFILE"] = args.profile  # labels_dir(): the profile's own prompts (assets/smollm2/ there)
 
     import torch
 
-    from rlhf_dag.config import REPO_ROOT, resolve
+    from rlhf_dag.config import labels_dir, resolve
     from rlhf_dag.data.chat import format_prompt
     from rlhf_dag.data.label_files import load_labels
+    from rlhf_dag.training import ppo
     from rlhf_dag.training.generate import generate_tokens, truncate_after_eos
     from rlhf_dag.training.models import load_causal_lm, load_reward_model
     from rlhf_dag.training.ppo import response_logprobs, score_rollouts
@@ -63,8 +80,8 @@ def main() -> int:
     critic, _ = load_reward_model(reward_model)
     for model in (policy, reference, scorer, critic):
         model.eval()
-    texts = [
-        format_prompt(r["prompt"]) for r in load_labels(REPO_ROOT / "assets" / "prompts.jsonl", "prompts").records
+    texts = [  # the profile's own prompts in the model's own template, as ppo_policy formats them
+        format_prompt(r["prompt"], tokenizer) for r in load_labels(labels_dir() / "prompts.jsonl", "prompts").records
     ][: cfg.rollout_batch_size]
     pad, eos, temperature = tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.temperature
 
@@ -128,29 +145,90 @@ def main() -> int:
     fused_adamw = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5, fused=True)
     steps_per_iteration = cfg.ppo_epochs * cfg.rollout_batch_size // cfg.minibatch_size
 
-    measured = [
-        (
-            "[PPO-15] scoring a rollout batch",
-            "padded batch",
-            "packed in length order",
-            1,
-            alternate(padded_scoring, packed_scoring, args.repeats),
-        ),
-        (
-            "[PPO-16] one optimizer step",
-            "AdamW, CPU default (per-tensor loop)",
-            "AdamW(fused=True)",
-            steps_per_iteration,
-            alternate(loop_adamw.step, fused_adamw.step, args.repeats),
-        ),
-        (
-            "[PPO-17] sampling a rollout with log-probs",
-            "generate(do_sample=True, output_scores=True)",
-            "inverse-CDF sampler",
-            1,
-            alternate(multinomial_rollout, inverse_cdf_rollout, args.repeats),
-        ),
-    ]
+    def whole_rows_against_shared_opening():
+        """(scoring, one optimization epoch) as ppo_train runs them, each a (before, after) pair of calls."""
+        lora_policy, lora_reference, lora_scorer, lora_critic, _ = ppo.ppo_models(
+            str(sft_model), str(reward_model), cfg
+        )
+        lengths, query_mask = mask.sum(dim=1), query != pad
+        order = torch.sort(query_mask.sum(dim=1) + lengths, stable=True).indices.split(cfg.minibatch_size)
+        learner = ppo.Learner(lora_policy, lora_critic).train()
+
+        def scoring(share: bool):
+            ppo.pack_minibatch = functools.partial(pack, share_prefix=share)  # as score_rollouts packs
+            try:
+                score_rollouts(
+                    lora_policy,
+                    lora_reference,
+                    lora_scorer,
+                    lora_critic,
+                    query,
+                    query_mask,
+                    response,
+                    lengths,
+                    temperature,
+                    pad,
+                    cfg.minibatch_size,
+                )
+            finally:
+                ppo.pack_minibatch = pack
+
+        def epoch(share: bool):
+            for idx in order:
+                packed = pack(query[idx], query_mask[idx], response[idx], lengths[idx], pad, share_prefix=share)
+                logprobs, _, values = learner(packed, temperature, pad)
+                ((logprobs * mask[idx, : packed.width]).sum() + values.square().mean()).backward()
+            learner.zero_grad()
+
+        pack = ppo.pack_minibatch
+        return (
+            alternate(lambda: scoring(False), lambda: scoring(True), args.repeats),
+            alternate(lambda: epoch(False), lambda: epoch(True), args.repeats),
+        )
+
+    measured = []
+    if "PPO-15" in wanted:
+        measured.append(
+            (
+                "[PPO-15] scoring a rollout batch",
+                "padded batch",
+                "packed in length order",
+                1,
+                alternate(padded_scoring, packed_scoring, args.repeats),
+            )
+        )
+    if "PPO-16" in wanted:
+        measured.append(
+            (
+                "[PPO-16] one optimizer step",
+                "AdamW, CPU default (per-tensor loop)",
+                "AdamW(fused=True)",
+                steps_per_iteration,
+                alternate(loop_adamw.step, fused_adamw.step, args.repeats),
+            )
+        )
+    if "PPO-17" in wanted:
+        measured.append(
+            (
+                "[PPO-17] sampling a rollout with log-probs",
+                "generate(do_sample=True, output_scores=True)",
+                "inverse-CDF sampler",
+                1,
+                alternate(multinomial_rollout, inverse_cdf_rollout, args.repeats),
+            )
+        )
+    if "PPO-20" in wanted:
+        shared_scoring, shared_epoch = whole_rows_against_shared_opening()
+        measured += [
+            ("[PPO-20] scoring a rollout batch", "every row its whole query", "shared opening once", 1, shared_scoring),
+            (
+                "[PPO-20] one optimization epoch (forward + backward of each minibatch)",
+                "every row its whole query",
+                "shared opening once",
+                cfg.ppo_epochs,
+                shared_epoch,
+            ),
+        ]
     results = [
         {
             "saving": name,

@@ -98,7 +98,7 @@ def profile_ppo(profile: str) -> tuple[dict, str]:
         ),
         (
             ppo,
-            "per_token_scores",
+            "packed_scores",
             lambda model, *a, **k: (
                 "PPO: optimize: value forward"
                 if torch.is_grad_enabled()
