@@ -486,29 +486,23 @@ def main() -> int:
         ),
         "",
     ]
+
+    def ratio_line(label: str, numerator: str, denominator: str, target: str = "") -> list[str]:
+        """The median over rounds of `numerator`'s iteration time over `denominator`'s, and each round's."""
+        ratios = [r[numerator]["iteration_seconds"] / r[denominator]["iteration_seconds"] for r in rounds]
+        median = statistics.median(ratios)
+        speed = f" ({median**-1:.2f}× faster{target})" if denominator == "trl" else ""
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        return [f"{label}, median over {len(rounds)} rounds: **{median:.2f}**{speed}; each round: {each}.", ""]
+
     if "trl" in results:
-        ratios = [r["ours"]["iteration_seconds"] / r["trl"]["iteration_seconds"] for r in rounds]
-        lines += [
-            f"Ours / TRL iteration time, median over {len(rounds)} rounds: **{statistics.median(ratios):.2f}** ({statistics.median(ratios) ** -1:.2f}× faster; "
-            f"target ≤ 0.67, 1.5× faster); each round: {', '.join(f'{r:.2f}' for r in ratios)}.",
-            "",
-        ]
+        lines += ratio_line("Ours / TRL iteration time", "ours", "trl", "; target ≤ 0.67, 1.5× faster")
     else:
         lines += [f"Reference: {reference_note.splitlines()[0]}", ""]
     if "ours-whole" in results:
-        ablation = [r["ours"]["iteration_seconds"] / r["ours-whole"]["iteration_seconds"] for r in rounds]
-        lines += [
-            f"Ours with / without [PPO-20] (the shared opening run once), median over {len(rounds)} rounds: "
-            f"**{statistics.median(ablation):.2f}**; each round: {', '.join(f'{r:.2f}' for r in ablation)}.",
-            "",
-        ]
+        lines += ratio_line("Ours with / without [PPO-20] (the shared opening run once)", "ours", "ours-whole")
         if "trl" in results:
-            whole = [r["ours-whole"]["iteration_seconds"] / r["trl"]["iteration_seconds"] for r in rounds]
-            lines += [
-                f"Ours without [PPO-20] / TRL: **{statistics.median(whole):.2f}** ({statistics.median(whole) ** -1:.2f}× faster); "
-                f"each round: {', '.join(f'{r:.2f}' for r in whole)}.",
-                "",
-            ]
+            lines += ratio_line("Ours without [PPO-20] / TRL", "ours-whole", "trl")
     if sampling:
         lines += [
             f"#### Sampling: {len(settings['prompt_texts'][: cfg.rollout_batch_size])} prompts, up to {cfg.max_new_tokens} new tokens (median of 3)",

@@ -186,49 +186,23 @@ def main() -> int:
             alternate(lambda: epoch(False), lambda: epoch(True), args.repeats),
         )
 
-    measured = []
-    if "PPO-15" in wanted:
-        measured.append(
-            (
-                "[PPO-15] scoring a rollout batch",
-                "padded batch",
-                "packed in length order",
-                1,
-                alternate(padded_scoring, packed_scoring, args.repeats),
-            )
-        )
-    if "PPO-16" in wanted:
-        measured.append(
-            (
-                "[PPO-16] one optimizer step",
-                "AdamW, CPU default (per-tensor loop)",
-                "AdamW(fused=True)",
-                steps_per_iteration,
-                alternate(loop_adamw.step, fused_adamw.step, args.repeats),
-            )
-        )
-    if "PPO-17" in wanted:
-        measured.append(
-            (
-                "[PPO-17] sampling a rollout with log-probs",
-                "generate(do_sample=True, output_scores=True)",
-                "inverse-CDF sampler",
-                1,
-                alternate(multinomial_rollout, inverse_cdf_rollout, args.repeats),
-            )
-        )
+    # (tag, what is measured, before, after, times per iteration, the measurement): each run only if asked for
+    candidates = [
+        ("PPO-15", "[PPO-15] scoring a rollout batch", "padded batch", "packed in length order", 1,
+         lambda: alternate(padded_scoring, packed_scoring, args.repeats)),
+        ("PPO-16", "[PPO-16] one optimizer step", "AdamW, CPU default (per-tensor loop)", "AdamW(fused=True)",
+         steps_per_iteration, lambda: alternate(loop_adamw.step, fused_adamw.step, args.repeats)),
+        ("PPO-17", "[PPO-17] sampling a rollout with log-probs", "generate(do_sample=True, output_scores=True)",
+         "inverse-CDF sampler", 1, lambda: alternate(multinomial_rollout, inverse_cdf_rollout, args.repeats)),
+    ]  # fmt: skip
+    measured = [(name, b, a, per, measure()) for tag, name, b, a, per, measure in candidates if tag in wanted]
     if "PPO-20" in wanted:
         shared_scoring, shared_epoch = whole_rows_against_shared_opening()
+        whole, shared = "every row its whole query", "shared opening once"
         measured += [
-            ("[PPO-20] scoring a rollout batch", "every row its whole query", "shared opening once", 1, shared_scoring),
-            (
-                "[PPO-20] one optimization epoch (forward + backward of each minibatch)",
-                "every row its whole query",
-                "shared opening once",
-                cfg.ppo_epochs,
-                shared_epoch,
-            ),
-        ]
+            ("[PPO-20] scoring a rollout batch", whole, shared, 1, shared_scoring),
+            ("[PPO-20] one optimization epoch (forward + backward of each minibatch)", whole, shared, cfg.ppo_epochs, shared_epoch),
+        ]  # fmt: skip
     results = [
         {
             "saving": name,
