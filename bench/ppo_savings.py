@@ -153,6 +153,7 @@ def main() -> int:
         lengths, query_mask = mask.sum(dim=1), query != pad
         order = torch.sort(query_mask.sum(dim=1) + lengths, stable=True).indices.split(cfg.minibatch_size)
         learner = ppo.Learner(lora_policy, lora_critic).train()
+        pack = ppo.pack_minibatch  # the function itself: scoring swaps the module's name for a variant
 
         def scoring(share: bool):
             ppo.pack_minibatch = functools.partial(pack, share_prefix=share)  # as score_rollouts packs
@@ -180,7 +181,6 @@ def main() -> int:
                 ((logprobs * mask[idx, : packed.width]).sum() + values.square().mean()).backward()
             learner.zero_grad()
 
-        pack = ppo.pack_minibatch
         return (
             alternate(lambda: scoring(False), lambda: scoring(True), args.repeats),
             alternate(lambda: epoch(False), lambda: epoch(True), args.repeats),
